@@ -1,0 +1,16 @@
+//! Pure codecs for the two protocol layers Courier speaks. No I/O, no async.
+//!
+//! - [`engine`]: Engine.IO v4 packets (`open`, `ping`, `message`, ...) as they travel in a WebSocket
+//!   frame or in an HTTP long-polling payload (packets joined by 0x1E, binary as `b` + base64).
+//! - [`socket`]: Socket.IO v5 packets carried inside Engine.IO `message` packets
+//!   (`<type>[<attachments>-][<nsp>,][<ack id>][JSON]`), and [`socket::Reassembler`], which joins a
+//!   binary packet with the attachments that follow it.
+//!
+//! Bytes flow one way through a server: transport frame -> [`engine::Packet`] ->
+//! [`socket::Packet`] (+ attachments) -> application; encoding runs the same path backwards.
+//! Every decoder takes untrusted input and returns an error instead of panicking; the property tests
+//! and the fuzz targets hold them to that.
+#![warn(missing_docs)]
+
+pub mod engine;
+pub mod socket;
