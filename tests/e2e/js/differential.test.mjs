@@ -1,0 +1,691 @@
+// Differential tests: the same raw-protocol scenario is played against the reference Node server
+// (npm socket.io / engine.io 4.8, tests/e2e/reference/conformance.mjs) and against Courier's
+// `conformance` example, both configured alike (pingInterval 300, pingTimeout 200, maxPayload 1e6,
+// connectTimeout 1000, CORS origin "*"). Each scenario reduces what a client can observe (status
+// codes, bodies, packets, order, rough timings) to a plain value with session ids normalized; the
+// test requires Courier's value to equal the reference's, and the reference's to equal what the
+// protocol says (so that a scenario that stopped exercising anything fails too).
+//
+// Not compared, on purpose (implementation details no client relies on):
+// - response header order, `Date`, `Connection`/`Keep-Alive`, chunked vs Content-Length framing;
+// - the Content-Type of polling responses (the reference says text/plain; charset=UTF-8, and
+//   clients read the body as text whatever it says) and of error bodies;
+// - the length and alphabet of session ids (the reference uses 20 base64url characters);
+// - the CORS preflight's list of allowed methods and headers;
+// - which packet ends a pending GET when the client itself closes the session: the reference
+//   answers a noop `6`, another server could answer a close `1`; both end the poll for a client;
+// - the body of the 400 that refuses an overlapping GET (the reference sends an empty body);
+// - the HTTP body of a refused WebSocket upgrade (clients only see the failed upgrade).
+
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { sleep, startConformance, startReference } from "./harness.mjs";
+import { eioUrl, normalizeIds, PollingSession, request, splitPayload, WsConn, wsUrl } from "./raw.mjs";
+
+const SIDES = ["reference", "courier"];
+
+/** Starts both servers in `mode` for the enclosing describe block. */
+function servers(mode) {
+  const s = {};
+  before(async () => {
+    const [reference, courier] = await Promise.all([startReference(mode), startConformance(mode)]);
+    s.reference = reference;
+    s.courier = courier;
+  });
+  after(async () => {
+    await Promise.all(SIDES.map((side) => s[side]?.stop()));
+  });
+  return s;
+}
+
+/**
+ * Defines one differential test: `play(server)` runs on both servers at once and returns an
+ * observation. Courier must observe what the reference observes; the reference must observe
+ * `expected` (when given).
+ */
+function scenario(s, name, play, expected) {
+  test(name, async () => {
+    const results = await Promise.allSettled(SIDES.map((side) => play(s[side], side)));
+    const obs = {};
+    results.forEach((r, i) => {
+      if (r.status === "rejected") {
+        const err = r.reason instanceof Error ? r.reason : new Error(String(r.reason));
+        err.message = `[${SIDES[i]}] ${err.message}`;
+        throw err;
+      }
+      obs[SIDES[i]] = r.value;
+    });
+    assert.deepStrictEqual(obs.courier, obs.reference, `Courier's answer differs from the reference server's in "${name}"`);
+    if (expected !== undefined) {
+      assert.deepStrictEqual(obs.reference, expected, `the reference server no longer answers as this scenario expects`);
+    }
+  });
+}
+
+function errorShape(res) {
+  return { status: res.status, body: res.json ?? res.text };
+}
+
+/** Describes an Engine.IO open packet without its sid. */
+function openShape(text) {
+  const type = text[0];
+  let body;
+  try {
+    body = JSON.parse(text.slice(1));
+  } catch {
+    return { type, body: text.slice(1) };
+  }
+  const { sid, ...rest } = body;
+  return {
+    type,
+    sid: typeof sid === "string" && sid.length > 0 ? "<sid>" : sid,
+    keys: Object.keys(body).sort(),
+    ...rest,
+  };
+}
+
+/**
+ * Long-polls a session until the server ends it, answering pings, and reports the non-ping packets
+ * seen and how the session ended.
+ */
+async function pollUntilEnd(session, timeoutMs = 4000) {
+  const start = Date.now();
+  const packets = [];
+  while (Date.now() - start < timeoutMs) {
+    const res = await session.get(timeoutMs);
+    if (res.status !== 200) {
+      return { packets, end: errorShape(res), ms: Date.now() - start };
+    }
+    for (const packet of splitPayload(res.text)) {
+      if (packet === "2") {
+        await session.post("3");
+      } else if (packet !== "6") {
+        // a noop carries nothing a client acts on
+        packets.push(packet);
+      }
+    }
+    if (packets.includes("1")) {
+      const next = await session.get();
+      return { packets, end: errorShape(next), ms: Date.now() - start };
+    }
+  }
+  throw new Error(`session still open after ${timeoutMs} ms, packets ${JSON.stringify(packets)}`);
+}
+
+const UNKNOWN_SID = { status: 400, body: { code: 1, message: "Session ID unknown" } };
+const BAD_REQUEST = { status: 400, body: { code: 3, message: "Bad request" } };
+const OPEN_POLLING = {
+  type: "0",
+  sid: "<sid>",
+  keys: ["maxPayload", "pingInterval", "pingTimeout", "sid", "upgrades"],
+  upgrades: ["websocket"],
+  pingInterval: 300,
+  pingTimeout: 200,
+  maxPayload: 1000000,
+};
+
+describe("Engine.IO (conformance engineio, echo server at /engine.io/)", () => {
+  const s = servers("engineio");
+  const EP = "/engine.io/";
+
+  scenario(
+    s,
+    "polling handshake: open packet fields, fresh sid each time, CORS for any origin",
+    async (srv) => {
+      const a = new PollingSession(srv.url, EP);
+      const res = await a.handshake();
+      const b = new PollingSession(srv.url, EP);
+      await b.handshake();
+      const withOrigin = await request(eioUrl(srv.url, EP, { EIO: "4", transport: "polling" }), {
+        headers: { origin: "http://app.example" },
+      });
+      return {
+        status: res.status,
+        packets: splitPayload(res.text).length,
+        open: openShape(res.text),
+        distinctSids: a.sid !== b.sid,
+        allowOrigin: withOrigin.headers["access-control-allow-origin"],
+      };
+    },
+    { status: 200, packets: 1, open: OPEN_POLLING, distinctSids: true, allowOrigin: "*" },
+  );
+
+  scenario(
+    s,
+    "CORS preflight is answered for any origin",
+    async (srv) => {
+      const res = await request(eioUrl(srv.url, EP, { EIO: "4", transport: "polling" }), {
+        method: "OPTIONS",
+        headers: {
+          origin: "http://app.example",
+          "access-control-request-method": "POST",
+        },
+      });
+      return { ok: res.status >= 200 && res.status < 300, allowOrigin: res.headers["access-control-allow-origin"] };
+    },
+    { ok: true, allowOrigin: "*" },
+  );
+
+  scenario(
+    s,
+    "websocket handshake: open packet with no upgrades",
+    async (srv) => {
+      const ws = await WsConn.open(wsUrl(srv.url, EP));
+      const first = await ws.next();
+      ws.close();
+      return openShape(first);
+    },
+    { ...OPEN_POLLING, upgrades: [] },
+  );
+
+  scenario(
+    s,
+    "unknown sid: GET, POST and websocket are refused with 400",
+    async (srv) => {
+      const url = eioUrl(srv.url, EP, { EIO: "4", transport: "polling", sid: "no-such-session" });
+      const get = await request(url);
+      const post = await request(url, { method: "POST", body: "4hello", headers: { "content-type": "text/plain;charset=UTF-8" } });
+      let ws;
+      try {
+        const conn = await WsConn.open(wsUrl(srv.url, EP, { sid: "no-such-session" }));
+        conn.close();
+        ws = "opened";
+      } catch (err) {
+        ws = err.status ?? "error";
+      }
+      return { get: errorShape(get), post: errorShape(post), ws };
+    },
+    { get: UNKNOWN_SID, post: UNKNOWN_SID, ws: 400 },
+  );
+
+  scenario(
+    s,
+    "unknown or missing transport is refused",
+    async (srv) => {
+      const unknown = await request(eioUrl(srv.url, EP, { EIO: "4", transport: "carrier-pigeon" }));
+      const missing = await request(eioUrl(srv.url, EP, { EIO: "4" }));
+      return { unknown: errorShape(unknown), missing: errorShape(missing) };
+    },
+    {
+      unknown: { status: 400, body: { code: 0, message: "Transport unknown" } },
+      missing: { status: 400, body: { code: 0, message: "Transport unknown" } },
+    },
+  );
+
+  scenario(
+    s,
+    "protocol versions other than EIO=4 are refused",
+    async (srv) => {
+      const out = {};
+      for (const eio of ["3", "5", undefined]) {
+        const res = await request(eioUrl(srv.url, EP, { EIO: eio, transport: "polling" }));
+        out[`EIO=${eio ?? "(none)"}`] = errorShape(res);
+      }
+      return out;
+    },
+    {
+      "EIO=3": { status: 400, body: { code: 5, message: "Unsupported protocol version" } },
+      "EIO=5": { status: 400, body: { code: 5, message: "Unsupported protocol version" } },
+      "EIO=(none)": { status: 400, body: { code: 5, message: "Unsupported protocol version" } },
+    },
+  );
+
+  scenario(
+    s,
+    "a handshake must be a GET",
+    async (srv) => {
+      const res = await request(eioUrl(srv.url, EP, { EIO: "4", transport: "polling" }), {
+        method: "POST",
+        body: "4hello",
+        headers: { "content-type": "text/plain;charset=UTF-8" },
+      });
+      return errorShape(res);
+    },
+    { status: 400, body: { code: 2, message: "Bad handshake method" } },
+  );
+
+  scenario(
+    s,
+    "polling: POST answers ok, GET returns the echoed text and binary packets in order",
+    async (srv) => {
+      const session = new PollingSession(srv.url, EP);
+      await session.handshake();
+      const post = await session.post(["4hello", "4wörld ✓", "bAQID/w=="]);
+      const packets = await session.receive(3);
+      return { post: { status: post.status, body: post.text }, packets };
+    },
+    { post: { status: 200, body: "ok" }, packets: ["4hello", "4wörld ✓", "bAQID/w=="] },
+  );
+
+  scenario(
+    s,
+    "websocket: text and binary frames are echoed as such",
+    async (srv) => {
+      const ws = await WsConn.open(wsUrl(srv.url, EP));
+      await ws.next(); // open packet
+      ws.send("4hello");
+      const text = await ws.next();
+      ws.send(Buffer.from([1, 2, 3, 255]));
+      const binary = await ws.next();
+      ws.close();
+      return { text, binary: Buffer.isBuffer(binary) ? [...binary] : binary };
+    },
+    { text: "4hello", binary: [1, 2, 3, 255] },
+  );
+
+  scenario(
+    s,
+    "upgrade: 2probe/3probe, noop to the pending GET, 5, then polling is refused",
+    async (srv) => {
+      const session = new PollingSession(srv.url, EP);
+      await session.handshake();
+      const pending = session.get(3000);
+      await sleep(50);
+      const ws = await WsConn.open(wsUrl(srv.url, EP, { sid: session.sid }));
+      ws.send("2probe");
+      const probe = await ws.next();
+      const pendingRes = await pending;
+      ws.send("5");
+      ws.send("4after upgrade");
+      const echo = await ws.next();
+      const getAfter = await session.get();
+      const postAfter = await session.post("4late");
+      ws.close();
+      return {
+        probe,
+        pending: { status: pendingRes.status, body: pendingRes.text },
+        echo,
+        getAfter: errorShape(getAfter),
+        postAfter: errorShape(postAfter),
+      };
+    },
+    {
+      probe: "3probe",
+      pending: { status: 200, body: "6" },
+      echo: "4after upgrade",
+      getAfter: BAD_REQUEST,
+      postAfter: BAD_REQUEST,
+    },
+  );
+
+  scenario(
+    s,
+    "heartbeat over websocket: ping after ~300 ms, close ~200 ms later without a pong",
+    async (srv) => {
+      const ws = await WsConn.open(wsUrl(srv.url, EP), { autoPong: false });
+      const opened = Date.now();
+      await ws.next(); // open packet
+      const ping = await ws.next(2000);
+      const pingAt = Date.now() - opened;
+      await ws.closed;
+      const closeAt = ws.closedAt - opened;
+      return {
+        ping,
+        pingOnTime: pingAt >= 200 && pingAt <= 800 ? true : pingAt,
+        closedOnTime: closeAt >= 400 && closeAt <= 1300 ? true : closeAt,
+        leftover: ws.queue,
+      };
+    },
+    { ping: "2", pingOnTime: true, closedOnTime: true, leftover: [] },
+  );
+
+  scenario(
+    s,
+    "heartbeat over polling: ping, then the next poll gets a close, then the sid is unknown",
+    async (srv) => {
+      const session = new PollingSession(srv.url, EP);
+      const t0 = Date.now();
+      await session.handshake();
+      const first = await session.get(2000);
+      const pingAt = Date.now() - t0;
+      const second = await session.get(2000);
+      const closeAt = Date.now() - t0;
+      const third = await session.get();
+      return {
+        first: first.text,
+        pingOnTime: pingAt >= 200 && pingAt <= 800 ? true : pingAt,
+        second: { status: second.status, body: second.text },
+        closedOnTime: closeAt >= 400 && closeAt <= 1300 ? true : closeAt,
+        third: errorShape(third),
+      };
+    },
+    { first: "2", pingOnTime: true, second: { status: 200, body: "1" }, closedOnTime: true, third: UNKNOWN_SID },
+  );
+
+  scenario(
+    s,
+    "heartbeat answered: the session stays open across several pings",
+    async (srv) => {
+      const ws = await WsConn.open(wsUrl(srv.url, EP), { autoPong: true });
+      await ws.next();
+      await sleep(1300);
+      const open = ws.closedAt === null;
+      ws.send("4still here");
+      const echo = await ws.next();
+      ws.close();
+      return { open, enoughPings: ws.pings >= 3 ? true : ws.pings, echo };
+    },
+    { open: true, enoughPings: true, echo: "4still here" },
+  );
+
+  scenario(
+    s,
+    "two concurrent GETs: the second is refused and the session is closed",
+    async (srv) => {
+      const session = new PollingSession(srv.url, EP);
+      await session.handshake();
+      const first = session.get(3000);
+      await sleep(100);
+      const second = await session.get();
+      const firstRes = await first;
+      const after = await session.get();
+      return {
+        second: second.status,
+        first: { status: firstRes.status, body: firstRes.text },
+        after: errorShape(after),
+      };
+    },
+    { second: 400, first: { status: 200, body: "1" }, after: UNKNOWN_SID },
+  );
+
+  scenario(
+    s,
+    "client close packet ends the pending GET and the session",
+    async (srv) => {
+      const session = new PollingSession(srv.url, EP);
+      await session.handshake();
+      const pending = session.get(3000);
+      await sleep(50);
+      const post = await session.post("1");
+      const pendingRes = await pending;
+      const after = await session.get();
+      return {
+        post: post.status,
+        pendingEnded: pendingRes.status === 200 && ["6", "1"].includes(pendingRes.text) ? true : pendingRes.text,
+        after: errorShape(after),
+      };
+    },
+    { post: 200, pendingEnded: true, after: UNKNOWN_SID },
+  );
+
+  // The reference closes the session on an undecodable packet without a close packet; a server
+  // that sends `1` first ends the session just the same for a client, so both are accepted.
+  scenario(
+    s,
+    "an undecodable Engine.IO packet ends the session",
+    async (srv) => {
+      const session = new PollingSession(srv.url, EP);
+      await session.handshake();
+      const post = await session.post("9nonsense");
+      const { packets, end } = await pollUntilEnd(session, 3000);
+      return { post: post.status, packets: packets.filter((p) => p !== "1"), end };
+    },
+    { post: 200, packets: [], end: UNKNOWN_SID },
+  );
+
+  scenario(
+    s,
+    "a POST body larger than maxPayload is refused with 413",
+    async (srv) => {
+      const session = new PollingSession(srv.url, EP);
+      await session.handshake();
+      const big = "4" + "x".repeat(1_000_100);
+      const res = await session.post(big, { timeoutMs: 10000 }).catch((err) => ({ status: `error: ${err.message}` }));
+      return { status: res.status };
+    },
+    { status: 413 },
+  );
+
+  scenario(
+    s,
+    "a websocket frame larger than maxPayload closes the connection with 1009",
+    async (srv) => {
+      const ws = await WsConn.open(wsUrl(srv.url, EP));
+      await ws.next();
+      ws.send("4" + "x".repeat(1_000_100));
+      const closed = await Promise.race([ws.closed, sleep(3000).then(() => ({ code: "still open" }))]);
+      ws.terminate();
+      return { code: closed.code };
+    },
+    { code: 1009 },
+  );
+});
+
+describe("Socket.IO (conformance socketio at /socket.io/, namespaces / and /custom)", () => {
+  const s = servers("socketio");
+  const EP = "/socket.io/";
+
+  async function connected(srv, connectPacket = "40") {
+    const session = new PollingSession(srv.url, EP);
+    const hs = await session.handshake();
+    if (hs.status !== 200) throw new Error(`handshake answered ${hs.status} ${hs.text}`);
+    const post = await session.post(connectPacket);
+    if (post.status !== 200) throw new Error(`CONNECT answered ${post.status} ${post.text}`);
+    const packets = await session.receive(2);
+    return { session, packets };
+  }
+
+  scenario(
+    s,
+    "polling handshake: open packet fields",
+    async (srv) => {
+      const session = new PollingSession(srv.url, EP);
+      const res = await session.handshake();
+      return { status: res.status, open: openShape(res.text) };
+    },
+    { status: 200, open: OPEN_POLLING },
+  );
+
+  scenario(
+    s,
+    "CONNECT to / answers 40 with a socket id (not the engine sid) and the auth event",
+    async (srv) => {
+      const { session, packets } = await connected(srv);
+      const sid = JSON.parse(packets[0].slice(2)).sid;
+      return { packets: packets.map(normalizeIds), sidIsNotEngineSid: typeof sid === "string" && sid !== session.sid };
+    },
+    { packets: ['40{"sid":"<sid>"}', '42["auth",{}]'], sidIsNotEngineSid: true },
+  );
+
+  scenario(
+    s,
+    "CONNECT with an auth payload: the server sees it",
+    async (srv) => {
+      const { packets } = await connected(srv, '40{"token":"abc","n":[1,2]}');
+      return packets.map(normalizeIds);
+    },
+    ['40{"sid":"<sid>"}', '42["auth",{"token":"abc","n":[1,2]}]'],
+  );
+
+  scenario(
+    s,
+    "EVENT round trip: 42[\"message\",...] comes back as message-back",
+    async (srv) => {
+      const { session } = await connected(srv);
+      await session.post('42["message",1,"two",{"three":[true,null]},"é✓"]');
+      return await session.receive(1);
+    },
+    ['42["message-back",1,"two",{"three":[true,null]},"é✓"]'],
+  );
+
+  scenario(
+    s,
+    "several packets in one POST are handled in order",
+    async (srv) => {
+      const { session } = await connected(srv);
+      await session.post(['42["message",1]', '42["message",2]', '42["message",3]']);
+      return await session.receive(3);
+    },
+    ['42["message-back",1]', '42["message-back",2]', '42["message-back",3]'],
+  );
+
+  scenario(
+    s,
+    "namespace /custom: CONNECT, auth event, EVENT round trip",
+    async (srv) => {
+      const { session, packets } = await connected(srv, "40/custom,");
+      await session.post('42/custom,["message","x"]');
+      const back = await session.receive(1);
+      return [...packets, ...back].map(normalizeIds);
+    },
+    ['40/custom,{"sid":"<sid>"}', '42/custom,["auth",{}]', '42/custom,["message-back","x"]'],
+  );
+
+  scenario(
+    s,
+    "invalid namespace: CONNECT_ERROR, and the connection stays usable",
+    async (srv) => {
+      const session = new PollingSession(srv.url, EP);
+      await session.handshake();
+      await session.post("40/random,");
+      const refused = await session.receive(1);
+      await session.post("40");
+      const ok = await session.receive(2);
+      return [...refused, ...ok].map(normalizeIds);
+    },
+    ['44/random,{"message":"Invalid namespace"}', '40{"sid":"<sid>"}', '42["auth",{}]'],
+  );
+
+  scenario(
+    s,
+    "message-with-ack is answered with an ACK carrying the same arguments",
+    async (srv) => {
+      const { session } = await connected(srv);
+      await session.post('421["message-with-ack",1,"2",{"3":4}]');
+      const main = await session.receive(1);
+      await session.post("40/custom,");
+      await session.receive(2);
+      await session.post('42/custom,456["message-with-ack",[]]');
+      const custom = await session.receive(1);
+      return [...main, ...custom];
+    },
+    ['431[1,"2",{"3":4}]', "43/custom,456[[]]"],
+  );
+
+  scenario(
+    s,
+    "binary event and binary ack over polling (b + base64 attachments)",
+    async (srv) => {
+      const { session } = await connected(srv);
+      await session.post(['451-["message",{"_placeholder":true,"num":0}]', "bAQID"]);
+      const event = await session.receive(2);
+      await session.post(['452-7["message-with-ack",{"a":{"_placeholder":true,"num":0}},"x",{"_placeholder":true,"num":1}]', "bAA==", "b//79"]);
+      const ack = await session.receive(3);
+      return { event, ack };
+    },
+    {
+      event: ['451-["message-back",{"_placeholder":true,"num":0}]', "bAQID"],
+      ack: ['462-7[{"a":{"_placeholder":true,"num":0}},"x",{"_placeholder":true,"num":1}]', "bAA==", "b//79"],
+    },
+  );
+
+  scenario(
+    s,
+    "binary event over websocket (binary frames)",
+    async (srv) => {
+      const ws = await WsConn.open(wsUrl(srv.url, EP));
+      await ws.next(); // open
+      ws.send("40");
+      const connect = await ws.nextN(2);
+      ws.send('451-["message",{"_placeholder":true,"num":0},"t"]');
+      ws.send(Buffer.from([0, 1, 2, 253]));
+      const [header, attachment] = await ws.nextN(2);
+      ws.close();
+      return {
+        connect: connect.map(normalizeIds),
+        header,
+        attachment: Buffer.isBuffer(attachment) ? [...attachment] : attachment,
+      };
+    },
+    {
+      connect: ['40{"sid":"<sid>"}', '42["auth",{}]'],
+      header: '451-["message-back",{"_placeholder":true,"num":0},"t"]',
+      attachment: [0, 1, 2, 253],
+    },
+  );
+
+  scenario(
+    s,
+    "upgrade to websocket keeps the Socket.IO session",
+    async (srv) => {
+      const { session } = await connected(srv);
+      const pending = session.get(3000);
+      await sleep(50);
+      const ws = await WsConn.open(wsUrl(srv.url, EP, { sid: session.sid }));
+      ws.send("2probe");
+      const probe = await ws.next();
+      await pending;
+      ws.send("5");
+      ws.send('42["message","over ws"]');
+      const back = await ws.next();
+      ws.close();
+      return { probe, back };
+    },
+    { probe: "3probe", back: '42["message-back","over ws"]' },
+  );
+
+  scenario(
+    s,
+    "leaving a namespace keeps the connection and the other namespace",
+    async (srv) => {
+      const { session } = await connected(srv);
+      await session.post("40/custom,");
+      await session.receive(2);
+      const leave = await session.post("41/custom,");
+      await session.post('42["message","still here"]');
+      const back = await session.receive(1);
+      await session.post("40/custom,");
+      const again = await session.receive(2);
+      return { leave: leave.status, back, again: again.map(normalizeIds) };
+    },
+    {
+      leave: 200,
+      back: ['42["message-back","still here"]'],
+      again: ['40/custom,{"sid":"<sid>"}', '42/custom,["auth",{}]'],
+    },
+  );
+
+  scenario(
+    s,
+    "connect timeout: without a CONNECT the server closes the session after ~1 s",
+    async (srv) => {
+      const session = new PollingSession(srv.url, EP);
+      await session.handshake();
+      const { packets, end, ms } = await pollUntilEnd(session, 4000);
+      return { packets, end, onTime: ms >= 700 && ms <= 2500 ? true : ms };
+    },
+    { packets: ["1"], end: UNKNOWN_SID, onTime: true },
+  );
+
+  for (const [label, bad] of [
+    ["broken JSON", '42["message"'],
+    ["payload not an array", '42{"a":1}'],
+    ["empty event array", "42[]"],
+    ["unknown packet type", "49"],
+  ]) {
+    scenario(
+      s,
+      `a malformed Socket.IO packet (${label}) closes the connection`,
+      async (srv) => {
+        const { session } = await connected(srv);
+        const post = await session.post(bad);
+        const { packets, end } = await pollUntilEnd(session, 3000);
+        return { post: post.status, packets, end };
+      },
+      { post: 200, packets: ["1"], end: UNKNOWN_SID },
+    );
+  }
+
+  scenario(
+    s,
+    "an EVENT for a namespace the client has not joined closes the connection",
+    async (srv) => {
+      const session = new PollingSession(srv.url, EP);
+      await session.handshake();
+      await session.post('42["message","too early"]');
+      const { packets, end } = await pollUntilEnd(session, 3000);
+      return { packets, end };
+    },
+    { packets: ["1"], end: UNKNOWN_SID },
+  );
+});
