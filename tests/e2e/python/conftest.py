@@ -1,0 +1,248 @@
+"""Fixtures for Courier's Python end-to-end suite.
+
+Two kinds of server process are started here, never on a fixed port:
+
+* `courier serve` (env COURIER_BIN, default <repo>/target/debug/courier), with a TOML
+  config written for the test, a temporary data dir and `--listen 127.0.0.1:0`;
+* the conformance example (env COURIER_CONFORMANCE_BIN, default
+  <repo>/target/debug/examples/conformance) in `socketio` or `engineio` mode.
+
+Each prints `listening on http://ADDR` on stderr once bound; the fixtures wait for that
+line (20 s), and always kill the process at the end of the test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import socketio
+
+REPO = Path(__file__).resolve().parents[3]
+COURIER_BIN = Path(os.environ.get("COURIER_BIN", REPO / "target" / "debug" / "courier"))
+CONFORMANCE_BIN = Path(
+    os.environ.get("COURIER_CONFORMANCE_BIN", REPO / "target" / "debug" / "examples" / "conformance")
+)
+
+STARTUP_TIMEOUT = 20.0
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+LISTENING = re.compile(r"listening on http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+):(\d+)")
+
+
+def child_env(extra=None):
+    """The environment for a server: nothing from the caller's COURIER_* or RUST_LOG settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COURIER_") and k != "RUST_LOG"}
+    env["NO_COLOR"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+class ServerProcess:
+    """A server binary running in the background, its output captured."""
+
+    def __init__(self, name, argv, env=None):
+        self.name = name
+        self.argv = [str(a) for a in argv]
+        self.lines = []
+        self._lock = threading.Lock()
+        self._listening = threading.Event()
+        self.host = None
+        self.port = None
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=child_env(env),
+            start_new_session=True,
+        )
+        self._readers = [
+            threading.Thread(target=self._drain, args=(self.proc.stderr, "stderr"), daemon=True),
+            threading.Thread(target=self._drain, args=(self.proc.stdout, "stdout"), daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
+
+    def _drain(self, stream, label):
+        for raw in iter(stream.readline, b""):
+            line = ANSI_ESCAPE.sub("", raw.decode("utf-8", "replace").rstrip("\n"))
+            with self._lock:
+                self.lines.append(f"[{label}] {line}")
+            if label == "stderr" and not self._listening.is_set():
+                m = LISTENING.search(line)
+                if m:
+                    self.host, self.port = m.group(1), int(m.group(2))
+                    self._listening.set()
+        stream.close()
+
+    def output(self):
+        with self._lock:
+            return "\n".join(self.lines)
+
+    def wait_listening(self, timeout=STARTUP_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while not self._listening.wait(0.05):
+            if self.proc.poll() is not None:
+                for t in self._readers:
+                    t.join(1)
+                pytest.fail(
+                    f"{self.name} exited with status {self.proc.returncode} before listening\n"
+                    f"command: {' '.join(self.argv)}\n--- output ---\n{self.output()}"
+                )
+            if time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(
+                    f"{self.name} printed no 'listening on http://ADDR' line within {timeout} s\n"
+                    f"command: {' '.join(self.argv)}\n--- output ---\n{self.output()}"
+                )
+        return self
+
+    @property
+    def url(self):
+        return f"http://{self.host}:{self.port}"
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def terminate(self, timeout=10):
+        """SIGTERM, then wait; returns the exit status (SIGKILL if it does not stop in time)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        return self.proc.returncode
+
+
+def require_binary(path, what):
+    if not path.exists():
+        pytest.fail(f"{what} not found at {path}: build it first (cargo build --workspace --examples)")
+
+
+class Registry:
+    """Everything a test started; stopped at teardown whatever happened."""
+
+    def __init__(self):
+        self.processes = []
+        self.clients = []
+
+    def cleanup(self):
+        for c in self.clients:
+            close_client(c)
+        for p in self.processes:
+            p.kill()
+        for p in self.processes:
+            for stream in (p.proc.stdout, p.proc.stderr):
+                try:
+                    stream.close()
+                except Exception:
+                    pass
+
+
+def close_client(c):
+    try:
+        c.shutdown()
+    except Exception:
+        pass
+    try:
+        c.eio.disconnect(abort=True)
+    except Exception:
+        pass
+
+
+@pytest.fixture
+def registry():
+    reg = Registry()
+    yield reg
+    reg.cleanup()
+
+
+@pytest.fixture
+def start_courier(registry, tmp_path):
+    """start_courier(config_toml="", listen="127.0.0.1:0", data_dir=None) -> running ServerProcess.
+
+    The same data_dir can be passed again to restart on the same data.
+    """
+    require_binary(COURIER_BIN, "courier binary")
+    counter = iter(range(1, 1000))
+
+    def start(config="", listen="127.0.0.1:0", data_dir=None, env=None):
+        n = next(counter)
+        cfg = tmp_path / f"courier-{n}.toml"
+        cfg.write_text(config)
+        if data_dir is None:
+            data_dir = tmp_path / f"data-{n}"
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        argv = [COURIER_BIN, "serve", "--listen", listen, "--config", cfg, "--data-dir", data_dir]
+        server = ServerProcess("courier serve", argv, env=env)
+        registry.processes.append(server)
+        server.wait_listening()
+        server.config_path = cfg
+        server.data_dir = Path(data_dir)
+        return server
+
+    return start
+
+
+@pytest.fixture
+def courier(start_courier):
+    """`courier serve` with the default configuration."""
+    return start_courier()
+
+
+@pytest.fixture
+def start_conformance(registry):
+    require_binary(CONFORMANCE_BIN, "conformance example")
+
+    def start(mode):
+        server = ServerProcess(f"conformance {mode}", [CONFORMANCE_BIN, mode, "--listen", "127.0.0.1:0"])
+        registry.processes.append(server)
+        return server.wait_listening()
+
+    return start
+
+
+@pytest.fixture
+def eio_server(start_conformance):
+    """The conformance example as a bare Engine.IO echo server at /engine.io/."""
+    return start_conformance("engineio")
+
+
+@pytest.fixture
+def sio_server(start_conformance):
+    """The conformance example as the Socket.IO reference test server at /socket.io/."""
+    return start_conformance("socketio")
+
+
+@pytest.fixture
+def sio_client(registry):
+    """sio_client(**Client options) -> socketio.Client, disconnected at teardown.
+
+    Automatic reconnection is off unless the test asks for it.
+    """
+
+    def make(**kw):
+        kw.setdefault("reconnection", False)
+        c = socketio.Client(**kw)
+        registry.clients.append(c)
+        return c
+
+    return make
