@@ -1,0 +1,96 @@
+//! Server settings, each with the default a stock Socket.IO server uses.
+
+use std::time::Duration;
+
+/// Settings of the Engine.IO and Socket.IO layers. `Config::default()` matches the reference
+/// server's defaults; change fields, then hand the struct to [`crate::Io::new`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Path of the Engine.IO endpoint. Default `/socket.io/`.
+    pub path: String,
+    /// How often the server pings each client. Default 25 s.
+    pub ping_interval: Duration,
+    /// How long a client has to answer a ping. Default 20 s.
+    pub ping_timeout: Duration,
+    /// Largest HTTP POST body or WebSocket message accepted, in bytes. Default 1,000,000.
+    pub max_payload: usize,
+    /// Time a client has to join a namespace after the handshake. Default 45 s.
+    pub connect_timeout: Duration,
+    /// Time a client has to finish upgrading to WebSocket. Default 10 s.
+    pub upgrade_timeout: Duration,
+    /// Accept HTTP long-polling. Default true.
+    pub polling: bool,
+    /// Accept WebSocket. Default true.
+    pub websocket: bool,
+    /// Packets that may wait in one connection's outbound queue. A client that lets the queue fill
+    /// is disconnected (volatile packets are dropped instead). Default 1024.
+    pub max_buffered_packets: usize,
+    /// Default timeout of an emit that waits for acknowledgements. Default 10 s.
+    pub ack_timeout: Duration,
+    /// Cross-origin settings for long-polling requests.
+    pub cors: Cors,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            path: "/socket.io/".into(),
+            ping_interval: Duration::from_millis(25_000),
+            ping_timeout: Duration::from_millis(20_000),
+            max_payload: 1_000_000,
+            connect_timeout: Duration::from_millis(45_000),
+            upgrade_timeout: Duration::from_millis(10_000),
+            polling: true,
+            websocket: true,
+            max_buffered_packets: 1024,
+            ack_timeout: Duration::from_secs(10),
+            cors: Cors::default(),
+        }
+    }
+}
+
+/// Cross-origin resource sharing for long-polling requests.
+#[derive(Debug, Clone, Default)]
+pub struct Cors {
+    /// Allowed origins: empty sends no CORS headers, `"*"` allows any origin.
+    pub origins: Vec<String>,
+    /// Send `Access-Control-Allow-Credentials: true` (the origin is then echoed, never `*`).
+    pub credentials: bool,
+}
+
+/// Why a [`Config`] cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A setting is out of range.
+    #[error("invalid setting {name}: {reason}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+impl Config {
+    /// Checks the settings once, before serving.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, reason| Err(ConfigError::Invalid { name, reason });
+        if !self.path.starts_with('/') {
+            return invalid("path", "must start with /");
+        }
+        if !self.polling && !self.websocket {
+            return invalid("transports", "at least one transport is needed");
+        }
+        if self.ping_interval.is_zero() || self.ping_timeout.is_zero() {
+            return invalid("ping_interval/ping_timeout", "must be positive");
+        }
+        if self.max_payload < 16 {
+            return invalid("max_payload", "must be at least 16 bytes");
+        }
+        if self.max_buffered_packets == 0 {
+            return invalid("max_buffered_packets", "must be positive");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,192 @@
+//! Engine.IO v4 server: the handshake, the two transports, the upgrade between them and the
+//! heartbeat. It moves Engine.IO messages between clients and a [`Handler`] and knows nothing of
+//! Socket.IO.
+//!
+//! Each session has one bounded outbound queue ([`Session::send`]). Exactly one writer drains it:
+//! the pending long-polling GET, or the WebSocket task, which writes every ready frame before one
+//! flush. A per-session driver task sends pings, enforces the ping timeout and, when the session
+//! closes, removes it and tells the handler.
+
+mod http;
+mod polling;
+mod session;
+mod websocket;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use courier_proto::engine::Data;
+use dashmap::DashMap;
+
+pub use self::http::{EngineError, EngineService, RemoteAddr};
+pub use session::{CloseReason, Outbound, SendError, Session, Sid, Transport, new_id};
+
+use crate::config::Config;
+
+/// The layer above Engine.IO: told of each session's opening, messages and closing.
+pub trait Handler: Send + Sync + 'static {
+    /// Per-session state the handler keeps.
+    type Conn: Send + Sync + 'static;
+
+    /// A session was opened by a handshake; `parts` is the handshake request.
+    fn on_open(&self, session: &Arc<Session>, parts: &::http::request::Parts) -> Arc<Self::Conn>;
+
+    /// A message arrived. Called in arrival order, never concurrently for one session.
+    fn on_message(&self, conn: &Arc<Self::Conn>, data: Data);
+
+    /// The session closed; called once.
+    fn on_close(&self, conn: &Arc<Self::Conn>, reason: CloseReason);
+}
+
+/// An Engine.IO server. Cheap to clone.
+pub struct Engine<H: Handler> {
+    inner: Arc<Inner<H>>,
+}
+
+impl<H: Handler> Clone for Engine<H> {
+    fn clone(&self) -> Self {
+        Engine {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<H: Handler> {
+    config: Config,
+    handler: H,
+    sessions: DashMap<Sid, Entry<H::Conn>>,
+}
+
+struct Entry<C> {
+    session: Arc<Session>,
+    conn: Arc<C>,
+}
+
+impl<C> Clone for Entry<C> {
+    fn clone(&self) -> Self {
+        Entry {
+            session: self.session.clone(),
+            conn: self.conn.clone(),
+        }
+    }
+}
+
+impl<H: Handler> Engine<H> {
+    /// An engine with `config` that hands messages to `handler`.
+    pub fn new(config: Config, handler: H) -> Self {
+        Engine {
+            inner: Arc::new(Inner {
+                config,
+                handler,
+                sessions: DashMap::new(),
+            }),
+        }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The handler.
+    pub fn handler(&self) -> &H {
+        &self.inner.handler
+    }
+
+    /// Number of open sessions.
+    pub fn session_count(&self) -> usize {
+        self.inner.sessions.len()
+    }
+
+    /// Closes every session with `reason` and waits, up to `grace`, for them to be gone.
+    pub async fn close_all(&self, reason: CloseReason, grace: Duration) {
+        for entry in self.inner.sessions.iter() {
+            entry.session.close(reason);
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.inner.sessions.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn entry(&self, sid: &str) -> Option<Entry<H::Conn>> {
+        self.inner.sessions.get(sid).map(|e| e.clone())
+    }
+
+    /// Opens a session and starts its driver.
+    fn open(&self, transport: Transport, parts: &::http::request::Parts) -> Entry<H::Conn> {
+        let session = Session::new(transport, self.inner.config.max_buffered_packets);
+        let conn = self.inner.handler.on_open(&session, parts);
+        let entry = Entry { session, conn };
+        self.inner
+            .sessions
+            .insert(entry.session.sid().clone(), entry.clone());
+        tokio::spawn(self.clone().drive(entry.clone()));
+        entry
+    }
+
+    /// The open packet's JSON for a new session.
+    fn handshake(&self, sid: &str, transport: Transport) -> Bytes {
+        let c = &self.inner.config;
+        let upgrades: &[&str] = if transport == Transport::Polling && c.websocket {
+            &["websocket"]
+        } else {
+            &[]
+        };
+        let open = serde_json::json!({
+            "sid": sid,
+            "upgrades": upgrades,
+            "pingInterval": c.ping_interval.as_millis() as u64,
+            "pingTimeout": c.ping_timeout.as_millis() as u64,
+            "maxPayload": c.max_payload,
+        });
+        let mut text = b"0".to_vec();
+        serde_json::to_writer(&mut text, &open).expect("JSON of plain values");
+        text.into()
+    }
+
+    /// Heartbeat and cleanup of one session.
+    async fn drive(self, entry: Entry<H::Conn>) {
+        let session = &entry.session;
+        let (interval, timeout) = (
+            self.inner.config.ping_interval,
+            self.inner.config.ping_timeout,
+        );
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = session.closed() => break,
+            }
+            match session.send(Outbound::Text(Bytes::from_static(b"2"))) {
+                Ok(()) => {}
+                Err(SendError::Full) => session.close(CloseReason::SlowClient),
+                Err(SendError::Closed) => break,
+            }
+            tokio::select! {
+                _ = session.pong.notified() => {}
+                _ = tokio::time::sleep(timeout) => session.close(CloseReason::PingTimeout),
+                _ = session.closed() => break,
+            }
+        }
+        self.inner.sessions.remove(session.sid());
+        let reason = session
+            .close_reason()
+            .unwrap_or(CloseReason::TransportClose);
+        tracing::debug!(sid = %session.sid(), reason = reason.as_str(), "engine session closed");
+        self.inner.handler.on_close(&entry.conn, reason);
+    }
+
+    /// Dispatches one decoded packet from the client.
+    fn on_packet(&self, entry: &Entry<H::Conn>, packet: courier_proto::engine::Packet) {
+        use courier_proto::engine::Packet;
+        match packet {
+            Packet::Message(data) => self.inner.handler.on_message(&entry.conn, data),
+            Packet::Pong(_) => entry.session.pong.notify_one(),
+            Packet::Close => entry.session.close(CloseReason::TransportClose),
+            // A client never needs to send these outside an upgrade; they are harmless.
+            Packet::Ping(_) | Packet::Noop | Packet::Upgrade => {}
+            Packet::Open(_) => entry.session.close(CloseReason::ParseError),
+        }
+    }
+}

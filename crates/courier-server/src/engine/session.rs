@@ -1,0 +1,200 @@
+//! One Engine.IO session: its outbound queue, transport state and lifecycle.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// A session id, as sent to clients.
+pub type Sid = Arc<str>;
+
+/// Makes a random 20-character URL-safe id.
+pub fn new_id() -> Sid {
+    use base64::Engine as _;
+    let bytes: [u8; 15] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(bytes)
+        .into()
+}
+
+/// What the writer of a connection sends. A binary Socket.IO packet and its attachments are one
+/// item so that nothing can be queued between them.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// An Engine.IO packet in text form (`42[...]`, `2`, `6`, ...).
+    Text(Bytes),
+    /// An Engine.IO binary message.
+    Binary(Bytes),
+    /// A text packet followed by its binary attachments.
+    WithAttachments(Bytes, Arc<[Bytes]>),
+}
+
+impl Outbound {
+    /// The number of frames this item becomes on a WebSocket.
+    pub fn frames(&self) -> usize {
+        match self {
+            Outbound::WithAttachments(_, a) => 1 + a.len(),
+            _ => 1,
+        }
+    }
+}
+
+/// The transport a session currently uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTP long-polling.
+    Polling,
+    /// WebSocket.
+    WebSocket,
+}
+
+impl Transport {
+    /// The name used in the `transport` query parameter.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Polling => "polling",
+            Transport::WebSocket => "websocket",
+        }
+    }
+}
+
+/// Why a session closed; mapped to Socket.IO's disconnect reasons by [`CloseReason::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The client closed the transport (or sent a close packet).
+    TransportClose,
+    /// The transport failed, or the client broke a transport rule.
+    TransportError,
+    /// No pong within the ping timeout.
+    PingTimeout,
+    /// The server is shutting down.
+    ServerShutdown,
+    /// The server closed the connection on purpose.
+    ForcedClose,
+    /// The client sent bytes that are not valid packets.
+    ParseError,
+    /// The client read too slowly and its outbound queue filled up.
+    SlowClient,
+    /// No namespace was joined within the connect timeout.
+    ConnectTimeout,
+}
+
+impl CloseReason {
+    /// The reason as Socket.IO names it to `disconnect` handlers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::TransportClose => "transport close",
+            CloseReason::TransportError | CloseReason::SlowClient => "transport error",
+            CloseReason::PingTimeout => "ping timeout",
+            CloseReason::ServerShutdown => "server shutting down",
+            CloseReason::ForcedClose | CloseReason::ConnectTimeout => "forced server close",
+            CloseReason::ParseError => "parse error",
+        }
+    }
+}
+
+/// Why a packet could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The client is not reading fast enough.
+    #[error("outbound queue full")]
+    Full,
+    /// The session is closed.
+    #[error("session closed")]
+    Closed,
+}
+
+/// Shared state of one session. Cheap to reach from any task through an `Arc`.
+#[derive(Debug)]
+pub struct Session {
+    sid: Sid,
+    tx: mpsc::Sender<Outbound>,
+    /// The outbound queue's receiver, held by whichever transport currently writes: a pending
+    /// long-polling GET or the WebSocket task. An async mutex because it is held across the wait
+    /// for the next packet.
+    pub(crate) rx: tokio::sync::Mutex<mpsc::Receiver<Outbound>>,
+    transport: AtomicU8,
+    pub(crate) upgrading: AtomicBool,
+    pub(crate) post_busy: AtomicBool,
+    pub(crate) pong: Notify,
+    closed: CancellationToken,
+    // A std mutex: written once, read once, never held across an await.
+    reason: Mutex<Option<CloseReason>>,
+}
+
+impl Session {
+    pub(crate) fn new(transport: Transport, queue: usize) -> Arc<Session> {
+        let (tx, rx) = mpsc::channel(queue);
+        Arc::new(Session {
+            sid: new_id(),
+            tx,
+            rx: tokio::sync::Mutex::new(rx),
+            transport: AtomicU8::new(transport as u8),
+            upgrading: AtomicBool::new(false),
+            post_busy: AtomicBool::new(false),
+            pong: Notify::new(),
+            closed: CancellationToken::new(),
+            reason: Mutex::new(None),
+        })
+    }
+
+    /// The session id.
+    pub fn sid(&self) -> &Sid {
+        &self.sid
+    }
+
+    /// The transport in use.
+    pub fn transport(&self) -> Transport {
+        if self.transport.load(Ordering::Acquire) == Transport::WebSocket as u8 {
+            Transport::WebSocket
+        } else {
+            Transport::Polling
+        }
+    }
+
+    pub(crate) fn set_transport(&self, t: Transport) {
+        self.transport.store(t as u8, Ordering::Release);
+    }
+
+    /// Queues an item for the client without waiting.
+    pub fn send(&self, item: Outbound) -> Result<(), SendError> {
+        if self.closed.is_cancelled() {
+            return Err(SendError::Closed);
+        }
+        self.tx.try_send(item).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+        })
+    }
+
+    /// Closes the session. The first reason given wins; later calls do nothing.
+    pub fn close(&self, reason: CloseReason) {
+        {
+            let mut r = self.reason.lock().expect("reason lock");
+            if r.is_some() {
+                return;
+            }
+            *r = Some(reason);
+        }
+        self.closed.cancel();
+    }
+
+    /// Whether the session is closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Why the session closed, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        *self.reason.lock().expect("reason lock")
+    }
+
+    /// Resolves when the session closes.
+    pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.closed.cancelled()
+    }
+}

@@ -1,0 +1,239 @@
+//! WebSocket transport: direct connections and upgrades from long-polling.
+//!
+//! One task per connection reads frames and writes the outbound queue. It takes every item that is
+//! ready (up to a batch), feeds them all to the socket and flushes once, so a burst of packets
+//! costs one write system call instead of one per packet.
+
+use std::sync::atomic::Ordering;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use courier_proto::engine::Packet;
+use futures_util::{SinkExt, StreamExt};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+use tokio_websockets::{
+    CloseCode, Config as WsConfig, Limits, Message, ServerBuilder, WebSocketStream,
+};
+
+use super::http::{EngineError, HttpResponse};
+use super::{CloseReason, Engine, Entry, Handler, Outbound, Transport};
+
+type Ws = WebSocketStream<TokioIo<Upgraded>>;
+
+/// Most queued items written before one flush.
+const BATCH: usize = 128;
+const PROBE_PING: &str = "2probe";
+
+impl<H: Handler> Engine<H> {
+    pub(super) fn upgrade_websocket<B>(
+        &self,
+        mut req: Request<B>,
+        existing: Option<Entry<H::Conn>>,
+    ) -> Result<HttpResponse, EngineError> {
+        let key = req
+            .headers()
+            .get(header::SEC_WEBSOCKET_KEY)
+            .ok_or(EngineError::BadRequest)?;
+        let accept = accept_key(key.as_bytes());
+        if let Some(entry) = &existing
+            && entry.session.upgrading.swap(true, Ordering::AcqRel)
+        {
+            return Err(EngineError::BadRequest);
+        }
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let (parts, _) = req.into_parts();
+        tokio::spawn(self.clone().websocket_task(on_upgrade, parts, existing));
+        Ok(Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::UPGRADE, HeaderValue::from_static("websocket"))
+            .header(header::CONNECTION, HeaderValue::from_static("Upgrade"))
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+            .body(Default::default())
+            .expect("static response parts"))
+    }
+
+    async fn websocket_task(
+        self,
+        on_upgrade: OnUpgrade,
+        parts: http::request::Parts,
+        existing: Option<Entry<H::Conn>>,
+    ) {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                if let Some(entry) = existing {
+                    entry.session.upgrading.store(false, Ordering::Release);
+                }
+                return;
+            }
+        };
+        let max = self.inner.config.max_payload;
+        let mut ws = ServerBuilder::new()
+            .limits(Limits::default().max_payload_len(Some(max)))
+            .config(WsConfig::default().flush_threshold(64 * 1024))
+            .serve(TokioIo::new(upgraded));
+        let entry = match existing {
+            None => {
+                let entry = self.open(Transport::WebSocket, &parts);
+                let open = self.handshake(entry.session.sid(), Transport::WebSocket);
+                if ws.send(Message::text(open)).await.is_err() {
+                    entry.session.close(CloseReason::TransportError);
+                    return;
+                }
+                entry
+            }
+            Some(entry) => {
+                let upgraded =
+                    tokio::time::timeout(self.inner.config.upgrade_timeout, probe(&mut ws, &entry))
+                        .await;
+                if upgraded != Ok(true) {
+                    tracing::debug!(sid = %entry.session.sid(), "websocket upgrade abandoned");
+                    entry.session.upgrading.store(false, Ordering::Release);
+                    return;
+                }
+                entry
+            }
+        };
+        let session = entry.session.clone();
+        let mut rx = tokio::select! {
+            rx = session.rx.lock() => rx,
+            _ = session.closed() => return,
+        };
+        session.set_transport(Transport::WebSocket);
+        session.upgrading.store(false, Ordering::Release);
+        let reason = self.pump(&mut ws, &mut rx, &entry).await;
+        session.close(reason);
+        let _ = ws.close().await;
+    }
+
+    /// Moves frames both ways until the connection ends; returns why it ended.
+    async fn pump(
+        &self,
+        ws: &mut Ws,
+        rx: &mut mpsc::Receiver<Outbound>,
+        entry: &Entry<H::Conn>,
+    ) -> CloseReason {
+        let session = &entry.session;
+        let mut batch = Vec::with_capacity(16);
+        loop {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        return CloseReason::TransportClose;
+                    }
+                    if write_batch(ws, &mut batch).await.is_err() {
+                        return CloseReason::TransportError;
+                    }
+                }
+                msg = ws.next() => match msg {
+                    Some(Ok(msg)) => {
+                        if let Err(reason) = self.on_frame(entry, msg) {
+                            return reason;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(sid = %session.sid(), error = %e, "websocket error");
+                        return CloseReason::TransportError;
+                    }
+                    None => return CloseReason::TransportClose,
+                },
+                _ = session.closed() => {
+                    // Flush what was queued before the close (a DISCONNECT packet, say).
+                    while let Ok(item) = rx.try_recv() {
+                        batch.push(item);
+                    }
+                    let _ = write_batch(ws, &mut batch).await;
+                    let code = if session.close_reason() == Some(CloseReason::ServerShutdown) {
+                        CloseCode::GOING_AWAY
+                    } else {
+                        CloseCode::NORMAL_CLOSURE
+                    };
+                    let _ = ws.send(Message::close(Some(code), "")).await;
+                    return CloseReason::ForcedClose;
+                }
+            }
+        }
+    }
+
+    fn on_frame(&self, entry: &Entry<H::Conn>, msg: Message) -> Result<(), CloseReason> {
+        if msg.is_text() {
+            let text = Bytes::from(msg.into_payload());
+            match Packet::decode_text(text) {
+                Ok(p) => self.on_packet(entry, p),
+                Err(e) => {
+                    tracing::info!(sid = %entry.session.sid(), error = %e, "closing session: bad websocket packet");
+                    return Err(CloseReason::ParseError);
+                }
+            }
+        } else if msg.is_binary() {
+            let data = courier_proto::engine::Data::Binary(Bytes::from(msg.into_payload()));
+            self.on_packet(entry, Packet::Message(data));
+        } else if msg.is_close() {
+            return Err(CloseReason::TransportClose);
+        }
+        Ok(())
+    }
+}
+
+/// Runs the client's side of the upgrade: `2probe` -> `3probe`, then waits for `5`.
+async fn probe<C>(ws: &mut Ws, entry: &Entry<C>) -> bool {
+    let mut probed = false;
+    while let Some(Ok(msg)) = ws.next().await {
+        match (msg.as_text(), probed) {
+            (Some(PROBE_PING), false) => {
+                if ws.send(Message::text("3probe")).await.is_err() {
+                    return false;
+                }
+                probed = true;
+                // Release a pending GET so that the client can finish the upgrade.
+                let _ = entry.session.send(Outbound::Text(Bytes::from_static(b"6")));
+            }
+            (Some("5"), true) => return true,
+            _ => return false,
+        }
+    }
+    false
+}
+
+async fn write_batch(
+    ws: &mut Ws,
+    batch: &mut Vec<Outbound>,
+) -> Result<(), tokio_websockets::Error> {
+    for item in batch.drain(..) {
+        match item {
+            Outbound::Text(t) => ws.feed(Message::text(t)).await?,
+            Outbound::Binary(b) => ws.feed(Message::binary(b)).await?,
+            Outbound::WithAttachments(t, atts) => {
+                ws.feed(Message::text(t)).await?;
+                for a in atts.iter() {
+                    ws.feed(Message::binary(a.clone())).await?;
+                }
+            }
+        }
+    }
+    ws.flush().await
+}
+
+fn accept_key(key: &[u8]) -> HeaderValue {
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key);
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let digest = base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes());
+    HeaderValue::from_str(&digest).expect("base64 is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn accept_key_matches_rfc6455_example() {
+        assert_eq!(
+            super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+}

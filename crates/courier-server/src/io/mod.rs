@@ -1,0 +1,221 @@
+//! The Socket.IO layer: namespaces, sockets, rooms, events and acknowledgements, on top of the
+//! engine.
+
+mod conn;
+mod message;
+mod namespace;
+mod socket;
+
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Waker};
+use std::time::{Duration, SystemTime};
+
+use courier_proto::engine::Data;
+
+pub use message::{
+    AckError, AckSender, ConnectError, DisconnectReason, EmitError, Message, Payload,
+};
+pub use namespace::{BroadcastOperator, Namespace, Room, Setup};
+pub use socket::{Handshake, Socket};
+
+use crate::config::Config;
+use crate::engine::{self, CloseReason, Engine, RemoteAddr, Session};
+use conn::Conn;
+use namespace::Handlers;
+
+/// A Socket.IO server. Cheap to clone; every clone is the same server.
+///
+/// ```no_run
+/// use courier_server::{Config, Io, Setup};
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let io = Io::new(Config::default());
+/// io.of("/").on_connect(|socket| async move {
+///     socket.on("ping", |_, mut msg| async move {
+///         let _ = msg.ack(&"pong");
+///     });
+/// });
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+/// courier_server::serve(listener, io.service(), std::future::pending()).await
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Io {
+    shared: Arc<Shared>,
+    engine: Engine<IoHandler>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    // std lock: namespaces are looked up on CONNECT and by emits, never held across an await.
+    namespaces: RwLock<std::collections::HashMap<String, Namespace>>,
+    dynamic: RwLock<Vec<DynamicNamespace>>,
+}
+
+type Matcher = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// A family of namespaces created on first use when a name matches. Its middlewares and
+/// connection handler apply to every namespace it creates.
+#[derive(Clone)]
+pub struct DynamicNamespace {
+    matcher: Matcher,
+    handlers: Arc<RwLock<Handlers>>,
+}
+
+impl Setup for DynamicNamespace {
+    fn handlers(&self) -> &RwLock<Handlers> {
+        &self.handlers
+    }
+}
+
+impl Shared {
+    /// The namespace a client asks for: an existing one, or a new one from a dynamic pattern.
+    fn namespace_for(&self, name: &str) -> Option<Namespace> {
+        if let Some(ns) = self.namespaces.read().expect("ns lock").get(name) {
+            return Some(ns.clone());
+        }
+        let handlers = self
+            .dynamic
+            .read()
+            .expect("dynamic lock")
+            .iter()
+            .find(|d| (d.matcher)(name))
+            .map(|d| d.handlers.clone())?;
+        let mut map = self.namespaces.write().expect("ns lock");
+        let ns = map
+            .entry(name.to_owned())
+            .or_insert_with(|| Namespace::new(name, handlers));
+        Some(ns.clone())
+    }
+}
+
+impl Io {
+    /// A server with `config`, which should have passed [`Config::validate`].
+    pub fn new(config: Config) -> Io {
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            namespaces: RwLock::new(Default::default()),
+            dynamic: RwLock::new(Vec::new()),
+        });
+        let engine = Engine::new(config, IoHandler(shared.clone()));
+        Io { shared, engine }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The namespace `name`, created if it does not exist.
+    pub fn of(&self, name: &str) -> Namespace {
+        let mut map = self.shared.namespaces.write().expect("ns lock");
+        map.entry(name.to_owned())
+            .or_insert_with(|| Namespace::new(name, Default::default()))
+            .clone()
+    }
+
+    /// The namespace `name`, if it exists (statically or created from a pattern).
+    pub fn get(&self, name: &str) -> Option<Namespace> {
+        self.shared
+            .namespaces
+            .read()
+            .expect("ns lock")
+            .get(name)
+            .cloned()
+    }
+
+    /// Namespaces created on first use for every name `matcher` accepts.
+    pub fn dynamic<F>(&self, matcher: F) -> DynamicNamespace
+    where
+        F: Fn(&str) -> bool + Send + Sync + 'static,
+    {
+        let d = DynamicNamespace {
+            matcher: Arc::new(matcher),
+            handlers: Default::default(),
+        };
+        self.shared
+            .dynamic
+            .write()
+            .expect("dynamic lock")
+            .push(d.clone());
+        d
+    }
+
+    /// Namespaces created on first use for every name matching the regular expression.
+    pub fn dynamic_regex(&self, pattern: regex::Regex) -> DynamicNamespace {
+        self.dynamic(move |name| pattern.is_match(name))
+    }
+
+    /// Number of open connections (Engine.IO sessions).
+    pub fn connection_count(&self) -> usize {
+        self.engine.session_count()
+    }
+
+    /// The HTTP service that answers the Engine.IO endpoint; mount it in any tower/hyper/axum
+    /// server. Requests to other paths get 404.
+    pub fn service(&self) -> IoService {
+        self.engine.service()
+    }
+
+    /// Disconnects every socket with the reason `server shutting down` and closes every
+    /// connection, waiting up to `grace` for them to be gone. Clients reconnect on their own.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.engine
+            .close_all(CloseReason::ServerShutdown, grace)
+            .await;
+    }
+}
+
+/// The engine handler behind [`Io`]: it turns Engine.IO messages into Socket.IO packets.
+pub struct IoHandler(Arc<Shared>);
+
+impl engine::Handler for IoHandler {
+    type Conn = Conn;
+
+    fn on_open(&self, session: &Arc<Session>, parts: &http::request::Parts) -> Arc<Conn> {
+        let handshake = Handshake {
+            headers: parts.headers.clone(),
+            query: parts.uri.query().unwrap_or("").to_owned(),
+            address: parts.extensions.get::<RemoteAddr>().map(|a| a.0),
+            issued: SystemTime::now(),
+        };
+        let conn = Arc::new(Conn::new(session.clone(), self.0.clone(), handshake));
+        let weak = Arc::downgrade(&conn);
+        let timeout = self.0.config.connect_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if let Some(conn) = weak.upgrade()
+                && !conn.has_sockets()
+            {
+                conn.session.close(CloseReason::ConnectTimeout);
+            }
+        });
+        conn
+    }
+
+    fn on_message(&self, conn: &Arc<Conn>, data: Data) {
+        conn.on_message(data);
+    }
+
+    fn on_close(&self, conn: &Arc<Conn>, reason: CloseReason) {
+        conn.on_close(reason);
+    }
+}
+
+/// [`Io`] as a tower `Service`.
+pub type IoService = engine::EngineService<IoHandler>;
+
+/// Polls `fut` once right away and spawns it only if it has to wait: a handler that does not
+/// await costs no task, and handlers of one connection start in arrival order.
+pub(crate) fn run_now_or_spawn<F>(fut: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let mut fut = Box::pin(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    if fut.as_mut().poll(&mut cx).is_pending() {
+        // The task polls it again with a real waker, so no wake-up is lost.
+        tokio::spawn(fut);
+    }
+}

@@ -1,0 +1,361 @@
+//! Namespaces, their rooms, and broadcasting to sets of sockets.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use courier_proto::socket::Packet;
+use dashmap::DashMap;
+use futures_util::future::BoxFuture;
+
+use super::message::{AckError, ConnectError, EmitError, Payload, send_or_close};
+use super::socket::Socket;
+use crate::engine::Sid;
+
+/// A room name.
+pub type Room = Arc<str>;
+
+pub(crate) type Middleware =
+    Arc<dyn Fn(Socket) -> BoxFuture<'static, Result<(), ConnectError>> + Send + Sync>;
+pub(crate) type ConnectHandler = Arc<dyn Fn(Socket) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// Middlewares and the connection handler; shared by every namespace a dynamic pattern creates.
+#[doc(hidden)]
+#[derive(Default)]
+pub struct Handlers {
+    pub(crate) middlewares: Vec<Middleware>,
+    pub(crate) on_connect: Option<ConnectHandler>,
+}
+
+/// Registers middlewares and a connection handler. Implemented by [`Namespace`] and by
+/// [`crate::DynamicNamespace`].
+pub trait Setup {
+    #[doc(hidden)]
+    fn handlers(&self) -> &RwLock<Handlers>;
+
+    /// Adds a middleware run on each CONNECT, in order, before the socket joins; an `Err` refuses
+    /// the client with CONNECT_ERROR.
+    fn middleware<F, Fut>(&self, f: F) -> &Self
+    where
+        F: Fn(Socket) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), ConnectError>> + Send + 'static,
+    {
+        let m: Middleware = Arc::new(move |s| Box::pin(f(s)));
+        self.handlers()
+            .write()
+            .expect("handlers lock")
+            .middlewares
+            .push(m);
+        self
+    }
+
+    /// Sets the handler run for each socket that joins.
+    fn on_connect<F, Fut>(&self, f: F) -> &Self
+    where
+        F: Fn(Socket) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let h: ConnectHandler = Arc::new(move |s| Box::pin(f(s)));
+        self.handlers().write().expect("handlers lock").on_connect = Some(h);
+        self
+    }
+}
+
+/// A namespace. Cheap to clone.
+#[derive(Clone)]
+pub struct Namespace(Arc<Inner>);
+
+struct Inner {
+    name: Arc<str>,
+    sockets: DashMap<Sid, Socket>,
+    rooms: DashMap<Room, HashSet<Sid>>,
+    handlers: Arc<RwLock<Handlers>>,
+}
+
+impl Setup for Namespace {
+    fn handlers(&self) -> &RwLock<Handlers> {
+        &self.0.handlers
+    }
+}
+
+impl Namespace {
+    pub(crate) fn new(name: &str, handlers: Arc<RwLock<Handlers>>) -> Self {
+        Namespace(Arc::new(Inner {
+            name: name.into(),
+            sockets: DashMap::new(),
+            rooms: DashMap::new(),
+            handlers,
+        }))
+    }
+
+    /// The namespace's name, e.g. `/` or `/chat`.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    pub(crate) fn name_arc(&self) -> Arc<str> {
+        self.0.name.clone()
+    }
+
+    pub(crate) fn middlewares(&self) -> Vec<Middleware> {
+        self.0
+            .handlers
+            .read()
+            .expect("handlers lock")
+            .middlewares
+            .clone()
+    }
+
+    pub(crate) fn connect_handler(&self) -> Option<ConnectHandler> {
+        self.0
+            .handlers
+            .read()
+            .expect("handlers lock")
+            .on_connect
+            .clone()
+    }
+
+    /// Number of connected sockets.
+    pub fn len(&self) -> usize {
+        self.0.sockets.len()
+    }
+
+    /// Whether no socket is connected.
+    pub fn is_empty(&self) -> bool {
+        self.0.sockets.is_empty()
+    }
+
+    /// The socket with id `sid`.
+    pub fn socket(&self, sid: &str) -> Option<Socket> {
+        self.0.sockets.get(sid).map(|s| s.clone())
+    }
+
+    /// Targets every socket of the namespace.
+    pub fn broadcast(&self) -> BroadcastOperator {
+        BroadcastOperator {
+            ns: self.clone(),
+            rooms: Vec::new(),
+            except: Vec::new(),
+            volatile: false,
+            timeout: None,
+        }
+    }
+
+    /// Targets the sockets in `room`.
+    pub fn to(&self, room: impl Into<Room>) -> BroadcastOperator {
+        self.broadcast().to(room)
+    }
+
+    /// Sends `event` with one argument to every socket; returns how many were sent to.
+    pub fn emit<T: serde::Serialize + ?Sized>(
+        &self,
+        event: &str,
+        arg: &T,
+    ) -> Result<usize, EmitError> {
+        self.broadcast().emit(event, arg)
+    }
+
+    pub(crate) fn insert(&self, socket: &Socket) {
+        self.0.sockets.insert(socket.id().clone(), socket.clone());
+    }
+
+    pub(crate) fn remove(&self, socket: &Socket) {
+        let rooms = std::mem::take(&mut *socket.0.rooms.lock().expect("rooms lock"));
+        for room in rooms {
+            self.drop_member(&room, socket.id());
+        }
+        self.0.sockets.remove(socket.id());
+    }
+
+    pub(crate) fn add_to_room(&self, socket: &Socket, room: Room) {
+        if !socket.connected() {
+            return;
+        }
+        // Lock order: the socket's room set, then the namespace's map; never the other way.
+        let mut mine = socket.0.rooms.lock().expect("rooms lock");
+        if mine.insert(room.clone()) {
+            self.0
+                .rooms
+                .entry(room)
+                .or_default()
+                .insert(socket.id().clone());
+        }
+    }
+
+    pub(crate) fn remove_from_room(&self, socket: &Socket, room: &str) {
+        let mut mine = socket.0.rooms.lock().expect("rooms lock");
+        if mine.remove(room) {
+            self.drop_member(room, socket.id());
+        }
+    }
+
+    fn drop_member(&self, room: &str, sid: &Sid) {
+        self.0.rooms.remove_if_mut(room, |_, members| {
+            members.remove(sid);
+            members.is_empty()
+        });
+    }
+
+    /// Room names and how many sockets each holds.
+    pub fn rooms(&self) -> Vec<(Room, usize)> {
+        self.0
+            .rooms
+            .iter()
+            .map(|e| (e.key().clone(), e.value().len()))
+            .collect()
+    }
+
+    fn members(&self, room: &str, into: &mut HashSet<Sid>) {
+        if let Some(m) = self.0.rooms.get(room) {
+            into.extend(m.iter().cloned());
+        }
+        // Each socket is alone in the room named after its id; that room is not stored.
+        if self.0.sockets.contains_key(room) {
+            into.insert(room.into());
+        }
+    }
+}
+
+/// A set of sockets chosen by rooms, to emit to or act on. Built from [`Namespace::to`],
+/// [`Socket::to`] and friends.
+#[derive(Clone)]
+pub struct BroadcastOperator {
+    ns: Namespace,
+    rooms: Vec<Room>,
+    except: Vec<Room>,
+    volatile: bool,
+    timeout: Option<Duration>,
+}
+
+impl BroadcastOperator {
+    /// Adds a room to the targets (with none, the whole namespace is targeted).
+    pub fn to(mut self, room: impl Into<Room>) -> Self {
+        self.rooms.push(room.into());
+        self
+    }
+
+    /// Excludes the sockets in `room` (a socket id excludes that socket).
+    pub fn except(mut self, room: impl Into<Room>) -> Self {
+        self.except.push(room.into());
+        self
+    }
+
+    /// Drops the event for clients that are not keeping up instead of disconnecting them.
+    pub fn volatile(mut self) -> Self {
+        self.volatile = true;
+        self
+    }
+
+    /// How long [`BroadcastOperator::emit_with_ack`] waits.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+
+    /// The targeted sockets.
+    pub fn sockets(&self) -> Vec<Socket> {
+        let mut excluded = HashSet::new();
+        for r in &self.except {
+            self.ns.members(r, &mut excluded);
+        }
+        let keep = |sid: &Sid| !excluded.contains(sid);
+        if self.rooms.is_empty() {
+            return self
+                .ns
+                .0
+                .sockets
+                .iter()
+                .filter(|e| keep(e.key()))
+                .map(|e| e.value().clone())
+                .collect();
+        }
+        let mut sids = HashSet::new();
+        for r in &self.rooms {
+            self.ns.members(r, &mut sids);
+        }
+        sids.iter()
+            .filter(|sid| keep(sid))
+            .filter_map(|sid| self.ns.socket(sid))
+            .collect()
+    }
+
+    /// Sends `event` with one argument; returns how many sockets it was queued for.
+    pub fn emit<T: serde::Serialize + ?Sized>(
+        &self,
+        event: &str,
+        arg: &T,
+    ) -> Result<usize, EmitError> {
+        self.emit_payload(event, Payload::new().arg(arg)?)
+    }
+
+    /// Sends `event` with a payload, encoded once for every recipient.
+    pub fn emit_payload(&self, event: &str, payload: Payload) -> Result<usize, EmitError> {
+        let out = payload.into_outbound(|args, n| Packet::event(self.ns.name(), event, args, n));
+        let mut sent = 0;
+        for socket in self.sockets() {
+            if send_or_close(&socket.0.conn.session, out.clone(), self.volatile).is_ok() {
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Sends `event` to every target with an ack request and waits for each answer or the
+    /// timeout. Returns one result per target.
+    pub async fn emit_with_ack(
+        &self,
+        event: &str,
+        payload: Payload,
+        default_timeout: Duration,
+    ) -> Vec<(Sid, Result<Payload, AckError>)> {
+        let timeout = self.timeout.unwrap_or(default_timeout);
+        let waits: Vec<_> = self
+            .sockets()
+            .into_iter()
+            .map(|s| (s.id().clone(), s.send_with_ack(event, payload.clone())))
+            .collect();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let answers = waits.into_iter().map(|(sid, wait)| async move {
+            let res = match wait {
+                Err(e) => Err(e),
+                Ok(w) => match tokio::time::timeout_at(deadline, w).await {
+                    Ok(Ok(p)) => Ok(p),
+                    Ok(Err(_)) => Err(AckError::Disconnected),
+                    Err(_) => Err(AckError::Timeout),
+                },
+            };
+            (sid, res)
+        });
+        futures_util::future::join_all(answers).await
+    }
+
+    /// Makes every target join `room`.
+    pub fn join(&self, room: impl Into<Room>) {
+        let room = room.into();
+        for s in self.sockets() {
+            s.join(room.clone());
+        }
+    }
+
+    /// Makes every target leave `room`.
+    pub fn leave(&self, room: &str) {
+        for s in self.sockets() {
+            s.leave(room);
+        }
+    }
+
+    /// Disconnects every target: from the namespace only, or (`close`) closing its connection.
+    /// Returns how many sockets were disconnected.
+    pub fn disconnect(&self, close: bool) -> usize {
+        let targets = self.sockets();
+        for s in &targets {
+            if close {
+                s.close_connection();
+            } else {
+                s.disconnect();
+            }
+        }
+        targets.len()
+    }
+}

@@ -1,0 +1,358 @@
+//! A socket: one client's membership of one namespace.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use courier_proto::socket::{Packet, PacketType};
+use futures_util::future::BoxFuture;
+use http::HeaderMap;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::conn::Conn;
+use super::message::{
+    AckError, AckSender, DisconnectReason, EmitError, Message, Payload, send_or_close,
+};
+use super::namespace::{BroadcastOperator, Namespace, Room};
+use super::run_now_or_spawn;
+use crate::engine::{CloseReason, Sid, Transport, new_id};
+
+pub(crate) type EventHandler = Arc<dyn Fn(Socket, Message) -> BoxFuture<'static, ()> + Send + Sync>;
+type DisconnectHandler =
+    Box<dyn FnOnce(Socket, DisconnectReason) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// What the client sent when it opened its connection.
+#[derive(Debug)]
+pub struct Handshake {
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// The raw query string.
+    pub query: String,
+    /// The peer address, when the server knows it.
+    pub address: Option<SocketAddr>,
+    /// When the connection was opened.
+    pub issued: SystemTime,
+}
+
+/// A client's membership of one namespace. Cheap to clone; every clone is the same socket.
+#[derive(Clone)]
+pub struct Socket(pub(crate) Arc<SocketInner>);
+
+pub(crate) struct SocketInner {
+    pub(crate) id: Sid,
+    pub(crate) ns: Namespace,
+    pub(crate) conn: Arc<Conn>,
+    auth: Value,
+    // std locks throughout: each is held for a few instructions and never across an await.
+    pub(crate) rooms: Mutex<HashSet<Room>>,
+    events: RwLock<HashMap<String, EventHandler>>,
+    fallback: RwLock<Option<EventHandler>>,
+    on_disconnect: Mutex<Vec<DisconnectHandler>>,
+    acks: Mutex<HashMap<u64, oneshot::Sender<Payload>>>,
+    next_ack: AtomicU64,
+    connected: AtomicBool,
+    data: Mutex<Value>,
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Socket")
+            .field("id", &self.0.id)
+            .field("ns", &self.0.ns.name())
+            .finish()
+    }
+}
+
+impl Socket {
+    pub(crate) fn new(ns: Namespace, conn: Arc<Conn>, auth: Value) -> Socket {
+        Socket(Arc::new(SocketInner {
+            id: new_id(),
+            ns,
+            conn,
+            auth,
+            rooms: Mutex::new(HashSet::new()),
+            events: RwLock::new(HashMap::new()),
+            fallback: RwLock::new(None),
+            on_disconnect: Mutex::new(Vec::new()),
+            acks: Mutex::new(HashMap::new()),
+            next_ack: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            data: Mutex::new(Value::Null),
+        }))
+    }
+
+    /// The socket id (also the name of a room that holds only this socket).
+    pub fn id(&self) -> &Sid {
+        &self.0.id
+    }
+
+    /// The namespace.
+    pub fn ns(&self) -> &Namespace {
+        &self.0.ns
+    }
+
+    /// The auth payload the client sent with CONNECT (`{}` when none).
+    pub fn auth(&self) -> &Value {
+        &self.0.auth
+    }
+
+    /// The connection's handshake.
+    pub fn handshake(&self) -> &Handshake {
+        &self.0.conn.handshake
+    }
+
+    /// The transport the connection currently uses.
+    pub fn transport(&self) -> Transport {
+        self.0.conn.session.transport()
+    }
+
+    /// Whether the socket is still in its namespace.
+    pub fn connected(&self) -> bool {
+        self.0.connected.load(Ordering::Acquire)
+    }
+
+    /// Application data kept with the socket.
+    pub fn data(&self) -> Value {
+        self.0.data.lock().expect("data lock").clone()
+    }
+
+    /// Replaces the socket's application data.
+    pub fn set_data(&self, v: Value) {
+        *self.0.data.lock().expect("data lock") = v;
+    }
+
+    /// Registers the handler of `event`. The handler runs in arrival order; it is polled at once
+    /// and only spawned as a task if it has to wait.
+    pub fn on<F, Fut>(&self, event: impl Into<String>, handler: F)
+    where
+        F: Fn(Socket, Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let h: EventHandler = Arc::new(move |s, m| Box::pin(handler(s, m)));
+        self.0
+            .events
+            .write()
+            .expect("events lock")
+            .insert(event.into(), h);
+    }
+
+    /// Registers the handler of every event that has no handler of its own.
+    pub fn on_any<F, Fut>(&self, handler: F)
+    where
+        F: Fn(Socket, Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let h: EventHandler = Arc::new(move |s, m| Box::pin(handler(s, m)));
+        *self.0.fallback.write().expect("fallback lock") = Some(h);
+    }
+
+    /// Registers a handler for the socket's disconnection.
+    pub fn on_disconnect<F, Fut>(&self, handler: F)
+    where
+        F: FnOnce(Socket, DisconnectReason) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.0
+            .on_disconnect
+            .lock()
+            .expect("disconnect lock")
+            .push(Box::new(move |s, r| Box::pin(handler(s, r))));
+    }
+
+    /// Sends `event` with one argument.
+    pub fn emit<T: Serialize + ?Sized>(&self, event: &str, arg: &T) -> Result<(), EmitError> {
+        self.emit_payload(event, Payload::new().arg(arg)?)
+    }
+
+    /// Sends `event` with a whole payload (several or binary arguments).
+    pub fn emit_payload(&self, event: &str, payload: Payload) -> Result<(), EmitError> {
+        let nsp = self.0.ns.name();
+        let out = payload.into_outbound(|args, n| Packet::event(nsp, event, args, n));
+        send_or_close(&self.0.conn.session, out, false)
+    }
+
+    /// Sends `event` and waits for the client's acknowledgement, up to the configured
+    /// `ack_timeout`.
+    pub async fn emit_with_ack(&self, event: &str, payload: Payload) -> Result<Payload, AckError> {
+        let timeout = self.0.conn.io.config.ack_timeout;
+        self.emit_with_ack_timeout(event, payload, timeout).await
+    }
+
+    /// Sends `event` and waits for the client's acknowledgement, up to `timeout`.
+    pub async fn emit_with_ack_timeout(
+        &self,
+        event: &str,
+        payload: Payload,
+        timeout: Duration,
+    ) -> Result<Payload, AckError> {
+        let rx = self.send_with_ack(event, payload)?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(AckError::Disconnected),
+            Err(_) => Err(AckError::Timeout),
+        }
+    }
+
+    /// Sends `event` with a fresh ack id; the receiver resolves with the answer.
+    pub(crate) fn send_with_ack(&self, event: &str, payload: Payload) -> Result<AckWait, AckError> {
+        let id = self.0.next_ack.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.0.acks.lock().expect("acks lock").insert(id, tx);
+        let nsp = self.0.ns.name();
+        let out = payload.into_outbound(|args, n| Packet {
+            id: Some(id),
+            ..Packet::event(nsp, event, args, n)
+        });
+        if send_or_close(&self.0.conn.session, out, false).is_err() {
+            self.0.acks.lock().expect("acks lock").remove(&id);
+            return Err(AckError::NotSent);
+        }
+        Ok(AckWait {
+            rx,
+            socket: self.clone(),
+            id,
+        })
+    }
+
+    /// Joins a room.
+    pub fn join(&self, room: impl Into<Room>) {
+        self.0.ns.add_to_room(self, room.into());
+    }
+
+    /// Leaves a room.
+    pub fn leave(&self, room: &str) {
+        self.0.ns.remove_from_room(self, room);
+    }
+
+    /// The rooms the socket is in, its own id included, sorted.
+    pub fn rooms(&self) -> Vec<Room> {
+        let mut rooms: Vec<Room> = self
+            .0
+            .rooms
+            .lock()
+            .expect("rooms lock")
+            .iter()
+            .cloned()
+            .collect();
+        rooms.push(self.0.id.clone());
+        rooms.sort();
+        rooms
+    }
+
+    /// Targets the other sockets in `room` (not this one).
+    pub fn to(&self, room: impl Into<Room>) -> BroadcastOperator {
+        self.broadcast().to(room)
+    }
+
+    /// Targets every other socket of the namespace.
+    pub fn broadcast(&self) -> BroadcastOperator {
+        self.0.ns.broadcast().except(self.0.id.clone())
+    }
+
+    /// Removes the socket from its namespace; the client sees `io server disconnect` and does not
+    /// reconnect on its own. The connection stays open for its other namespaces.
+    pub fn disconnect(&self) {
+        let nsp = self.0.ns.name();
+        let out = Packet::new(PacketType::Disconnect, nsp, None).encode_message();
+        let _ = self.0.conn.session.send(crate::engine::Outbound::Text(out));
+        self.0.conn.remove_socket(nsp);
+        self.close(DisconnectReason::ServerNamespaceDisconnect);
+    }
+
+    /// Closes the whole connection; the client sees `transport close` and reconnects on its own.
+    pub fn close_connection(&self) {
+        self.0.conn.session.close(CloseReason::ForcedClose);
+    }
+
+    /// Marks the socket connected and registers it with its namespace.
+    pub(crate) fn attach(&self) {
+        self.0.connected.store(true, Ordering::Release);
+        self.0.ns.insert(self);
+    }
+
+    /// Everything that must happen once when the socket leaves: rooms, pending acks, handlers.
+    pub(crate) fn close(&self, reason: DisconnectReason) {
+        if !self.0.connected.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        self.0.ns.remove(self);
+        // Dropping the senders wakes every waiting emit_with_ack with `Disconnected`.
+        self.0.acks.lock().expect("acks lock").clear();
+        tracing::debug!(sid = %self.0.id, nsp = self.0.ns.name(), reason = reason.as_str(), "socket disconnected");
+        let handlers = std::mem::take(&mut *self.0.on_disconnect.lock().expect("disconnect lock"));
+        for h in handlers {
+            run_now_or_spawn(h(self.clone(), reason));
+        }
+        self.0.events.write().expect("events lock").clear();
+        *self.0.fallback.write().expect("fallback lock") = None;
+    }
+
+    /// Runs the handler of an incoming event.
+    pub(crate) fn dispatch(&self, packet: Packet, attachments: Vec<bytes::Bytes>) {
+        let Some(Value::Array(mut args)) = packet.data else {
+            return;
+        };
+        let Value::String(event) = args.remove(0) else {
+            return;
+        };
+        let ack = packet.id.map(|id| AckSender {
+            session: self.0.conn.session.clone(),
+            nsp: self.0.ns.name_arc(),
+            id,
+        });
+        let handler = self
+            .0
+            .events
+            .read()
+            .expect("events lock")
+            .get(&event)
+            .cloned()
+            .or_else(|| self.0.fallback.read().expect("fallback lock").clone());
+        let Some(handler) = handler else {
+            tracing::trace!(sid = %self.0.id, event, "no handler for event");
+            return;
+        };
+        let msg = Message::new(event, Payload { args, attachments }, ack);
+        run_now_or_spawn(handler(self.clone(), msg));
+    }
+
+    /// Hands an acknowledgement from the client to whoever waits for it.
+    pub(crate) fn resolve_ack(&self, id: u64, payload: Payload) {
+        if let Some(tx) = self.0.acks.lock().expect("acks lock").remove(&id) {
+            let _ = tx.send(payload);
+        }
+    }
+
+    fn forget_ack(&self, id: u64) {
+        self.0.acks.lock().expect("acks lock").remove(&id);
+    }
+}
+
+/// A pending acknowledgement; dropping it forgets the ack id.
+pub(crate) struct AckWait {
+    rx: oneshot::Receiver<Payload>,
+    socket: Socket,
+    id: u64,
+}
+
+impl Future for AckWait {
+    type Output = Result<Payload, oneshot::error::RecvError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx).poll(cx)
+    }
+}
+
+impl Drop for AckWait {
+    fn drop(&mut self) {
+        self.socket.forget_ack(self.id);
+    }
+}

@@ -1,0 +1,26 @@
+//! Courier's Socket.IO server, as a library.
+//!
+//! Modules, in the order bytes move through them:
+//! - [`engine`]: Engine.IO v4. HTTP long-polling and WebSocket transports, the upgrade between
+//!   them, heartbeats, one bounded outbound queue per connection drained by a single writer.
+//! - `io`: Socket.IO v5 on top of the engine. [`Io`] holds namespaces; a [`Socket`] is one
+//!   client in one namespace, with event handlers, acknowledgements both ways and rooms;
+//!   [`BroadcastOperator`] picks sockets by room and encodes a broadcast once for all of them.
+//! - [`serve`]: a ready HTTP/1.1 accept loop with graceful shutdown. [`Io::service`] is a plain
+//!   tower `Service`, so the hub also mounts in axum or any hyper server.
+//!
+//! Codecs live in `courier-proto`; this crate does the I/O and the semantics.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod engine;
+mod io;
+mod serve;
+
+pub use config::{Config, Cors};
+pub use io::{
+    AckError, AckSender, BroadcastOperator, ConnectError, DisconnectReason, DynamicNamespace,
+    EmitError, Handshake, Io, IoHandler, IoService, Message, Namespace, Payload, Room, Setup,
+    Socket,
+};
+pub use serve::serve;
