@@ -226,7 +226,7 @@ def test_leaving_a_namespace_keeps_the_connection(sio_server, sockets):
     ws.send_sio('2["message","after leaving /custom"]')
     assert parse_sio(ws.recv_sio())["data"] == ["message-back", "after leaving /custom"]
     # longer than pingInterval + pingTimeout: the connection is still alive and answering
-    time.sleep(0.6)
+    ws.idle(0.7)
     ws.send_sio('2["message","still here"]')
     assert parse_sio(ws.recv_sio())["data"] == ["message-back", "still here"]
 
@@ -235,7 +235,7 @@ def test_leaving_the_last_namespace_keeps_the_connection(sio_server, sockets):
     ws = open_socket(sio_server, "/")
     sockets.append(ws)
     ws.send_sio("1")
-    time.sleep(0.2)
+    ws.idle(0.2)
     reply = ws.connect("/", {"again": True})
     assert reply["type"] == CONNECT, reply
     assert parse_sio(ws.recv_sio())["data"] == ["auth", {"again": True}]

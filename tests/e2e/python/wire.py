@@ -196,6 +196,7 @@ class WebSocket:
         self.url = ws_url(base_url, path, q)
         self.ws = websocket.create_connection(self.url, timeout=timeout, enable_multithread=True)
         self.open = None
+        self.backlog = []
 
     def handshake(self, timeout=5):
         """Read the open packet a fresh (sid-less) WebSocket session starts with."""
@@ -232,8 +233,28 @@ class WebSocket:
             return data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
         return bytes(data)
 
+    def idle(self, seconds):
+        """Stay connected for `seconds`, answering pings; other packets are kept for later."""
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                p = self.recv(timeout=left)
+            except (websocket.WebSocketTimeoutException, socket.timeout):
+                return
+            if p == PING:
+                self.send(PONG)
+            else:
+                self.backlog.append(p)
+
     def recv_packet(self, timeout=5, answer_pings=True):
-        """Next packet that is not an Engine.IO ping (pings are answered)."""
+        """Next packet that is not an Engine.IO ping (answered) or noop (skipped)."""
+        while self.backlog:
+            p = self.backlog.pop(0)
+            if p != NOOP:
+                return p
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -248,6 +269,8 @@ class WebSocket:
             if p == PING:
                 if answer_pings:
                     self.send(PONG)
+                continue
+            if p == NOOP:
                 continue
             return p
 
@@ -300,6 +323,36 @@ def websocket_refused(base_url, path, query, timeout=5):
         return 0
     ws.close()
     return None
+
+
+def websocket_rejected(base_url, path, query, timeout=3):
+    """How a server turns a WebSocket request down.
+
+    Returns "http <status>" when the upgrade is answered with an HTTP error, "closed"
+    when the WebSocket opens but is closed before any open packet, and "accepted" when
+    the server sends an open packet (a session was created).
+    """
+    status = None
+    try:
+        ws = websocket.create_connection(ws_url(base_url, path, query), timeout=timeout)
+    except websocket.WebSocketBadStatusException as e:
+        return f"http {e.status_code}"
+    except (websocket.WebSocketConnectionClosedException, ConnectionResetError, BrokenPipeError):
+        return "closed"
+    try:
+        ws.settimeout(timeout)
+        opcode, data = ws.recv_data(control_frame=False)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return "closed"
+        text = data.decode("utf-8", "replace") if isinstance(data, (bytes, bytearray)) else data
+        status = "accepted" if text.startswith(OPEN) else "closed"
+    except (websocket.WebSocketConnectionClosedException, OSError):
+        return "closed"
+    except websocket.WebSocketTimeoutException:
+        return "accepted"  # left open without a word: not a refusal
+    finally:
+        ws.close()
+    return status
 
 
 # ---------------------------------------------------------------- Socket.IO over a raw WebSocket
