@@ -1,0 +1,126 @@
+//! The rules of `courier serve` for clients: which namespaces exist, who may connect, room
+//! membership through `courier:join` / `courier:leave`, and relaying of client events to the
+//! sender's rooms.
+
+use std::sync::Arc;
+
+use courier_server::{ConnectError, Io, Message, Payload, Setup, Socket};
+use serde_json::{Value, json};
+
+use crate::settings::Hub as HubSettings;
+
+/// Applies the hub settings to `io`.
+pub fn install(io: &Io, settings: &HubSettings) -> anyhow::Result<()> {
+    let rules = Arc::new(settings.clone());
+    for name in &settings.namespaces {
+        setup(&io.of(name), &rules);
+    }
+    for pattern in &settings.namespace_patterns {
+        let re = regex::Regex::new(pattern)?;
+        setup(&io.dynamic_regex(re), &rules);
+    }
+    Ok(())
+}
+
+fn setup<S: Setup>(ns: &S, rules: &Arc<HubSettings>) {
+    if !rules.auth_tokens.is_empty() {
+        let tokens = rules.auth_tokens.clone();
+        ns.middleware(move |socket| {
+            let ok = socket
+                .auth()
+                .get("token")
+                .and_then(Value::as_str)
+                .is_some_and(|t| tokens.iter().any(|k| k == t));
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err(ConnectError::new("unauthorized")
+                        .with_data(json!({"code": "unauthorized"})))
+                }
+            }
+        });
+    }
+    let rules = rules.clone();
+    ns.on_connect(move |socket| {
+        let rules = rules.clone();
+        async move {
+            tracing::info!(sid = %socket.id(), nsp = socket.ns().name(), transport = socket.transport().name(), "client connected");
+            socket.on_disconnect(|socket, reason| async move {
+                tracing::info!(sid = %socket.id(), nsp = socket.ns().name(), reason = reason.as_str(), "client disconnected");
+            });
+            socket.on_any(move |socket, msg| {
+                handle(&rules, &socket, msg);
+                async {}
+            });
+        }
+    });
+}
+
+fn error(code: &str, message: impl Into<String>) -> Value {
+    json!({"ok": false, "error": {"code": code, "message": message.into()}})
+}
+
+fn handle(rules: &HubSettings, socket: &Socket, mut msg: Message) {
+    let answer = match msg.event.as_str() {
+        "courier:join" | "courier:leave" => rooms_request(rules, socket, &msg),
+        other if other.starts_with("courier:") => {
+            error("unknown_event", format!("unknown event {other:?}"))
+        }
+        _ => relay(rules, socket, &mut msg),
+    };
+    let _ = msg.ack(&answer);
+}
+
+fn rooms_request(rules: &HubSettings, socket: &Socket, msg: &Message) -> Value {
+    if !rules.client_rooms {
+        return error(
+            "forbidden",
+            "clients may not join or leave rooms on this hub",
+        );
+    }
+    let names: Vec<String> = match msg.payload.args.first() {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => {
+            return error(
+                "bad_request",
+                "expected a room name or an array of room names",
+            );
+        }
+    };
+    if names.iter().any(|n| n.is_empty()) {
+        return error("bad_request", "room names must not be empty");
+    }
+    for name in names {
+        if msg.event == "courier:join" {
+            socket.join(name);
+        } else {
+            socket.leave(&name);
+        }
+    }
+    json!({"ok": true, "rooms": socket.rooms()})
+}
+
+fn relay(rules: &HubSettings, socket: &Socket, msg: &mut Message) -> Value {
+    if !rules.client_relay {
+        return error("forbidden", "client events are not relayed on this hub");
+    }
+    let own = socket.id();
+    let rooms: Vec<_> = socket.rooms().into_iter().filter(|r| r != own).collect();
+    if rooms.is_empty() {
+        return json!({"ok": true, "recipients": 0});
+    }
+    let mut targets = socket.broadcast();
+    for r in rooms {
+        targets = targets.to(r);
+    }
+    let payload = std::mem::replace(&mut msg.payload, Payload::new());
+    match targets.emit_payload(&msg.event, payload) {
+        Ok(n) => json!({"ok": true, "recipients": n}),
+        Err(e) => error("bad_request", e.to_string()),
+    }
+}

@@ -1,0 +1,145 @@
+//! `courier`: the hub and its command-line tools.
+//!
+//! - `settings`: defaults, config file, environment and flags, validated once.
+//! - `hub`: what clients may do on a hub with no code (namespaces, auth, rooms, relay).
+//! - `api`: the HTTP API backends use (health, emit, disconnect, sockets).
+
+mod api;
+mod hub;
+mod settings;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use courier_server::Io;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use settings::{Overrides, Settings};
+
+#[derive(Parser)]
+#[command(name = "courier", version, about = "A Socket.IO event hub")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub: Socket.IO endpoint and HTTP API on one port.
+    Serve {
+        /// TOML config file (see docs/serve.md).
+        #[arg(long, env = "COURIER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address to listen on, e.g. 127.0.0.1:3000 (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Directory for what the hub keeps on disk.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Log filter, e.g. info, debug, courier_server=trace.
+        #[arg(long)]
+        log: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+            log,
+        } => {
+            let flags = Overrides {
+                listen,
+                data_dir,
+                log,
+            };
+            let settings = Settings::load(config.as_deref(), std::env::vars(), flags)?;
+            init_logging(&settings.server.log)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve(settings))
+        }
+    }
+}
+
+fn init_logging(filter: &str) -> anyhow::Result<()> {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .with_context(|| format!("invalid log filter {filter:?}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(())
+}
+
+async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Ok(l) => Ok(l),
+        // `[::]` where the machine has no IPv6: the IPv4 wildcard serves the same purpose.
+        Err(e) if addr.starts_with("[::]:") => {
+            let v4 = addr.replacen("[::]", "0.0.0.0", 1);
+            tracing::warn!(error = %e, "IPv6 unavailable, listening on {v4}");
+            TcpListener::bind(&v4)
+                .await
+                .with_context(|| format!("binding {v4}"))
+        }
+        Err(e) => Err(e).with_context(|| format!("binding {addr}")),
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let data_dir = &settings.server.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+
+    let config = settings.server_config();
+    let io = Io::new(config.clone());
+    hub::install(&io, &settings.hub)?;
+    let app = api::router(io.clone(), settings.api.token.clone(), config.max_payload);
+
+    let listener = bind(&settings.server.listen).await?;
+    let addr = listener.local_addr()?;
+    // Printed whatever the log level: scripts and tests wait for this line.
+    eprintln!("courier listening on http://{addr}");
+    tracing::info!(
+        data_dir = %data_dir.display(),
+        path = config.path,
+        namespaces = ?settings.hub.namespaces,
+        "hub ready"
+    );
+
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(courier_server::serve(
+        listener,
+        app,
+        stop.clone().cancelled_owned(),
+    ));
+    shutdown_signal().await;
+    tracing::info!("shutting down: closing connections");
+    stop.cancel();
+    let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
+    io.shutdown(grace).await;
+    match tokio::time::timeout(grace, server).await {
+        Ok(joined) => joined.context("server task")??,
+        Err(_) => tracing::warn!("some HTTP requests were still open after the grace period"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,328 @@
+//! `courier serve` settings: defaults, then the config file, then `COURIER_*` environment
+//! variables, then flags. Every field here is documented in docs/serve.md.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// All settings of `courier serve`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub server: Server,
+    pub engine: Engine,
+    pub cors: Cors,
+    pub hub: Hub,
+    pub api: Api,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Server {
+    /// Address to listen on; `[::]` also accepts IPv4 and falls back to 0.0.0.0 without IPv6.
+    pub listen: String,
+    /// Where the hub keeps what it stores.
+    pub data_dir: PathBuf,
+    /// Engine.IO endpoint path.
+    pub path: String,
+    /// Time given to connections to close on shutdown.
+    pub shutdown_grace_ms: u64,
+    /// Log filter (tracing `EnvFilter` syntax).
+    pub log: String,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: "[::]:3000".into(),
+            data_dir: "courier-data".into(),
+            path: "/socket.io/".into(),
+            shutdown_grace_ms: 5000,
+            log: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Engine {
+    pub ping_interval_ms: u64,
+    pub ping_timeout_ms: u64,
+    pub max_payload: usize,
+    pub connect_timeout_ms: u64,
+    pub upgrade_timeout_ms: u64,
+    pub transports: Vec<String>,
+    pub max_buffered_packets: usize,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        let d = courier_server::Config::default();
+        Engine {
+            ping_interval_ms: d.ping_interval.as_millis() as u64,
+            ping_timeout_ms: d.ping_timeout.as_millis() as u64,
+            max_payload: d.max_payload,
+            connect_timeout_ms: d.connect_timeout.as_millis() as u64,
+            upgrade_timeout_ms: d.upgrade_timeout.as_millis() as u64,
+            transports: vec!["polling".into(), "websocket".into()],
+            max_buffered_packets: d.max_buffered_packets,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cors {
+    pub origins: Vec<String>,
+    pub credentials: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Hub {
+    pub namespaces: Vec<String>,
+    pub namespace_patterns: Vec<String>,
+    pub auth_tokens: Vec<String>,
+    pub client_rooms: bool,
+    pub client_relay: bool,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            namespaces: vec!["/".into()],
+            namespace_patterns: Vec::new(),
+            auth_tokens: Vec::new(),
+            client_rooms: true,
+            client_relay: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Api {
+    /// When set, the HTTP API requires `Authorization: Bearer <token>`.
+    pub token: String,
+}
+
+/// Values given on the command line; they win over everything else.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub log: Option<String>,
+}
+
+impl Settings {
+    /// Reads the file (if any), applies `env` (`COURIER_<SECTION>_<KEY>` pairs) and `flags`, and
+    /// checks the result.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: Overrides,
+    ) -> anyhow::Result<Settings> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                text.parse::<toml::Table>()
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        let defaults = toml::Table::try_from(Settings::default()).expect("defaults serialize");
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("COURIER_") else {
+                continue;
+            };
+            let (section, key) = rest
+                .split_once('_')
+                .map(|(s, k)| (s.to_ascii_lowercase(), k.to_ascii_lowercase()))
+                .unwrap_or_default();
+            let Some(default) = defaults.get(&section).and_then(|s| s.get(&key)) else {
+                // Not a setting (COURIER_BIN and the like belong to other tools).
+                continue;
+            };
+            let parsed = parse_like(default, &value)
+                .with_context(|| format!("environment variable {name}={value:?}"))?;
+            table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(Default::default()))
+                .as_table_mut()
+                .with_context(|| format!("config section for {name} is not a table"))?
+                .insert(key, parsed);
+        }
+        let mut settings: Settings = table.try_into().context("invalid configuration")?;
+        if let Some(l) = flags.listen {
+            settings.server.listen = l;
+        }
+        if let Some(d) = flags.data_dir {
+            settings.server.data_dir = d;
+        }
+        if let Some(l) = flags.log {
+            settings.server.log = l;
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        for t in &self.engine.transports {
+            if t != "polling" && t != "websocket" {
+                bail!("engine.transports: unknown transport {t:?} (expected polling or websocket)");
+            }
+        }
+        for ns in &self.hub.namespaces {
+            if !ns.starts_with('/') {
+                bail!("hub.namespaces: {ns:?} must start with /");
+            }
+        }
+        for p in &self.hub.namespace_patterns {
+            regex::Regex::new(p).with_context(|| format!("hub.namespace_patterns: {p:?}"))?;
+        }
+        self.server_config().validate()?;
+        Ok(())
+    }
+
+    /// The library configuration these settings describe.
+    pub fn server_config(&self) -> courier_server::Config {
+        let e = &self.engine;
+        let ms = Duration::from_millis;
+        courier_server::Config {
+            path: self.server.path.clone(),
+            ping_interval: ms(e.ping_interval_ms),
+            ping_timeout: ms(e.ping_timeout_ms),
+            max_payload: e.max_payload,
+            connect_timeout: ms(e.connect_timeout_ms),
+            upgrade_timeout: ms(e.upgrade_timeout_ms),
+            polling: e.transports.iter().any(|t| t == "polling"),
+            websocket: e.transports.iter().any(|t| t == "websocket"),
+            max_buffered_packets: e.max_buffered_packets,
+            cors: courier_server::Cors {
+                origins: self.cors.origins.clone(),
+                credentials: self.cors.credentials,
+            },
+            ..courier_server::Config::default()
+        }
+    }
+}
+
+/// Parses an environment value as the same TOML type as the setting's default.
+fn parse_like(default: &toml::Value, raw: &str) -> anyhow::Result<toml::Value> {
+    Ok(match default {
+        toml::Value::Integer(_) => {
+            toml::Value::Integer(raw.trim().parse().context("expected a whole number")?)
+        }
+        toml::Value::Boolean(_) => toml::Value::Boolean(match raw.trim() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => bail!("expected true or false"),
+        }),
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.into()))
+                .collect(),
+        ),
+        _ => toml::Value::String(raw.into()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_reference_server() {
+        let s = Settings::load(None, [], Overrides::default()).unwrap();
+        let c = s.server_config();
+        assert_eq!(c.ping_interval, Duration::from_millis(25_000));
+        assert_eq!(c.ping_timeout, Duration::from_millis(20_000));
+        assert_eq!(c.max_payload, 1_000_000);
+        assert_eq!(s.server.listen, "[::]:3000");
+        assert_eq!(s.hub.namespaces, vec!["/"]);
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = std::env::temp_dir().join(format!("courier-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "[server]\nlisten = \"127.0.0.1:1\"\n[engine]\nping_interval_ms = 100\nmax_payload = 500\n",
+        )
+        .unwrap();
+        let s = Settings::load(
+            Some(&file),
+            env(&[
+                ("COURIER_ENGINE_MAX_PAYLOAD", "600"),
+                ("COURIER_HUB_AUTH_TOKENS", "a, b"),
+                ("COURIER_HUB_CLIENT_RELAY", "false"),
+                ("COURIER_BIN", "/not/a/setting"),
+            ]),
+            Overrides {
+                listen: Some("127.0.0.1:2".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.server.listen, "127.0.0.1:2");
+        assert_eq!(s.engine.ping_interval_ms, 100);
+        assert_eq!(s.engine.max_payload, 600);
+        assert_eq!(s.hub.auth_tokens, vec!["a", "b"]);
+        assert!(!s.hub.client_relay);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_named_in_the_error() {
+        let err = Settings::load(
+            None,
+            env(&[("COURIER_ENGINE_PING_TIMEOUT_MS", "soon")]),
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("COURIER_ENGINE_PING_TIMEOUT_MS"),
+            "{err:#}"
+        );
+        let err = Settings::load(
+            None,
+            env(&[("COURIER_ENGINE_TRANSPORTS", "carrier-pigeon")]),
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("carrier-pigeon"), "{err:#}");
+        let err = Settings::load(
+            None,
+            env(&[("COURIER_HUB_NAMESPACE_PATTERNS", "(")]),
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("namespace_patterns"), "{err:#}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir =
+            std::env::temp_dir().join(format!("courier-settings-typo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "[engine]\nping_intervall_ms = 1\n").unwrap();
+        let err = Settings::load(Some(&file), [], Overrides::default()).unwrap_err();
+        assert!(format!("{err:#}").contains("ping_intervall_ms"), "{err:#}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
