@@ -66,6 +66,13 @@ export function startProcess(command, args, { name = path.basename(command), env
       live.delete(child);
       resolve({ code, signal });
     });
+    // a process that could not be started never emits "exit"
+    child.once("error", (err) => {
+      if (child.pid === undefined) {
+        live.delete(child);
+        resolve({ code: null, signal: null, error: err.message });
+      }
+    });
   });
   let exitInfo = null;
   exited.then((info) => {
