@@ -690,11 +690,8 @@ describe("Socket.IO (conformance socketio at /socket.io/, namespaces / and /cust
     { packets: ["1"], end: UNKNOWN_SID, onTime: true },
   );
 
-  // These close the connection on both servers. The scenarios keep a GET pending while posting the
-  // bad packet, as a stock client always does, and then the close packet `1` reaches it on both.
-  // Without a pending GET the two differ, unasserted: the reference keeps the session until the
-  // next GET to hand it the `1`, Courier forgets the session at once and that GET gets 400
-  // "Session ID unknown".
+  // These close the connection. The scenarios keep a GET pending while posting the bad packet, as a
+  // stock client usually does, and the close packet `1` reaches that GET.
   for (const [label, bad] of [
     ["broken JSON", '42["message"'],
     ["payload not an array", '42{"a":1}'],
@@ -711,6 +708,26 @@ describe("Socket.IO (conformance socketio at /socket.io/, namespaces / and /cust
       { post: 200, packets: ["1"], end: UNKNOWN_SID },
     );
   }
+
+  // When the server closes a polling session while no GET is pending (a stock client is often
+  // between two polls), the close packet must wait for the next GET: the reference keeps the
+  // session for it. A server that drops the session at once answers that GET with 400 instead, and
+  // socket.io-client then reports "transport error" instead of "transport close".
+  scenario(
+    s,
+    "a close while no GET is pending is delivered to the next GET",
+    async (srv) => {
+      const { session } = await connected(srv);
+      const post = await session.post('42["message"');
+      await sleep(50);
+      const next = await session.get();
+      const after = await session.get();
+      // the reference puts a noop before the close; noops are ignored by clients
+      const packets = next.status === 200 ? splitPayload(next.text).filter((p) => p !== "6") : next.text;
+      return { post: post.status, next: { status: next.status, packets }, after: errorShape(after) };
+    },
+    { post: 200, next: { status: 200, packets: ["1"] }, after: UNKNOWN_SID },
+  );
 
   scenario(
     s,

@@ -125,7 +125,9 @@ export function startProcess(command, args, { name = path.basename(command), env
     child.stderr.on("data", (chunk) => {
       stderr += chunk;
       if (settled) return;
-      const match = stderr.replace(ANSI_RE, "").match(LISTENING_RE);
+      // only whole lines: the address may arrive split across chunks
+      const complete = stderr.slice(0, stderr.lastIndexOf("\n") + 1);
+      const match = complete.replace(ANSI_RE, "").match(LISTENING_RE);
       if (!match) return;
       settled = true;
       clearTimeout(timer);
