@@ -24,6 +24,9 @@ pub use session::{CloseReason, Outbound, SendError, Session, Sid, Transport, new
 
 use crate::config::Config;
 
+/// How long a long-polling session closed by the server waits for the GET that tells the client.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
 /// The layer above Engine.IO: told of each session's opening, messages and closing.
 pub trait Handler: Send + Sync + 'static {
     /// Per-session state the handler keeps.
@@ -169,12 +172,21 @@ impl<H: Handler> Engine<H> {
                 _ = session.closed() => break,
             }
         }
-        self.inner.sessions.remove(session.sid());
         let reason = session
             .close_reason()
             .unwrap_or(CloseReason::TransportClose);
         tracing::debug!(sid = %session.sid(), reason = reason.as_str(), "engine session closed");
         self.inner.handler.on_close(&entry.conn, reason);
+        // A long-polling client closed by the server learns it from the close packet its next
+        // GET receives, so the session stays findable until then (its GET comes right away).
+        let server_side = !matches!(
+            reason,
+            CloseReason::TransportClose | CloseReason::TransportError | CloseReason::PingTimeout
+        );
+        if server_side && session.transport() == Transport::Polling {
+            let _ = tokio::time::timeout(CLOSE_LINGER, session.close_delivered.notified()).await;
+        }
+        self.inner.sessions.remove(session.sid());
     }
 
     /// Dispatches one decoded packet from the client.

@@ -54,6 +54,7 @@ impl<H: Handler> Engine<H> {
                     out.put_u8(SEPARATOR);
                 }
                 out.put_u8(b'1');
+                session.close_delivered.notify_one();
             }
         }
         text_response(out.freeze(), TEXT)
@@ -69,6 +70,9 @@ impl<H: Handler> Engine<H> {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let session = &entry.session;
+        if session.is_closed() {
+            return Err(EngineError::BadRequest);
+        }
         if session.post_busy.swap(true, Ordering::AcqRel) {
             session.close(CloseReason::TransportError);
             return Err(EngineError::BadRequest);

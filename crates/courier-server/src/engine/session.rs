@@ -121,6 +121,8 @@ pub struct Session {
     pub(crate) upgrading: AtomicBool,
     pub(crate) post_busy: AtomicBool,
     pub(crate) pong: Notify,
+    /// Signalled when a long-polling GET has carried the close packet.
+    pub(crate) close_delivered: Notify,
     closed: CancellationToken,
     // A std mutex: written once, read once, never held across an await.
     reason: Mutex<Option<CloseReason>>,
@@ -137,6 +139,7 @@ impl Session {
             upgrading: AtomicBool::new(false),
             post_busy: AtomicBool::new(false),
             pong: Notify::new(),
+            close_delivered: Notify::new(),
             closed: CancellationToken::new(),
             reason: Mutex::new(None),
         })
