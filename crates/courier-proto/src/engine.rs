@@ -108,7 +108,10 @@ impl Packet {
     pub fn encode_text(&self, out: &mut BytesMut) {
         match self {
             Packet::Message(Data::Binary(bin)) => encode_binary_record(bin, out),
-            Packet::Open(d) | Packet::Ping(d) | Packet::Pong(d) | Packet::Message(Data::Text(d)) => {
+            Packet::Open(d)
+            | Packet::Ping(d)
+            | Packet::Pong(d)
+            | Packet::Message(Data::Text(d)) => {
                 out.put_u8(self.type_char());
                 out.extend_from_slice(d);
             }
@@ -209,7 +212,11 @@ mod tests {
             ("6".into(), Packet::Noop),
         ];
         for (wire, packet) in cases {
-            assert_eq!(Packet::decode_text(text(&wire)), Ok(packet.clone()), "{wire}");
+            assert_eq!(
+                Packet::decode_text(text(&wire)),
+                Ok(packet.clone()),
+                "{wire}"
+            );
             assert_eq!(packet.to_text(), text(&wire));
         }
     }

@@ -402,7 +402,10 @@ mod tests {
     #[test]
     fn decodes_the_specification_examples() {
         let p = decode("0").unwrap();
-        assert_eq!((p.kind, p.nsp.as_str(), p.data), (PacketType::Connect, "/", None));
+        assert_eq!(
+            (p.kind, p.nsp.as_str(), p.data),
+            (PacketType::Connect, "/", None)
+        );
 
         let p = decode("0/admin,{\"token\":\"123\"}").unwrap();
         assert_eq!(p.nsp, "/admin");
@@ -420,7 +423,10 @@ mod tests {
         assert_eq!((p.nsp.as_str(), p.id), ("/admin", Some(456)));
 
         let p = decode("3/admin,456[]").unwrap();
-        assert_eq!((p.kind, p.id, p.data), (PacketType::Ack, Some(456), Some(json!([]))));
+        assert_eq!(
+            (p.kind, p.id, p.data),
+            (PacketType::Ack, Some(456), Some(json!([])))
+        );
 
         let p = decode("4{\"message\":\"Not authorized\"}").unwrap();
         assert_eq!(p.kind, PacketType::ConnectError);
@@ -443,8 +449,14 @@ mod tests {
                 Packet::new(PacketType::Connect, "/admin", Some(json!({"sid": "x"}))),
                 "0/admin,{\"sid\":\"x\"}",
             ),
-            (Packet::new(PacketType::Disconnect, "/admin", None), "1/admin,"),
-            (Packet::event("/", "hello", vec![json!(1)], 0), "2[\"hello\",1]"),
+            (
+                Packet::new(PacketType::Disconnect, "/admin", None),
+                "1/admin,",
+            ),
+            (
+                Packet::event("/", "hello", vec![json!(1)], 0),
+                "2[\"hello\",1]",
+            ),
             (
                 Packet {
                     id: Some(456),
@@ -475,20 +487,44 @@ mod tests {
         assert_eq!(decode(""), Err(DecodeError::Empty));
         assert_eq!(decode("7"), Err(DecodeError::UnknownType));
         assert_eq!(decode("2[\"a\""), Err(DecodeError::BadJson));
-        assert_eq!(decode("2{}"), Err(DecodeError::InvalidPayload(PacketType::Event)));
-        assert_eq!(decode("2[]"), Err(DecodeError::InvalidPayload(PacketType::Event)));
-        assert_eq!(decode("2[1]"), Err(DecodeError::InvalidPayload(PacketType::Event)));
-        assert_eq!(decode("2"), Err(DecodeError::InvalidPayload(PacketType::Event)));
+        assert_eq!(
+            decode("2{}"),
+            Err(DecodeError::InvalidPayload(PacketType::Event))
+        );
+        assert_eq!(
+            decode("2[]"),
+            Err(DecodeError::InvalidPayload(PacketType::Event))
+        );
+        assert_eq!(
+            decode("2[1]"),
+            Err(DecodeError::InvalidPayload(PacketType::Event))
+        );
+        assert_eq!(
+            decode("2"),
+            Err(DecodeError::InvalidPayload(PacketType::Event))
+        );
         assert_eq!(
             decode("2[\"disconnect\"]"),
             Err(DecodeError::InvalidPayload(PacketType::Event))
         );
-        assert_eq!(decode("3[]"), Err(DecodeError::InvalidPayload(PacketType::Ack)));
-        assert_eq!(decode("0[]"), Err(DecodeError::InvalidPayload(PacketType::Connect)));
-        assert_eq!(decode("1{}"), Err(DecodeError::InvalidPayload(PacketType::Disconnect)));
+        assert_eq!(
+            decode("3[]"),
+            Err(DecodeError::InvalidPayload(PacketType::Ack))
+        );
+        assert_eq!(
+            decode("0[]"),
+            Err(DecodeError::InvalidPayload(PacketType::Connect))
+        );
+        assert_eq!(
+            decode("1{}"),
+            Err(DecodeError::InvalidPayload(PacketType::Disconnect))
+        );
         assert_eq!(decode("5[\"a\"]"), Err(DecodeError::IllegalAttachments));
         assert_eq!(decode("5x-[\"a\"]"), Err(DecodeError::IllegalAttachments));
-        assert_eq!(decode("599999-[\"a\"]"), Err(DecodeError::IllegalAttachments));
+        assert_eq!(
+            decode("599999-[\"a\"]"),
+            Err(DecodeError::IllegalAttachments)
+        );
         assert_eq!(
             decode("299999999999999999999[\"a\"]"),
             Err(DecodeError::BadAckId)
@@ -501,13 +537,13 @@ mod tests {
         let header = b"52-[\"up\",{\"_placeholder\":true,\"num\":0},{\"b\":[{\"_placeholder\":true,\"num\":1}]}]";
         assert_eq!(r.text(header), Ok(None));
         assert!(r.is_waiting());
-        assert_eq!(
-            r.text(b"2[\"x\"]"),
-            Err(DecodeError::MissingAttachments(2))
-        );
+        assert_eq!(r.text(b"2[\"x\"]"), Err(DecodeError::MissingAttachments(2)));
         assert_eq!(r.binary(Bytes::from_static(b"one")), Ok(None));
         let done = r.binary(Bytes::from_static(b"two")).unwrap().unwrap();
-        assert_eq!(done.attachments, vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")]);
+        assert_eq!(
+            done.attachments,
+            vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")]
+        );
         assert!(!r.is_waiting());
         assert_eq!(r.binary(Bytes::new()), Err(DecodeError::UnexpectedBinary));
     }
@@ -515,10 +551,32 @@ mod tests {
     #[test]
     fn rejects_placeholder_beyond_attachments() {
         let mut r = Reassembler::default();
-        r.text(b"51-[\"up\",{\"_placeholder\":true,\"num\":3}]").unwrap();
+        r.text(b"51-[\"up\",{\"_placeholder\":true,\"num\":3}]")
+            .unwrap();
         assert_eq!(r.binary(Bytes::new()), Err(DecodeError::BadPlaceholder));
         let text_only = r.text(b"2[\"a\",{\"_placeholder\":true,\"num\":0}]");
         assert_eq!(text_only, Err(DecodeError::BadPlaceholder));
+    }
+
+    #[test]
+    fn float_arguments_round_trip_exactly() {
+        // Found by the socket_packet fuzz target: JSON float parsing was not correctly rounded, so
+        // `1.5e-177` decoded to 1.4999999999999998e-177 and every decode/encode hop (a relayed
+        // packet) changed the number again. Fixed by serde_json's `float_roundtrip` feature.
+        let p =
+            decode("2[\"n\",1.5e-177,0.1,2.2250738585072014e-308,1.7976931348623157e308]").unwrap();
+        let expected = json!([
+            "n",
+            1.5e-177,
+            0.1,
+            2.2250738585072014e-308,
+            1.7976931348623157e308
+        ]);
+        assert_eq!(p.data, Some(expected));
+        assert_eq!(
+            decode(std::str::from_utf8(&p.encode()).unwrap()).unwrap(),
+            p
+        );
     }
 
     fn any_json() -> impl Strategy<Value = Value> {
@@ -540,11 +598,21 @@ mod tests {
     fn any_packet() -> impl Strategy<Value = Packet> {
         let nsp = prop_oneof![Just("/".to_string()), "/[a-z0-9-]{1,8}"];
         let id = proptest::option::of(any::<u64>());
-        (nsp, id, "[a-z:]{1,10}", proptest::collection::vec(any_json(), 0..4), 0usize..3, 0..4u8)
+        (
+            nsp,
+            id,
+            "[a-z:]{1,10}",
+            proptest::collection::vec(any_json(), 0..4),
+            0usize..3,
+            0..4u8,
+        )
             .prop_map(|(nsp, id, name, args, attachments, kind)| match kind {
                 0 => Packet::new(PacketType::Connect, nsp, Some(json!({"token": name}))),
                 1 => Packet::new(PacketType::Disconnect, nsp, None),
-                2 => Packet { id, ..Packet::event(&nsp, &name, args, attachments) },
+                2 => Packet {
+                    id,
+                    ..Packet::event(&nsp, &name, args, attachments)
+                },
                 _ => Packet::ack(&nsp, id.unwrap_or(0), args, attachments),
             })
     }
