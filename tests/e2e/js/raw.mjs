@@ -163,6 +163,12 @@ export class WsConn {
         ws.send("3");
         return;
       }
+      // A noop means nothing to a client. Courier may send one on the new websocket right after an
+      // upgrade (the reference sends it to the old polling request only); it is not compared.
+      if (msg === "6") {
+        this.noops = (this.noops || 0) + 1;
+        return;
+      }
       const waiter = this.waiters.shift();
       if (waiter) waiter.resolve(msg);
       else this.queue.push(msg);
