@@ -48,9 +48,14 @@ for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) {
  * error carries everything the process wrote on stderr.
  */
 export function startProcess(command, args, { name = path.basename(command), env = {}, timeoutMs = STARTUP_TIMEOUT_MS, cleanup } = {}) {
+  // Settings come from each test's config file and `env` alone, never from the shell that runs
+  // the tests (COURIER_BIN and COURIER_CONFORMANCE_BIN are the harness's own).
+  const inherited = Object.fromEntries(
+    Object.entries(process.env).filter(([k]) => !k.startsWith("COURIER_") && k !== "RUST_LOG"),
+  );
   const child = spawn(command, args, {
     stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, NO_COLOR: "1", ...env },
+    env: { ...inherited, NO_COLOR: "1", ...env },
   });
   live.add(child);
   let stderr = "";

@@ -89,6 +89,37 @@ describe("namespaces", () => {
   });
 });
 
+describe("server-side disconnect of one namespace on a shared connection", () => {
+  test("close:false on /admin leaves / connected on the same connection; close:true ends both", async (t) => {
+    const server = await startCourier({ t, config: { hub: { namespaces: ["/", "/admin"] } } });
+    const manager = new Manager(server.url, { ...BASE_OPTS, transports: ["websocket"] });
+    const main = manager.socket("/");
+    const admin = manager.socket("/admin");
+    t.after(() => {
+      closeSocket(main);
+      closeSocket(admin);
+    });
+    await Promise.all([waitConnected(main), waitConnected(admin)]);
+    const engineId = manager.engine.id;
+    const mainDisconnects = record(main, "disconnect");
+
+    const kicked = once(admin, "disconnect", 5000);
+    const res = await api(server, "POST", "/api/v1/disconnect", { namespace: "/admin", rooms: [], close: false });
+    assert.deepEqual(res.body, { disconnected: 1 });
+    assert.equal((await kicked)[0], "io server disconnect");
+    await sleep(200);
+    assert.deepEqual(mainDisconnects, []);
+    assert.equal(main.connected, true);
+    assert.equal(manager.engine.id, engineId);
+    assert.deepEqual(await ask(main, "courier:join", "r"), { ok: true, rooms: ["r", main.id].sort() });
+
+    const closed = once(main, "disconnect", 5000);
+    const res2 = await api(server, "POST", "/api/v1/disconnect", { namespace: "/", rooms: [], close: true });
+    assert.deepEqual(res2.body, { disconnected: 1 });
+    assert.equal((await closed)[0], "transport close");
+  });
+});
+
 describe("auth_tokens", () => {
   let server;
   before(async () => {
