@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import threading
 import time
 
@@ -354,3 +355,29 @@ def test_many_sessions_at_once(eio_server):
     finally:
         for w in sockets:
             w.close()
+
+
+def test_overlapping_post_is_an_error(eio_server):
+    s = Polling(eio_server.url)
+    s.handshake()
+    # A first POST whose body is still on its way...
+    raw = socket.create_connection((eio_server.host, eio_server.port), timeout=5)
+    try:
+        body = b"4first"
+        raw.sendall(
+            f"POST /engine.io/?EIO=4&transport=polling&sid={s.sid} HTTP/1.1\r\n"
+            f"Host: {eio_server.host}:{eio_server.port}\r\nContent-Type: text/plain;charset=UTF-8\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:2]
+        )
+        time.sleep(0.1)
+        # ...and a second one at the same time: one POST at a time per session.
+        second = s.post("4second")
+        assert second.status_code == 400, f"overlapping POST answered {second.status_code} {second.text!r}"
+        try:
+            raw.sendall(body[2:])
+        except OSError:
+            pass
+    finally:
+        raw.close()
+    assert s.is_closed(timeout=2), "the session survived overlapping POSTs"
