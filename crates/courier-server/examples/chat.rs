@@ -6,7 +6,7 @@
 
 use axum::Router;
 use axum::routing::get;
-use courier_server::{ConnectError, Config, Io, Setup};
+use courier_server::{Config, ConnectError, Io, Setup};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -52,11 +52,16 @@ fn hub() -> Io {
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:3000".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:3000".into());
     let io = hub();
     let stats = io.clone();
     let app = Router::new()
-        .route("/stats", get(move || async move { format!("{} connections\n", stats.connection_count()) }))
+        .route(
+            "/stats",
+            get(move || async move { format!("{} connections\n", stats.connection_count()) }),
+        )
         .fallback_service(io.service());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     eprintln!("chat listening on http://{}", listener.local_addr()?);

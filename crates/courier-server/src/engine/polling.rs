@@ -13,6 +13,8 @@ use super::{CloseReason, Engine, Entry, Handler, Outbound, Transport};
 const TEXT: &str = "text/plain; charset=UTF-8";
 /// A GET answer stops taking packets once it is this large; the rest waits for the next GET.
 const MAX_GET_BYTES: usize = 1 << 20;
+/// Most packets in one GET answer: python-engineio refuses payloads of more than 16 packets.
+const MAX_GET_PACKETS: usize = 16;
 
 impl<H: Handler> Engine<H> {
     pub(super) fn poll_handshake<B>(&self, req: Request<B>) -> HttpResponse {
@@ -39,15 +41,22 @@ impl<H: Handler> Engine<H> {
         };
         match first {
             Some(item) => {
+                let mut packets = item.frames();
                 write_item(&mut out, &item);
+                // A binary packet's attachments travel in the same answer as the packet.
                 while out.len() < MAX_GET_BYTES {
-                    let Ok(item) = rx.try_recv() else { break };
+                    let Some(item) = rx.try_recv() else { break };
+                    packets += item.frames();
+                    if packets > MAX_GET_PACKETS {
+                        rx.hold(item);
+                        break;
+                    }
                     write_item(&mut out, &item);
                 }
             }
             None => {
                 // Closed: send what was queued before the close, then a close packet.
-                while let Ok(item) = rx.try_recv() {
+                while let Some(item) = rx.try_recv() {
                     write_item(&mut out, &item);
                 }
                 if !out.is_empty() {

@@ -116,7 +116,7 @@ pub struct Session {
     /// The outbound queue's receiver, held by whichever transport currently writes: a pending
     /// long-polling GET or the WebSocket task. An async mutex because it is held across the wait
     /// for the next packet.
-    pub(crate) rx: tokio::sync::Mutex<mpsc::Receiver<Outbound>>,
+    pub(crate) rx: tokio::sync::Mutex<Outq>,
     transport: AtomicU8,
     pub(crate) upgrading: AtomicBool,
     pub(crate) post_busy: AtomicBool,
@@ -134,7 +134,7 @@ impl Session {
         Arc::new(Session {
             sid: new_id(),
             tx,
-            rx: tokio::sync::Mutex::new(rx),
+            rx: tokio::sync::Mutex::new(Outq { rx, held: None }),
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
             post_busy: AtomicBool::new(false),
@@ -199,5 +199,51 @@ impl Session {
     /// Resolves when the session closes.
     pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.closed.cancelled()
+    }
+}
+
+/// The receiving end of a session's outbound queue, with room to put one item back.
+#[derive(Debug)]
+pub(crate) struct Outq {
+    rx: mpsc::Receiver<Outbound>,
+    held: Option<Outbound>,
+}
+
+impl Outq {
+    /// The next item, waiting for one. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        match self.held.take() {
+            Some(item) => Some(item),
+            None => self.rx.recv().await,
+        }
+    }
+
+    /// The next item if one is ready.
+    pub fn try_recv(&mut self) -> Option<Outbound> {
+        self.held.take().or_else(|| self.rx.try_recv().ok())
+    }
+
+    /// Puts back an item taken too many: it is the next one out.
+    pub fn hold(&mut self, item: Outbound) {
+        debug_assert!(self.held.is_none());
+        self.held = Some(item);
+    }
+
+    /// Waits for at least one item and appends up to `limit` ready ones to `buf`; 0 means the
+    /// queue is closed. Cancel-safe.
+    pub async fn recv_many(&mut self, buf: &mut Vec<Outbound>, limit: usize) -> usize {
+        match self.held.take() {
+            Some(item) => {
+                buf.push(item);
+                while buf.len() < limit {
+                    match self.rx.try_recv() {
+                        Ok(item) => buf.push(item),
+                        Err(_) => break,
+                    }
+                }
+                buf.len()
+            }
+            None => self.rx.recv_many(buf, limit).await,
+        }
     }
 }

@@ -14,12 +14,12 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::sync::mpsc;
 use tokio_websockets::{
     CloseCode, Config as WsConfig, Limits, Message, ServerBuilder, WebSocketStream,
 };
 
 use super::http::{EngineError, HttpResponse};
+use super::session::Outq;
 use super::{CloseReason, Engine, Entry, Handler, Outbound, Transport};
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
@@ -112,12 +112,7 @@ impl<H: Handler> Engine<H> {
     }
 
     /// Moves frames both ways until the connection ends; returns why it ended.
-    async fn pump(
-        &self,
-        ws: &mut Ws,
-        rx: &mut mpsc::Receiver<Outbound>,
-        entry: &Entry<H::Conn>,
-    ) -> CloseReason {
+    async fn pump(&self, ws: &mut Ws, rx: &mut Outq, entry: &Entry<H::Conn>) -> CloseReason {
         let session = &entry.session;
         let mut batch = Vec::with_capacity(16);
         loop {
@@ -144,7 +139,7 @@ impl<H: Handler> Engine<H> {
                 },
                 _ = session.closed() => {
                     // Flush what was queued before the close (a DISCONNECT packet, say).
-                    while let Ok(item) = rx.try_recv() {
+                    while let Some(item) = rx.try_recv() {
                         batch.push(item);
                     }
                     let _ = write_batch(ws, &mut batch).await;
