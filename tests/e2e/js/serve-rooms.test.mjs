@@ -3,7 +3,7 @@
 
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { once, sleep, startCourier } from "./harness.mjs";
+import { once, sleep, startCourier, waitFor } from "./harness.mjs";
 import { api, ask, connect, listedSids, normalizeBinary, record } from "./clients.mjs";
 
 describe("rooms and relay", () => {
@@ -74,6 +74,60 @@ describe("rooms and relay", () => {
     assert.deepEqual(ack, { ok: true, recipients: 3 });
     await sleep(200);
     for (const log of logs) assert.deepEqual(log, [[1], [2], [3]], "in order, each exactly once");
+  });
+
+  test("a burst of relayed events arrives complete and in order, polling to websocket and back", async (t) => {
+    const [poller, wser] = await Promise.all([
+      connect(t, server.url, "/", { transports: ["polling"] }),
+      connect(t, server.url, "/", { transports: ["websocket"] }),
+    ]);
+    await ask(poller, "courier:join", "burst");
+    await ask(wser, "courier:join", "burst");
+    const atWs = record(wser, "seq");
+    const atPoller = record(poller, "seq");
+    for (let i = 0; i < 200; i++) {
+      poller.emit("seq", i, i % 10 === 0 ? Buffer.from([i]) : `n${i}`);
+      wser.emit("seq", i, i % 10 === 0 ? Buffer.from([i]) : `n${i}`);
+    }
+    // an ack after the burst: the server handles a connection's packets in order
+    await ask(poller, "seq", "end");
+    await ask(wser, "seq", "end");
+    const expected = [...Array.from({ length: 200 }, (_, i) => [i, i % 10 === 0 ? Buffer.from([i]) : `n${i}`]), ["end"]];
+    await waitFor(() => atWs.length >= 201 && atPoller.length >= 201, { what: "the whole burst", ms: 8000 });
+    assert.deepEqual(normalizeBinary(atWs), expected);
+    assert.deepEqual(normalizeBinary(atPoller), expected);
+  });
+
+  test("a broadcast reaches every member of a large room exactly once", async (t) => {
+    const members = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => connect(t, server.url, "/", { transports: [i % 2 ? "websocket" : "polling"] })),
+    );
+    await Promise.all(members.map((m) => ask(m, "courier:join", "crowd")));
+    const logs = members.map((m) => record(m, "crowd-news"));
+    const res = await api(server, "POST", "/api/v1/emit", { namespace: "/", rooms: ["crowd"], event: "crowd-news", data: [{ big: "x".repeat(10_000) }] });
+    assert.equal(res.body.recipients, 20);
+    const relay = await ask(members[0], "crowd-news", "from a member");
+    assert.deepEqual(relay, { ok: true, recipients: 19 });
+    await waitFor(() => logs.slice(1).every((l) => l.length === 2), { what: "every member to get both events" });
+    await sleep(100);
+    assert.equal(logs[0].length, 1, "the relaying member does not get its own event");
+    for (const log of logs.slice(1)) assert.deepEqual(log, [[{ big: "x".repeat(10_000) }], ["from a member"]]);
+  });
+
+  test("courier:join without an ack still joins", async (t) => {
+    const socket = await connect(t, server.url);
+    socket.emit("courier:join", "silent-join");
+    await waitFor(async () => (await listedSids(server, "/", "silent-join")).includes(socket.id), {
+      what: "the socket to be listed in the room",
+    });
+  });
+
+  test("a volatile HTTP emit reaches connected clients", async (t) => {
+    const socket = await connect(t, server.url, "/", { transports: ["websocket"] });
+    const got = once(socket, "blip", 5000);
+    const res = await api(server, "POST", "/api/v1/emit", { namespace: "/", rooms: [socket.id], event: "blip", data: [1], volatile: true });
+    assert.equal(res.status, 200);
+    assert.deepEqual(await got, [1]);
   });
 
   test("a socket that shares no room with anyone reaches nobody (its own sid room does not count)", async (t) => {
