@@ -22,9 +22,9 @@
 //   does not; clients ignore noops;
 // - how binary placeholders are numbered in a re-encoded packet (the reference renumbers them in
 //   argument order): the arguments rebuilt from them are compared instead;
-// - the answer to a POST carrying an undecodable Engine.IO packet (reference 200 `ok`, Courier 400)
-//   and, after a malformed Socket.IO packet with no GET pending, whether the next GET still gets
-//   the close packet (reference) or a 400 (Courier): only a misbehaving client sees either.
+// - the answer to a POST carrying an undecodable Engine.IO packet (reference 200 `ok`, Courier 400
+//   with {"code":3,"message":"Bad request"}): only a misbehaving client sees it, and the session
+//   ends either way.
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -845,9 +845,7 @@ describe("Socket.IO (conformance socketio at /socket.io/, namespaces / and /cust
   );
 
   // These close the connection. The scenarios keep a GET pending while posting the bad packet, as a
-  // stock client usually does, and the close packet `1` reaches that GET. Not asserted: with no GET
-  // pending, the reference keeps the close packet for the next GET while Courier drops the session
-  // at once (that GET gets 400 "Session ID unknown"); only a client that sends garbage sees it.
+  // stock client usually does, and the close packet `1` reaches that GET.
   for (const [label, bad] of [
     ["broken JSON", '42["message"'],
     ["payload not an array", '42{"a":1}'],
@@ -864,6 +862,25 @@ describe("Socket.IO (conformance socketio at /socket.io/, namespaces / and /cust
       { post: 200, packets: ["1"], end: UNKNOWN_SID },
     );
   }
+
+  // A graceful close while no GET is pending (a stock client is often between two polls) keeps the
+  // close packet for the next GET. A server that dropped the session at once would answer that GET
+  // with 400, and socket.io-client would report "transport error" instead of "transport close".
+  scenario(
+    s,
+    "a close while no GET is pending is delivered to the next GET",
+    async (srv) => {
+      const { session } = await connected(srv);
+      const post = await session.post('42["message"');
+      await sleep(50);
+      const next = await session.get();
+      const after = await session.get();
+      // the reference puts a noop before the close; clients ignore noops
+      const packets = next.status === 200 ? splitPayload(next.text).filter((p) => p !== "6") : next.text;
+      return { post: post.status, next: { status: next.status, packets }, after: errorShape(after) };
+    },
+    { post: 200, next: { status: 200, packets: ["1"] }, after: UNKNOWN_SID },
+  );
 
   scenario(
     s,
