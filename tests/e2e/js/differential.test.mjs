@@ -22,6 +22,9 @@
 //   does not; clients ignore noops;
 // - how binary placeholders are numbered in a re-encoded packet (the reference renumbers them in
 //   argument order): the arguments rebuilt from them are compared instead;
+// - event names that are numbers: the reference's parser accepts `42[1,"a"]` and dispatches it as
+//   event "1"; Courier follows the protocol text (the first element is the event name, a string)
+//   and closes the connection;
 // - the answer to a POST carrying an undecodable Engine.IO packet (reference 200 `ok`, Courier 400
 //   with {"code":3,"message":"Bad request"}): only a misbehaving client sees it, and the session
 //   ends either way.
@@ -767,6 +770,17 @@ describe("Socket.IO (conformance socketio at /socket.io/, namespaces / and /cust
 
   scenario(
     s,
+    "acks with no arguments and with a large ack id",
+    async (srv) => {
+      const { session } = await connected(srv);
+      await session.post(['427["message-with-ack"]', '4212345678901["message-with-ack",null]']);
+      return await session.receive(2);
+    },
+    ["437[]", "4312345678901[null]"],
+  );
+
+  scenario(
+    s,
     "an ACK for an id the server never asked for is ignored",
     async (srv) => {
       const { session } = await connected(srv);
@@ -851,6 +865,8 @@ describe("Socket.IO (conformance socketio at /socket.io/, namespaces / and /cust
     ["payload not an array", '42{"a":1}'],
     ["empty event array", "42[]"],
     ["unknown packet type", "49"],
+    ["reserved event name", '42["disconnect"]'],
+    ["namespace without a leading slash", "40custom,"],
   ]) {
     scenario(
       s,
