@@ -89,6 +89,28 @@ describe("namespaces", () => {
   });
 });
 
+describe("multiplexing over long-polling", () => {
+  test("acks on three namespaces sharing one polling connection", async (t) => {
+    const server = await startCourier({ t, config: { hub: { namespaces: ["/", "/a", "/b"] } } });
+    const manager = new Manager(server.url, { ...BASE_OPTS, transports: ["polling"] });
+    const sockets = ["/", "/a", "/b"].map((nsp) => manager.socket(nsp));
+    t.after(() => sockets.forEach(closeSocket));
+    await Promise.all(sockets.map((s) => waitConnected(s)));
+    assert.equal(manager.engine.transport.name, "polling");
+    const answers = await Promise.all(
+      sockets.flatMap((s) => Array.from({ length: 10 }, (_, i) => ask(s, "courier:join", `room-${i}`))),
+    );
+    assert.equal(answers.length, 30);
+    for (const answer of answers) assert.equal(answer.ok, true);
+    for (const s of sockets) {
+      const rooms = (await ask(s, "courier:join", [])).rooms;
+      assert.deepEqual(rooms, [...Array.from({ length: 10 }, (_, i) => `room-${i}`), s.id].sort());
+    }
+    const health = await api(server, "GET", "/health");
+    assert.equal(health.body.connections, 1, "one connection for the three namespaces");
+  });
+});
+
 describe("server-side disconnect of one namespace on a shared connection", () => {
   test("close:false on /admin leaves / connected on the same connection; close:true ends both", async (t) => {
     const server = await startCourier({ t, config: { hub: { namespaces: ["/", "/admin"] } } });

@@ -4,7 +4,7 @@
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { once, sleep, startCourier, waitFor } from "./harness.mjs";
-import { api, ask, connect, listedSids, normalizeBinary, record } from "./clients.mjs";
+import { api, ask, BASE_OPTS, closeSocket, connect, io, listedSids, normalizeBinary, record, waitConnected } from "./clients.mjs";
 
 describe("rooms and relay", () => {
   let server;
@@ -112,6 +112,56 @@ describe("rooms and relay", () => {
     await sleep(100);
     assert.equal(logs[0].length, 1, "the relaying member does not get its own event");
     for (const log of logs.slice(1)) assert.deepEqual(log, [[{ big: "x".repeat(10_000) }], ["from a member"]]);
+  });
+
+  test("a large binary attachment (600 KB) is relayed intact over polling and websocket", async (t) => {
+    const [poller, wser] = await Promise.all([
+      connect(t, server.url, "/", { transports: ["polling"] }),
+      connect(t, server.url, "/", { transports: ["websocket"] }),
+    ]);
+    await ask(poller, "courier:join", "big");
+    await ask(wser, "courier:join", "big");
+    const blob = Buffer.alloc(600_000);
+    for (let i = 0; i < blob.length; i++) blob[i] = (i * 31 + 7) & 0xff;
+    const atWs = once(wser, "file", 10000);
+    assert.deepEqual(await ask(poller, "file", "name.bin", blob), { ok: true, recipients: 1 });
+    const [name, got] = normalizeBinary(await atWs);
+    assert.equal(name, "name.bin");
+    assert.ok(got.equals(blob), "the websocket client got the same bytes");
+    const atPoller = once(poller, "file", 10000);
+    assert.deepEqual(await ask(wser, "file", "back.bin", blob), { ok: true, recipients: 1 });
+    const [, back] = normalizeBinary(await atPoller);
+    assert.ok(back.equals(blob), "the polling client got the same bytes");
+  });
+
+  test("events sent while the connection upgrades arrive complete and in order", async (t) => {
+    const receiver = await connect(t, server.url, "/", { transports: ["websocket"] });
+    await ask(receiver, "courier:join", "upgrade-traffic");
+    const got = record(receiver, "tick");
+    const sender = io(server.url, { ...BASE_OPTS, transports: ["polling", "websocket"] });
+    t.after(() => closeSocket(sender));
+    const upgraded = once(sender.io.engine, "upgrade", 8000);
+    // Emits made before the connection is up are buffered by the client and sent in order once it
+    // is, so the join comes first and the ticks flow from the first moment, across the upgrade.
+    sender.emit("courier:join", "upgrade-traffic");
+    let n = 0;
+    let done = false;
+    upgraded.then(() => {
+      done = true;
+    });
+    while (!done && n < 5000) {
+      sender.emit("tick", n++);
+      await new Promise((resolve) => setImmediate(resolve));
+      if (n % 20 === 0) await sleep(1);
+    }
+    const duringUpgrade = n;
+    for (let i = 0; i < 20; i++) sender.emit("tick", n++);
+    t.diagnostic(`${duringUpgrade} events sent before the upgrade completed`);
+    await waitConnected(sender);
+    assert.equal(sender.io.engine.transport.name, "websocket");
+    await ask(sender, "tick", "end");
+    await waitFor(() => got.length >= n + 1, { what: `all ${n + 1} ticks`, ms: 8000 });
+    assert.deepEqual(got, [...Array.from({ length: n }, (_, i) => [i]), ["end"]]);
   });
 
   test("courier:join without an ack still joins", async (t) => {
