@@ -1,0 +1,24 @@
+//! Courier's durable storage.
+//!
+//! - [`types`]: entries, stream and consumer settings, consumer positions, recovery sessions.
+//! - [`Store`]: the front every caller uses. One writer task turns waiting requests into one
+//!   batch, commits it in one transaction (group commit), then updates the in-memory view
+//!   (stream numbers, a tail of recent entries, dedupe ids, consumers, recovery log) and answers.
+//! - [`Backend`]: what a persistence engine does with a batch; [`MemoryBackend`] for tests and
+//!   ephemeral hubs, [`SqliteBackend`] (WAL, fsync per group or per interval) by default.
+//!
+//! The store never sees sockets: the server's delivery engine reads entries and records
+//! consumer positions through it.
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod memory;
+pub mod sqlite;
+mod store;
+pub mod types;
+
+pub use backend::Backend;
+pub use memory::MemoryBackend;
+pub use sqlite::{SqliteBackend, SyncPolicy};
+pub use store::{Store, StoreOptions};
+pub use types::*;

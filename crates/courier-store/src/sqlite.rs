@@ -1,0 +1,365 @@
+//! The default backend: one SQLite database in WAL mode. The schema is described in
+//! docs/storage.md.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::backend::{Backend, Op, Snapshot, StreamId, StreamSnapshot};
+use crate::types::{Entry, RecoveryEvent, Seq, SessionRecord, StoreError};
+
+/// When a commit reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Every commit is fsynced before it is confirmed.
+    Always,
+    /// Commits reach the OS at once and the disk at the next [`Backend::sync`]; a power loss can
+    /// lose what was confirmed since. A process crash loses nothing.
+    Interval,
+}
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS streams(
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    config TEXT NOT NULL,
+    last_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS entries(
+    stream INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    msg_id TEXT,
+    event TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY(stream, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entries_ids ON entries(ts) WHERE msg_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS consumers(
+    stream INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY(stream, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sessions(
+    pid TEXT PRIMARY KEY,
+    expires INTEGER NOT NULL,
+    record TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS recovery(
+    offset INTEGER PRIMARY KEY,
+    ts INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+";
+
+/// A SQLite database file.
+pub struct SqliteBackend {
+    // std mutexes: SQLite calls block and never run on an async task's stack across an await.
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("store records serialize")
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Io(format!("corrupt record: {e}")))
+}
+
+impl SqliteBackend {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path, sync: SyncPolicy) -> Result<Self, StoreError> {
+        let writer = Connection::open(path)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        let level = match sync {
+            SyncPolicy::Always => "FULL",
+            SyncPolicy::Interval => "NORMAL",
+        };
+        writer.pragma_update(None, "synchronous", level)?;
+        // Checkpoints are run by `sync` and by SQLite past this many pages.
+        writer.pragma_update(None, "wal_autocheckpoint", 4000)?;
+        writer.busy_timeout(std::time::Duration::from_secs(5))?;
+        writer.execute_batch(SCHEMA)?;
+        let version: Option<i64> = writer
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match version {
+            None => {
+                writer.execute(
+                    "INSERT INTO meta(key, value) VALUES ('schema', ?1)",
+                    [SCHEMA_VERSION],
+                )?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(v) => {
+                return Err(StoreError::Io(format!(
+                    "database schema version {v} is not supported (expected {SCHEMA_VERSION})"
+                )));
+            }
+        }
+        let reader = Connection::open(path)?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(SqliteBackend {
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+        })
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader.lock().expect("sqlite reader lock")
+    }
+
+    fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
+        match op {
+            Op::PutStream { id, name, config } => {
+                tx.prepare_cached(
+                    "INSERT INTO streams(id, name, config) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(id) DO UPDATE SET config = excluded.config",
+                )?
+                .execute(params![*id as i64, name, json(config)])?;
+            }
+            Op::Append { stream, entry } => {
+                tx.prepare_cached(
+                    "INSERT INTO entries(stream, seq, ts, msg_id, event, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    *stream as i64,
+                    entry.seq as i64,
+                    entry.ts_ms as i64,
+                    entry.id,
+                    entry.event,
+                    &entry.data[..]
+                ])?;
+                tx.prepare_cached("UPDATE streams SET last_seq = max(last_seq, ?2) WHERE id = ?1")?
+                    .execute(params![*stream as i64, entry.seq as i64])?;
+            }
+            Op::Trim { stream, below } => {
+                tx.prepare_cached("DELETE FROM entries WHERE stream = ?1 AND seq < ?2")?
+                    .execute(params![*stream as i64, *below as i64])?;
+            }
+            Op::PutConsumer {
+                stream,
+                name,
+                record,
+            } => {
+                tx.prepare_cached(
+                    "INSERT INTO consumers(stream, name, record) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(stream, name) DO UPDATE SET record = excluded.record",
+                )?
+                .execute(params![*stream as i64, name, json(record)])?;
+            }
+            Op::DeleteConsumer { stream, name } => {
+                tx.prepare_cached("DELETE FROM consumers WHERE stream = ?1 AND name = ?2")?
+                    .execute(params![*stream as i64, name])?;
+            }
+            Op::PutSession { pid, record } => {
+                tx.prepare_cached(
+                    "INSERT INTO sessions(pid, expires, record) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(pid) DO UPDATE SET expires = excluded.expires, record = excluded.record",
+                )?
+                .execute(params![pid, record.expires_ms as i64, json(record)])?;
+            }
+            Op::DeleteSession { pid } => {
+                tx.prepare_cached("DELETE FROM sessions WHERE pid = ?1")?
+                    .execute([pid])?;
+            }
+            Op::AppendRecovery(ev) => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO recovery(offset, ts, record) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![ev.offset as i64, ev.ts_ms as i64, json(ev)])?;
+            }
+            Op::ExpireRecovery {
+                events_before_ms,
+                sessions_before_ms,
+            } => {
+                tx.prepare_cached("DELETE FROM recovery WHERE ts < ?1")?
+                    .execute([*events_before_ms as i64])?;
+                tx.prepare_cached("DELETE FROM sessions WHERE expires < ?1")?
+                    .execute([*sessions_before_ms as i64])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        seq: r.get::<_, i64>(0)? as u64,
+        ts_ms: r.get::<_, i64>(1)? as u64,
+        id: r.get(2)?,
+        event: r.get(3)?,
+        data: r.get::<_, Vec<u8>>(4)?.into(),
+    })
+}
+
+impl Backend for SqliteBackend {
+    fn load(&self, ids_since_ms: u64) -> Result<Snapshot, StoreError> {
+        let db = self.reader();
+        let mut snap = Snapshot::default();
+        let mut stmt = db.prepare(
+            "SELECT s.id, s.name, s.config, s.last_seq,
+                    (SELECT min(seq) FROM entries e WHERE e.stream = s.id),
+                    (SELECT count(*) FROM entries e WHERE e.stream = s.id),
+                    (SELECT coalesce(sum(length(event) + length(data) + coalesce(length(msg_id), 0)), 0)
+                       FROM entries e WHERE e.stream = s.id)
+             FROM streams s ORDER BY s.id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, name, config, last, first, entries, bytes) = row?;
+            snap.streams.push(StreamSnapshot {
+                id: id as u64,
+                name,
+                config: from_json(&config)?,
+                first_seq: first.map_or(last as u64 + 1, |f| f as u64),
+                last_seq: last as u64,
+                entries: entries as u64,
+                bytes: bytes as u64,
+            });
+        }
+        let mut stmt = db.prepare("SELECT stream, name, record FROM consumers")?;
+        for row in stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })? {
+            let (stream, name, record) = row?;
+            snap.consumers
+                .push((stream as u64, name, from_json(&record)?));
+        }
+        let mut stmt = db.prepare(
+            "SELECT stream, msg_id, seq, ts FROM entries WHERE msg_id IS NOT NULL AND ts >= ?1",
+        )?;
+        for row in stmt.query_map([ids_since_ms as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)? as u64,
+                r.get::<_, i64>(3)? as u64,
+            ))
+        })? {
+            snap.recent_ids.push(row?);
+        }
+        let mut stmt = db.prepare("SELECT record FROM recovery ORDER BY offset")?;
+        for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            snap.recovery.push(from_json::<RecoveryEvent>(&row?)?);
+        }
+        let mut stmt = db.prepare("SELECT pid, record FROM sessions")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+            let (pid, record) = row?;
+            snap.sessions.push((pid, from_json(&record)?));
+        }
+        Ok(snap)
+    }
+
+    fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
+        let mut db = self.writer.lock().expect("sqlite writer lock");
+        let tx = db.transaction()?;
+        for op in ops {
+            Self::apply(&tx, op)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn read(&self, stream: StreamId, from: Seq, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let db = self.reader();
+        let mut stmt = db.prepare_cached(
+            "SELECT seq, ts, msg_id, event, data FROM entries
+             WHERE stream = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(
+            params![stream as i64, from as i64, limit as i64],
+            entry_from_row,
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn first_seq_since(&self, stream: StreamId, ts_ms: u64) -> Result<Option<Seq>, StoreError> {
+        let db = self.reader();
+        let seq: Option<i64> = db
+            .prepare_cached(
+                "SELECT seq FROM entries WHERE stream = ?1 AND ts >= ?2 ORDER BY seq LIMIT 1",
+            )?
+            .query_row(params![stream as i64, ts_ms as i64], |r| r.get(0))
+            .optional()?;
+        Ok(seq.map(|s| s as u64))
+    }
+
+    fn first_seq_within_bytes(
+        &self,
+        stream: StreamId,
+        max_bytes: u64,
+    ) -> Result<Option<Seq>, StoreError> {
+        let db = self.reader();
+        let mut stmt = db.prepare_cached(
+            "SELECT seq, length(event) + length(data) + coalesce(length(msg_id), 0)
+             FROM entries WHERE stream = ?1 ORDER BY seq DESC",
+        )?;
+        let mut rows = stmt.query([stream as i64])?;
+        let mut total = 0u64;
+        let mut first = None;
+        while let Some(r) = rows.next()? {
+            total += r.get::<_, i64>(1)? as u64;
+            if total > max_bytes {
+                break;
+            }
+            first = Some(r.get::<_, i64>(0)? as u64);
+        }
+        Ok(first)
+    }
+
+    fn range_stats(
+        &self,
+        stream: StreamId,
+        from: Seq,
+        below: Seq,
+    ) -> Result<(u64, u64), StoreError> {
+        let db = self.reader();
+        let (n, b): (i64, i64) = db
+            .prepare_cached(
+                "SELECT count(*), coalesce(sum(length(event) + length(data) + coalesce(length(msg_id), 0)), 0)
+                 FROM entries WHERE stream = ?1 AND seq >= ?2 AND seq < ?3",
+            )?
+            .query_row(params![stream as i64, from as i64, below as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        Ok((n as u64, b as u64))
+    }
+
+    fn session(&self, pid: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let db = self.reader();
+        let record: Option<String> = db
+            .prepare_cached("SELECT record FROM sessions WHERE pid = ?1")?
+            .query_row([pid], |r| r.get(0))
+            .optional()?;
+        record.map(|r| from_json(&r)).transpose()
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        let db = self.writer.lock().expect("sqlite writer lock");
+        db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,1007 @@
+//! The store: one writer task that commits in groups, and in-memory views for fast reads.
+//!
+//! Every change goes through the writer. It takes all requests that are waiting, turns them into
+//! one batch of [`Op`]s (assigning sequence numbers and checking message ids on the way), commits
+//! the batch in one transaction, and only then updates the in-memory view and answers. A publish
+//! therefore waits for its group's commit, not for a commit of its own, and no reader ever sees an
+//! entry that is not durable.
+//!
+//! Consumer positions, recovery sessions and recovery events are not requests: callers update
+//! the in-memory view and mark it dirty, and the writer persists the latest version with its
+//! next batch. Nothing queues without bound.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use crate::backend::{Backend, Op, StreamId};
+use crate::memory::MemoryBackend;
+use crate::sqlite::{SqliteBackend, SyncPolicy};
+use crate::types::*;
+
+/// Settings of a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Create a stream on its first publish or subscribe. Default true.
+    pub auto_create: bool,
+    /// Settings of auto-created streams.
+    pub default_stream: StreamConfig,
+    /// Largest entry accepted (event + data + id), in bytes. Default 1,000,000.
+    pub max_entry_bytes: usize,
+    /// How long sessions and broadcasts are kept for connection state recovery. Default 2 min.
+    pub recovery_window: Duration,
+    /// Most broadcasts kept for recovery; older ones are dropped first. Default 100,000.
+    pub max_recovery_events: usize,
+    /// With the `interval` sync policy, how often the store makes commits durable.
+    pub sync_interval: Option<Duration>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            auto_create: true,
+            default_stream: StreamConfig::default(),
+            max_entry_bytes: 1_000_000,
+            recovery_window: Duration::from_secs(120),
+            max_recovery_events: 100_000,
+            sync_interval: None,
+        }
+    }
+}
+
+/// Entries kept in memory per stream for live delivery, and their byte budget.
+const TAIL_ENTRIES: usize = 8192;
+const TAIL_BYTES: u64 = 16 << 20;
+/// Requests turned into one batch at most.
+const MAX_BATCH: usize = 8192;
+/// How often retention and expiry run.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
+
+/// Durable streams, consumers and recovery state. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: mpsc::Sender<Request>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    backend: Arc<dyn Backend>,
+    options: StoreOptions,
+    // std locks: short critical sections, never held across an await.
+    state: RwLock<State>,
+    recovery: Mutex<RecoveryLog>,
+    dirty: Mutex<Dirty>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    streams: HashMap<String, StreamState>,
+    next_stream_id: StreamId,
+    consumers: BTreeMap<(String, String), ConsumerRecord>,
+    sessions: HashMap<String, SessionRecord>,
+}
+
+struct StreamState {
+    id: StreamId,
+    config: StreamConfig,
+    first_seq: Seq,
+    last_seq: Seq,
+    entries: u64,
+    bytes: u64,
+    tail: VecDeque<Entry>,
+    tail_bytes: u64,
+    ids: HashMap<String, (Seq, u64)>,
+    id_order: VecDeque<(u64, String)>,
+    watch: watch::Sender<Seq>,
+}
+
+#[derive(Default)]
+struct RecoveryLog {
+    events: VecDeque<RecoveryEvent>,
+    next_offset: u64,
+    persisted: u64,
+}
+
+#[derive(Default)]
+struct Dirty {
+    consumers: HashSet<(String, String)>,
+    sessions: HashSet<String>,
+}
+
+enum Request {
+    Publish {
+        stream: String,
+        entries: Vec<NewEntry>,
+        reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+    },
+    CreateStream {
+        name: String,
+        config: StreamConfig,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Purge {
+        stream: String,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    CreateConsumer {
+        stream: String,
+        name: String,
+        config: ConsumerConfig,
+        reply: oneshot::Sender<Result<ConsumerRecord, StoreError>>,
+    },
+    DeleteConsumer {
+        stream: String,
+        name: String,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    Flush(oneshot::Sender<Result<(), StoreError>>),
+}
+
+impl Store {
+    /// A store over `backend`, loading what it holds. Must be called within a tokio runtime.
+    pub fn open(backend: Arc<dyn Backend>, options: StoreOptions) -> Result<Store, StoreError> {
+        let ids_since =
+            now_ms().saturating_sub(options.default_stream.dedupe_window_ms.max(10 * 60 * 1000));
+        let snap = backend.load(ids_since)?;
+        let mut state = State::default();
+        let mut names = HashMap::new();
+        for s in snap.streams {
+            names.insert(s.id, s.name.clone());
+            state.next_stream_id = state.next_stream_id.max(s.id + 1);
+            state.streams.insert(
+                s.name,
+                StreamState {
+                    id: s.id,
+                    config: s.config,
+                    first_seq: s.first_seq,
+                    last_seq: s.last_seq,
+                    entries: s.entries,
+                    bytes: s.bytes,
+                    tail: VecDeque::new(),
+                    tail_bytes: 0,
+                    ids: HashMap::new(),
+                    id_order: VecDeque::new(),
+                    watch: watch::Sender::new(s.last_seq),
+                },
+            );
+        }
+        let mut recent = snap.recent_ids;
+        recent.sort_by_key(|r| r.3);
+        for (sid, mid, seq, ts) in recent {
+            if let Some(s) = names.get(&sid).and_then(|n| state.streams.get_mut(n)) {
+                s.ids.insert(mid.clone(), (seq, ts));
+                s.id_order.push_back((ts, mid));
+            }
+        }
+        for (sid, name, record) in snap.consumers {
+            if let Some(stream) = names.get(&sid) {
+                state.consumers.insert((stream.clone(), name), record);
+            }
+        }
+        state.sessions = snap.sessions.into_iter().collect();
+        let next_offset = snap.recovery.last().map_or(1, |e| e.offset + 1);
+        let recovery = RecoveryLog {
+            events: snap.recovery.into(),
+            next_offset,
+            persisted: next_offset,
+        };
+        let shared = Arc::new(Shared {
+            backend,
+            options,
+            state: RwLock::new(state),
+            recovery: Mutex::new(recovery),
+            dirty: Mutex::new(Dirty::default()),
+            wake: Notify::new(),
+        });
+        let (tx, rx) = mpsc::channel(MAX_BATCH);
+        tokio::spawn(writer(shared.clone(), rx));
+        Ok(Store {
+            inner: Arc::new(Inner { tx, shared }),
+        })
+    }
+
+    /// A store in memory only.
+    pub fn memory(options: StoreOptions) -> Store {
+        Store::open(Arc::new(MemoryBackend::new()), options).expect("an empty memory store loads")
+    }
+
+    /// A store in the SQLite database at `path`.
+    pub fn sqlite(
+        path: &std::path::Path,
+        sync: SyncPolicy,
+        options: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        Store::open(Arc::new(SqliteBackend::open(path, sync)?), options)
+    }
+
+    /// The settings in force.
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.shared.options
+    }
+
+    fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.inner.shared.state.read().expect("state lock")
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Request,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(make(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Creates `name` or replaces its settings.
+    pub async fn create_stream(
+        &self,
+        name: &str,
+        config: StreamConfig,
+    ) -> Result<StreamInfo, StoreError> {
+        check_name(name)?;
+        let name = name.to_owned();
+        self.request(|reply| Request::CreateStream {
+            name: name.clone(),
+            config,
+            reply,
+        })
+        .await?;
+        self.stream(&name).ok_or(StoreError::StreamNotFound(name))
+    }
+
+    /// Appends entries to `stream` and answers once they are durable.
+    pub async fn publish(
+        &self,
+        stream: &str,
+        entries: Vec<NewEntry>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        check_name(stream)?;
+        let max = self.options().max_entry_bytes;
+        for e in &entries {
+            let size = e.event.len() + e.data.len() + e.id.as_ref().map_or(0, String::len);
+            if size > max {
+                return Err(StoreError::TooLarge(size, max));
+            }
+        }
+        let stream = stream.to_owned();
+        self.request(|reply| Request::Publish {
+            stream,
+            entries,
+            reply,
+        })
+        .await
+    }
+
+    /// Appends one entry; see [`Store::publish`].
+    pub async fn publish_one(&self, stream: &str, entry: NewEntry) -> Result<Appended, StoreError> {
+        let mut v = self.publish(stream, vec![entry]).await?;
+        Ok(v.remove(0))
+    }
+
+    /// Removes every entry of `stream`; sequence numbers go on from where they were.
+    pub async fn purge(&self, stream: &str) -> Result<u64, StoreError> {
+        let stream = stream.to_owned();
+        self.request(|reply| Request::Purge { stream, reply }).await
+    }
+
+    /// Waits until everything changed so far is committed.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.request(Request::Flush).await
+    }
+
+    /// A stream's numbers.
+    pub fn stream(&self, name: &str) -> Option<StreamInfo> {
+        let state = self.state();
+        state.streams.get(name).map(|s| info(&state, name, s))
+    }
+
+    /// Every stream, by name.
+    pub fn streams(&self) -> Vec<StreamInfo> {
+        let state = self.state();
+        let mut v: Vec<_> = state
+            .streams
+            .iter()
+            .map(|(n, s)| info(&state, n, s))
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// The last committed sequence number of `stream`, watched.
+    pub fn watch(&self, stream: &str) -> Option<watch::Receiver<Seq>> {
+        self.state()
+            .streams
+            .get(stream)
+            .map(|s| s.watch.subscribe())
+    }
+
+    /// Up to `limit` committed entries of `stream` from `from` on.
+    pub fn read(&self, stream: &str, from: Seq, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let id = {
+            let state = self.state();
+            let s = state
+                .streams
+                .get(stream)
+                .ok_or_else(|| StoreError::StreamNotFound(stream.to_owned()))?;
+            if let Some(front) = s.tail.front()
+                && from >= front.seq
+            {
+                let skip = (from - front.seq) as usize;
+                return Ok(s.tail.iter().skip(skip).take(limit).cloned().collect());
+            }
+            s.id
+        };
+        self.inner.shared.backend.read(id, from, limit)
+    }
+
+    /// Gets consumer `name` of `stream`, creating it (and, if allowed, the stream) first.
+    pub async fn consumer_or_create(
+        &self,
+        stream: &str,
+        name: &str,
+        config: ConsumerConfig,
+    ) -> Result<ConsumerRecord, StoreError> {
+        check_name(stream)?;
+        check_name(name)?;
+        if let Some(r) = self.consumer(stream, name) {
+            return Ok(r);
+        }
+        let (stream, name) = (stream.to_owned(), name.to_owned());
+        self.request(|reply| Request::CreateConsumer {
+            stream,
+            name,
+            config,
+            reply,
+        })
+        .await
+    }
+
+    /// A consumer's settings and position.
+    pub fn consumer(&self, stream: &str, name: &str) -> Option<ConsumerRecord> {
+        self.state()
+            .consumers
+            .get(&(stream.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// The consumers of `stream`.
+    pub fn consumers(&self, stream: &str) -> Vec<(String, ConsumerRecord)> {
+        self.state()
+            .consumers
+            .iter()
+            .filter(|((s, _), _)| s == stream)
+            .map(|((_, n), r)| (n.clone(), r.clone()))
+            .collect()
+    }
+
+    /// Records a consumer's new position; persisted with the writer's next batch.
+    pub fn save_consumer(&self, stream: &str, name: &str, state: ConsumerState) {
+        let key = (stream.to_owned(), name.to_owned());
+        {
+            let mut st = self.inner.shared.state.write().expect("state lock");
+            let Some(r) = st.consumers.get_mut(&key) else {
+                return;
+            };
+            r.state = state;
+        }
+        self.inner
+            .shared
+            .dirty
+            .lock()
+            .expect("dirty lock")
+            .consumers
+            .insert(key);
+        self.inner.shared.wake.notify_one();
+    }
+
+    /// Removes a consumer; true if it existed.
+    pub async fn delete_consumer(&self, stream: &str, name: &str) -> Result<bool, StoreError> {
+        let (stream, name) = (stream.to_owned(), name.to_owned());
+        self.request(|reply| Request::DeleteConsumer {
+            stream,
+            name,
+            reply,
+        })
+        .await
+    }
+
+    /// Keeps a session for connection state recovery until `record.expires_ms`.
+    pub fn put_session(&self, pid: &str, record: SessionRecord) {
+        self.inner
+            .shared
+            .state
+            .write()
+            .expect("state lock")
+            .sessions
+            .insert(pid.to_owned(), record);
+        self.mark_session(pid);
+    }
+
+    /// Takes (and forgets) a session that has not expired.
+    pub fn take_session(&self, pid: &str) -> Option<SessionRecord> {
+        let record = self
+            .inner
+            .shared
+            .state
+            .write()
+            .expect("state lock")
+            .sessions
+            .remove(pid)?;
+        self.mark_session(pid);
+        (record.expires_ms >= now_ms()).then_some(record)
+    }
+
+    fn mark_session(&self, pid: &str) {
+        self.inner
+            .shared
+            .dirty
+            .lock()
+            .expect("dirty lock")
+            .sessions
+            .insert(pid.to_owned());
+        self.inner.shared.wake.notify_one();
+    }
+
+    /// Logs a broadcast for recovery and returns its offset. Never waits: persisted by the
+    /// writer's next batch, and the oldest events are dropped past `max_recovery_events`.
+    pub fn log_recoverable(
+        &self,
+        nsp: &str,
+        rooms: Vec<String>,
+        except: Vec<String>,
+        data: bytes::Bytes,
+    ) -> u64 {
+        let mut log = self.inner.shared.recovery.lock().expect("recovery lock");
+        let offset = log.next_offset;
+        log.next_offset += 1;
+        log.events.push_back(RecoveryEvent {
+            offset,
+            ts_ms: now_ms(),
+            nsp: nsp.to_owned(),
+            rooms,
+            except,
+            data,
+        });
+        while log.events.len() > self.options().max_recovery_events {
+            log.events.pop_front();
+        }
+        drop(log);
+        self.inner.shared.wake.notify_one();
+        offset
+    }
+
+    /// The offset the next recoverable broadcast will get.
+    pub fn recovery_offset(&self) -> u64 {
+        self.inner
+            .shared
+            .recovery
+            .lock()
+            .expect("recovery lock")
+            .next_offset
+    }
+
+    /// Broadcasts of `nsp` after `offset`, oldest first, or `None` if some were already dropped
+    /// (the client then cannot be recovered).
+    pub fn recoverable_after(&self, nsp: &str, offset: u64) -> Option<Vec<RecoveryEvent>> {
+        let log = self.inner.shared.recovery.lock().expect("recovery lock");
+        let oldest = log.events.front().map_or(log.next_offset, |e| e.offset);
+        if offset + 1 < oldest {
+            return None;
+        }
+        Some(
+            log.events
+                .iter()
+                .filter(|e| e.offset > offset && e.nsp == nsp)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Persists everything pending and stops the writer.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.flush().await
+    }
+}
+
+fn info(state: &State, name: &str, s: &StreamState) -> StreamInfo {
+    StreamInfo {
+        name: name.to_owned(),
+        config: s.config.clone(),
+        first_seq: s.first_seq,
+        last_seq: s.last_seq,
+        entries: s.entries,
+        bytes: s.bytes,
+        consumers: state
+            .consumers
+            .keys()
+            .filter(|(st, _)| st == name)
+            .map(|(_, n)| n.clone())
+            .collect(),
+    }
+}
+
+/// What one batch will change once committed.
+#[derive(Default)]
+struct Batch {
+    ops: Vec<Op>,
+    /// Streams created in this batch: name -> (id, config).
+    created: HashMap<String, (StreamId, StreamConfig)>,
+    /// Per stream: the next sequence number and the entries appended in this batch.
+    appended: HashMap<String, (Seq, Vec<Entry>)>,
+    trims: Vec<(String, Seq, u64, u64)>,
+    consumers: Vec<((String, String), Option<ConsumerRecord>)>,
+    replies: Vec<Box<dyn FnOnce(Result<(), StoreError>) + Send>>,
+    recovery_upto: Option<u64>,
+    next_stream_id: StreamId,
+}
+
+impl Batch {
+    fn reply<T: Send + 'static>(&mut self, tx: oneshot::Sender<Result<T, StoreError>>, value: T) {
+        self.replies.push(Box::new(move |r| {
+            let _ = tx.send(r.map(|()| value));
+        }));
+    }
+
+    /// The stream's id, creating it in this batch if allowed.
+    fn stream_id(
+        &mut self,
+        state: &State,
+        opts: &StoreOptions,
+        name: &str,
+        create: bool,
+    ) -> Result<StreamId, StoreError> {
+        if let Some(s) = state.streams.get(name) {
+            return Ok(s.id);
+        }
+        if let Some((id, _)) = self.created.get(name) {
+            return Ok(*id);
+        }
+        if !create {
+            return Err(StoreError::StreamNotFound(name.to_owned()));
+        }
+        check_name(name)?;
+        let id = self.next_stream_id.max(state.next_stream_id);
+        self.next_stream_id = id + 1;
+        let config = opts.default_stream.clone();
+        self.ops.push(Op::PutStream {
+            id,
+            name: name.to_owned(),
+            config: config.clone(),
+        });
+        self.created.insert(name.to_owned(), (id, config));
+        Ok(id)
+    }
+
+    fn next_seq(&mut self, state: &State, name: &str) -> Seq {
+        let last = state.streams.get(name).map_or(0, |s| s.last_seq);
+        self.appended
+            .entry(name.to_owned())
+            .or_insert((last + 1, Vec::new()))
+            .0
+    }
+
+    fn publish(
+        &mut self,
+        state: &State,
+        opts: &StoreOptions,
+        name: &str,
+        entries: Vec<NewEntry>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let id = self.stream_id(state, opts, name, opts.auto_create)?;
+        let window = state
+            .streams
+            .get(name)
+            .map(|s| &s.config)
+            .or_else(|| self.created.get(name).map(|c| &c.1))
+            .map_or(0, |c| c.dedupe_window_ms);
+        let now = now_ms();
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            if let Some(mid) = &e.id
+                && let Some(seq) = self.seen(state, name, mid, now.saturating_sub(window))
+            {
+                out.push(Appended {
+                    seq,
+                    duplicate: true,
+                });
+                continue;
+            }
+            let seq = self.next_seq(state, name);
+            let entry = Entry {
+                seq,
+                ts_ms: now,
+                id: e.id,
+                event: e.event,
+                data: e.data,
+            };
+            self.ops.push(Op::Append {
+                stream: id,
+                entry: entry.clone(),
+            });
+            let slot = self.appended.get_mut(name).expect("created by next_seq");
+            slot.0 += 1;
+            slot.1.push(entry);
+            out.push(Appended {
+                seq,
+                duplicate: false,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The sequence number of an entry with message id `mid` stored since `since`.
+    fn seen(&self, state: &State, name: &str, mid: &str, since: u64) -> Option<Seq> {
+        if let Some((_, batch)) = self.appended.get(name)
+            && let Some(e) = batch.iter().find(|e| e.id.as_deref() == Some(mid))
+        {
+            return Some(e.seq);
+        }
+        let (seq, ts) = *state.streams.get(name)?.ids.get(mid)?;
+        (ts >= since).then_some(seq)
+    }
+}
+
+async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
+    let mut last_maintenance = Instant::now();
+    let mut last_sync = Instant::now();
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        let closed = tokio::select! {
+            n = rx.recv_many(&mut buf, MAX_BATCH) => n == 0,
+            _ = shared.wake.notified() => false,
+            _ = tokio::time::sleep(MAINTENANCE_EVERY) => false,
+        };
+        let maintenance = last_maintenance.elapsed() >= MAINTENANCE_EVERY;
+        if maintenance {
+            last_maintenance = Instant::now();
+        }
+        let shared2 = shared.clone();
+        let requests = std::mem::take(&mut buf);
+        // Building a batch may read the backend (retention), so it runs off the async threads too.
+        let done = tokio::task::spawn_blocking(move || {
+            let mut batch = build(&shared2, requests, maintenance);
+            let result = if batch.ops.is_empty() {
+                Ok(())
+            } else {
+                shared2.backend.commit(&batch.ops)
+            };
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "store commit failed");
+            } else {
+                apply(&shared2, &mut batch);
+            }
+            for reply in batch.replies.drain(..) {
+                reply(result.clone());
+            }
+        })
+        .await;
+        if done.is_err() {
+            tracing::error!("store writer batch panicked");
+        }
+        if let Some(every) = shared.options.sync_interval
+            && last_sync.elapsed() >= every
+        {
+            last_sync = Instant::now();
+            let backend = shared.backend.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || backend.sync()).await {
+                tracing::error!(error = %e, "store sync failed");
+            }
+        }
+        if closed {
+            return;
+        }
+    }
+}
+
+/// Turns waiting requests and dirty state into one batch.
+fn build(shared: &Shared, requests: Vec<Request>, maintenance: bool) -> Batch {
+    let opts = &shared.options;
+    let state = shared.state.read().expect("state lock");
+    let mut b = Batch::default();
+    for req in requests {
+        match req {
+            Request::Publish {
+                stream,
+                entries,
+                reply,
+            } => match b.publish(&state, opts, &stream, entries) {
+                Ok(appended) => b.reply(reply, appended),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Request::CreateStream {
+                name,
+                config,
+                reply,
+            } => {
+                let id = match b.stream_id(&state, opts, &name, true) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        continue;
+                    }
+                };
+                b.ops.push(Op::PutStream {
+                    id,
+                    name: name.clone(),
+                    config: config.clone(),
+                });
+                b.created.insert(name, (id, config));
+                b.reply(reply, ());
+            }
+            Request::Purge { stream, reply } => {
+                let Some(s) = state.streams.get(&stream) else {
+                    let _ = reply.send(Err(StoreError::StreamNotFound(stream)));
+                    continue;
+                };
+                let below = b.next_seq(&state, &stream);
+                b.ops.push(Op::Trim {
+                    stream: s.id,
+                    below,
+                });
+                // Entries appended earlier in this batch are purged too.
+                let (extra, extra_bytes) = b.appended.get(&stream).map_or((0, 0), |a| {
+                    (a.1.len() as u64, a.1.iter().map(Entry::size).sum())
+                });
+                let (n, bytes) = (s.entries + extra, s.bytes + extra_bytes);
+                b.trims.push((stream, below, n, bytes));
+                b.reply(reply, n);
+            }
+            Request::CreateConsumer {
+                stream,
+                name,
+                config,
+                reply,
+            } => {
+                let key = (stream.clone(), name.clone());
+                if let Some(r) = state.consumers.get(&key) {
+                    let _ = reply.send(Ok(r.clone()));
+                    continue;
+                }
+                if let Some((_, Some(r))) = b.consumers.iter().find(|(k, _)| *k == key) {
+                    let _ = reply.send(Ok(r.clone()));
+                    continue;
+                }
+                let id = match b.stream_id(&state, opts, &stream, opts.auto_create) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        continue;
+                    }
+                };
+                let next_new = b.next_seq(&state, &stream);
+                let first = state.streams.get(&stream).map_or(1, |s| s.first_seq);
+                let next = match config.start {
+                    StartPosition::New => next_new,
+                    StartPosition::All => first,
+                    StartPosition::Seq(n) => n.max(first),
+                };
+                let record = ConsumerRecord {
+                    config,
+                    state: ConsumerState {
+                        next,
+                        ..Default::default()
+                    },
+                };
+                b.ops.push(Op::PutConsumer {
+                    stream: id,
+                    name,
+                    record: record.clone(),
+                });
+                b.consumers.push((key, Some(record.clone())));
+                b.reply(reply, record);
+            }
+            Request::DeleteConsumer {
+                stream,
+                name,
+                reply,
+            } => {
+                let key = (stream.clone(), name.clone());
+                let (Some(s), true) = (
+                    state.streams.get(&stream),
+                    state.consumers.contains_key(&key),
+                ) else {
+                    let _ = reply.send(Ok(false));
+                    continue;
+                };
+                b.ops.push(Op::DeleteConsumer { stream: s.id, name });
+                b.consumers.push((key, None));
+                b.reply(reply, true);
+            }
+            Request::Flush(reply) => b.reply(reply, ()),
+        }
+    }
+    persist_dirty(shared, &state, &mut b);
+    if maintenance {
+        retention(shared, &state, &mut b);
+    }
+    b
+}
+
+fn persist_dirty(shared: &Shared, state: &State, b: &mut Batch) {
+    let dirty = std::mem::take(&mut *shared.dirty.lock().expect("dirty lock"));
+    for key in dirty.consumers {
+        if b.consumers.iter().any(|(k, _)| *k == key) {
+            continue;
+        }
+        if let (Some(r), Some(s)) = (state.consumers.get(&key), state.streams.get(&key.0)) {
+            b.ops.push(Op::PutConsumer {
+                stream: s.id,
+                name: key.1.clone(),
+                record: r.clone(),
+            });
+        }
+    }
+    for pid in dirty.sessions {
+        b.ops.push(match state.sessions.get(&pid) {
+            Some(record) => Op::PutSession {
+                pid,
+                record: record.clone(),
+            },
+            None => Op::DeleteSession { pid },
+        });
+    }
+    let log = shared.recovery.lock().expect("recovery lock");
+    let mut upto = log.persisted;
+    for e in log
+        .events
+        .iter()
+        .filter(|e| e.offset >= log.persisted)
+        .take(MAX_BATCH)
+    {
+        b.ops.push(Op::AppendRecovery(e.clone()));
+        upto = e.offset + 1;
+    }
+    if upto > log.persisted {
+        b.recovery_upto = Some(upto);
+    }
+}
+
+fn retention(shared: &Shared, state: &State, b: &mut Batch) {
+    let now = now_ms();
+    let window = shared.options.recovery_window.as_millis() as u64;
+    b.ops.push(Op::ExpireRecovery {
+        events_before_ms: now.saturating_sub(window),
+        sessions_before_ms: now,
+    });
+    for (name, s) in &state.streams {
+        let c = &s.config;
+        if s.entries == 0 || (c.max_entries == 0 && c.max_age_ms == 0 && c.max_bytes == 0) {
+            continue;
+        }
+        let mut below = s.first_seq;
+        if c.max_entries > 0 && s.entries > c.max_entries {
+            below = below.max(s.last_seq + 1 - c.max_entries);
+        }
+        let backend = &shared.backend;
+        if c.max_age_ms > 0 {
+            match backend.first_seq_since(s.id, now.saturating_sub(c.max_age_ms)) {
+                Ok(first) => below = below.max(first.unwrap_or(s.last_seq + 1)),
+                Err(e) => tracing::warn!(stream = name, error = %e, "retention by age skipped"),
+            }
+        }
+        if c.max_bytes > 0 && s.bytes > c.max_bytes {
+            match backend.first_seq_within_bytes(s.id, c.max_bytes) {
+                Ok(first) => below = below.max(first.unwrap_or(s.last_seq + 1)),
+                Err(e) => tracing::warn!(stream = name, error = %e, "retention by size skipped"),
+            }
+        }
+        if below > s.first_seq {
+            match backend.range_stats(s.id, s.first_seq, below) {
+                Ok((n, bytes)) => {
+                    b.ops.push(Op::Trim {
+                        stream: s.id,
+                        below,
+                    });
+                    b.trims.push((name.clone(), below, n, bytes));
+                }
+                Err(e) => tracing::warn!(stream = name, error = %e, "retention skipped"),
+            }
+        }
+    }
+}
+
+/// Updates the in-memory view after a successful commit.
+fn apply(shared: &Shared, b: &mut Batch) {
+    let mut state = shared.state.write().expect("state lock");
+    state.next_stream_id = state.next_stream_id.max(b.next_stream_id);
+    for (name, (id, config)) in b.created.drain() {
+        match state.streams.get_mut(&name) {
+            Some(s) => s.config = config,
+            None => {
+                state.streams.insert(
+                    name,
+                    StreamState {
+                        id,
+                        config,
+                        first_seq: 1,
+                        last_seq: 0,
+                        entries: 0,
+                        bytes: 0,
+                        tail: VecDeque::new(),
+                        tail_bytes: 0,
+                        ids: HashMap::new(),
+                        id_order: VecDeque::new(),
+                        watch: watch::Sender::new(0),
+                    },
+                );
+            }
+        }
+    }
+    let now = now_ms();
+    for (name, (_, entries)) in b.appended.drain() {
+        let Some(s) = state.streams.get_mut(&name) else {
+            continue;
+        };
+        for e in entries {
+            s.last_seq = e.seq;
+            s.entries += 1;
+            s.bytes += e.size();
+            if let Some(mid) = &e.id {
+                s.ids.insert(mid.clone(), (e.seq, e.ts_ms));
+                s.id_order.push_back((e.ts_ms, mid.clone()));
+            }
+            s.tail_bytes += e.size();
+            s.tail.push_back(e);
+        }
+        while s.tail.len() > TAIL_ENTRIES || s.tail_bytes > TAIL_BYTES {
+            let old = s.tail.pop_front().expect("non-empty tail");
+            s.tail_bytes -= old.size();
+        }
+        let horizon = now.saturating_sub(s.config.dedupe_window_ms);
+        while let Some((ts, _)) = s.id_order.front()
+            && *ts < horizon
+        {
+            let (_, mid) = s.id_order.pop_front().expect("front checked");
+            if s.ids.get(&mid).is_some_and(|(_, t)| *t < horizon) {
+                s.ids.remove(&mid);
+            }
+        }
+        s.watch.send_replace(s.last_seq);
+    }
+    for (name, below, n, bytes) in b.trims.drain(..) {
+        let Some(s) = state.streams.get_mut(&name) else {
+            continue;
+        };
+        s.first_seq = s.first_seq.max(below);
+        s.entries = s.entries.saturating_sub(n);
+        s.bytes = s.bytes.saturating_sub(bytes);
+        while s.tail.front().is_some_and(|e| e.seq < below) {
+            let old = s.tail.pop_front().expect("front checked");
+            s.tail_bytes -= old.size();
+        }
+    }
+    for (key, record) in b.consumers.drain(..) {
+        match record {
+            Some(r) => {
+                state.consumers.entry(key).or_insert(r);
+            }
+            None => {
+                state.consumers.remove(&key);
+            }
+        }
+    }
+    let now = now_ms();
+    state.sessions.retain(|_, s| s.expires_ms >= now);
+    drop(state);
+    let mut log = shared.recovery.lock().expect("recovery lock");
+    if let Some(upto) = b.recovery_upto {
+        log.persisted = log.persisted.max(upto);
+    }
+    let horizon = now.saturating_sub(shared.options.recovery_window.as_millis() as u64);
+    while log.events.front().is_some_and(|e| e.ts_ms < horizon) {
+        log.events.pop_front();
+    }
+}
