@@ -469,3 +469,51 @@ def test_client_reconnects_after_the_hub_restarts(start_courier, sio_client, how
     eventually(lambda: c.connected, message="client connected again")
     ack = join(c, "after")
     assert ack["ok"] is True and ack["rooms"] == sorted(["after", c.get_sid("/")])
+
+
+def test_http_disconnect_of_one_namespace_keeps_the_others(start_courier, sio_client):
+    server = start_courier(NAMESPACE_CONFIG)
+    api = Api(server.url)
+    c = sio_client()
+    reasons = queue.Queue()
+    c.on("disconnect", lambda reason=None: reasons.put(("/chat", reason)), namespace="/chat")
+    c.on("disconnect", lambda reason=None: reasons.put(("/", reason)), namespace="/")
+    connect(c, server, namespaces=["/", "/chat"], transports=["websocket"])
+    chat_sid = c.get_sid("/chat")
+
+    assert api.disconnect(namespace="/chat", rooms=[chat_sid], close=False) == {"disconnected": 1}
+    assert reasons.get(timeout=5) == ("/chat", socketio.Client.reason.SERVER_DISCONNECT)
+    assert c.connected
+    assert join(c, "main-still-works")["ok"] is True
+    assert api.sockets("/chat") == []
+    assert [s["sid"] for s in api.sockets("/")] == [c.get_sid("/")]
+    try:
+        got = reasons.get(timeout=0.3)
+    except queue.Empty:
+        got = None
+    assert got is None, f"unexpected disconnect: {got}"
+
+
+def test_heartbeat_keeps_live_clients_and_drops_silent_ones(start_courier, sio_client):
+    from wire import SioWebSocket
+
+    server = start_courier("[engine]\nping_interval_ms = 200\nping_timeout_ms = 300\n")
+    api = Api(server.url)
+    live = [connect(sio_client(), server, transports=[t]) for t in ("polling", "websocket")]
+    sids = [c.get_sid("/") for c in live]
+
+    silent = SioWebSocket(server.url)  # connects, then never answers a ping
+    try:
+        reply = silent.connect("/")
+        assert reply["type"] == 0
+        silent_sid = reply["data"]["sid"]
+        assert silent_sid in [s["sid"] for s in api.sockets("/")]
+        assert silent.wait_closed(timeout=3, answer_pings=False), "a client that never answers pings was kept"
+    finally:
+        silent.close()
+
+    time.sleep(0.6)  # several more ping intervals
+    assert sorted(s["sid"] for s in api.sockets("/")) == sorted(sids)
+    for c, sid in zip(live, sids):
+        assert c.connected and c.get_sid("/") == sid, "a client answering pings lost its connection"
+        assert join(c, "alive")["ok"] is True

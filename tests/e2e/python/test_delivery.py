@@ -198,3 +198,23 @@ def test_a_client_that_stops_reading_is_disconnected_and_others_are_served(start
     assert stalled.is_closed(timeout=3)
     assert good.call("courier:join", "still-fine", timeout=5)["ok"] is True
     assert api.health()["connections"] == 1
+
+
+def test_an_unfinished_upgrade_times_out_and_polling_goes_on(start_courier):
+    server = start_courier("[engine]\nupgrade_timeout_ms = 500\n")
+    s = SioPolling(server.url)
+    s.send_sio("0")
+    assert parse_sio(s.recv_sio(1)[0])["type"] == 0
+    ws = WebSocket(server.url, path="/socket.io/", sid=s.sid)
+    try:
+        ws.send("2probe")
+        assert ws.recv(timeout=5) == "3probe"
+        # the client never sends "5": the server gives up on this WebSocket
+        assert ws.wait_closed(timeout=3, answer_pings=False), "the half-done upgrade was never abandoned"
+    finally:
+        ws.close()
+    # the session carries on over polling
+    s.send_sio('21["courier:join","still-polling"]')
+    packets = [p for p in s.recv_sio(1, timeout=5)]
+    ack = parse_sio(packets[0])
+    assert ack["type"] == 3 and ack["id"] == 1 and ack["data"][0]["ok"] is True, ack

@@ -135,6 +135,8 @@ def test_api_rejects_malformed_requests(courier):
         assert r.status_code == 400, (body, r.status_code, r.text)
         err = r.json()["error"]
         assert err["code"] == "bad_request" and isinstance(err["message"], str), err
+    r = requests.post(url, json={"namespace": "/nowhere", "rooms": [], "event": "e", "data": []}, timeout=5)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", (r.status_code, r.text)
     r = requests.get(f"{courier.url}/api/v1/nothing-here", timeout=5)
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     # and the hub still serves

@@ -111,7 +111,7 @@ class Polling:
         assert r.text == "ok", f"POST answered {r.text!r}, expected 'ok'"
 
     def receive(self, count, timeout=5.0, answer_pings=True):
-        """Poll until `count` packets other than pings arrived; pings get a pong."""
+        """Poll until `count` packets other than pings and noops arrived; pings get a pong."""
         got = list(getattr(self, "pending", []))
         self.pending = []
         deadline = time.monotonic() + timeout
@@ -121,7 +121,7 @@ class Polling:
             for p in self.poll(timeout=max(left, 0.5)):
                 if p == PING and answer_pings:
                     self.send(PONG)
-                else:
+                elif p != NOOP:
                     got.append(p)
         out = [p for p in got if p != PING]
         self.pending = out[count:]
