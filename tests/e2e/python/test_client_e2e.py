@@ -16,6 +16,7 @@ import pytest
 import socketio
 
 from support import Api, eventually
+from wire import SioWebSocket
 
 TRANSPORTS = {"polling": ["polling"], "websocket": ["websocket"], "default": None}
 
@@ -495,8 +496,6 @@ def test_http_disconnect_of_one_namespace_keeps_the_others(start_courier, sio_cl
 
 
 def test_heartbeat_keeps_live_clients_and_drops_silent_ones(start_courier, sio_client):
-    from wire import SioWebSocket
-
     server = start_courier("[engine]\nping_interval_ms = 200\nping_timeout_ms = 300\n")
     api = Api(server.url)
     live = [connect(sio_client(), server, transports=[t]) for t in ("polling", "websocket")]
