@@ -29,6 +29,10 @@ pub struct Config {
     pub ack_timeout: Duration,
     /// Cross-origin settings for long-polling requests.
     pub cors: Cors,
+    /// Connection state recovery: broadcasts carry an offset, and a client that lost its
+    /// connection gets its socket id, rooms, data and missed broadcasts back when it returns
+    /// within the store's recovery window. Default false (as in the reference server).
+    pub recovery: bool,
 }
 
 impl Default for Config {
@@ -45,6 +49,7 @@ impl Default for Config {
             max_buffered_packets: 1024,
             ack_timeout: Duration::from_secs(10),
             cors: Cors::default(),
+            recovery: false,
         }
     }
 }

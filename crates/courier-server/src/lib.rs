@@ -6,8 +6,18 @@
 //! - `io`: Socket.IO v5 on top of the engine. [`Io`] holds namespaces; a [`Socket`] is one
 //!   client in one namespace, with event handlers, acknowledgements both ways and rooms;
 //!   [`BroadcastOperator`] picks sockets by room and encodes a broadcast once for all of them.
+//! - `io::streams`: the delivery engine. One runner per active consumer reads entries from the
+//!   [`store`], sends them to subscribed sockets as events with ack requests, and keeps the
+//!   consumer's position (pending, redelivery with backoff, dead letters, `max_ack_pending`).
+//! - `io::recovery`: connection state recovery; broadcasts carry offsets, lost sessions are kept
+//!   in the store and restored with the broadcasts they missed.
 //! - [`serve`]: a ready HTTP/1.1 accept loop with graceful shutdown. [`Io::service`] is a plain
 //!   tower `Service`, so the hub also mounts in axum or any hyper server.
+//! - `io::streams`: the delivery engine. One runner per active consumer reads entries from the
+//!   [`store`], sends them to subscribed sockets as events with ack requests, and keeps the
+//!   consumer's position (pending, redelivery with backoff, dead letters, `max_ack_pending`).
+//! - `io::recovery`: connection state recovery. Broadcasts carry offsets; a lost session is kept
+//!   in the store and restored with the broadcasts it missed.
 //!
 //! Codecs live in `courier-proto`; this crate does the I/O and the semantics.
 #![warn(missing_docs)]
@@ -18,9 +28,10 @@ mod io;
 mod serve;
 
 pub use config::{Config, Cors};
+pub use courier_store as store;
 pub use io::{
-    AckError, AckSender, BroadcastOperator, ConnectError, DisconnectReason, DynamicNamespace,
-    EmitError, Handshake, Io, IoHandler, IoService, Message, Namespace, Payload, Room, Setup,
-    Socket,
+    AckError, AckSender, Authorizer, BroadcastOperator, ConnectError, DisconnectReason,
+    DynamicNamespace, EmitError, Handshake, Io, IoHandler, IoService, Message, Namespace, Payload,
+    Room, Setup, Socket, Streams, Subscribed,
 };
 pub use serve::serve;

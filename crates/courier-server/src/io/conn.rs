@@ -10,8 +10,9 @@ use serde_json::Value;
 
 use super::Shared;
 use super::message::{DisconnectReason, Payload};
+use super::recovery;
 use super::run_now_or_spawn;
-use super::socket::{Handshake, Socket};
+use super::socket::{Handshake, Restore, Socket};
 use crate::engine::{CloseReason, Outbound, Session};
 
 /// One client connection as the Socket.IO layer keeps it.
@@ -112,18 +113,30 @@ impl Conn {
             self.send(Packet::new(PacketType::ConnectError, nsp, Some(err)));
             return;
         };
-        let auth = packet
+        let mut auth = packet
             .data
             .unwrap_or_else(|| Value::Object(Default::default()));
-        let socket = Socket::new(ns.clone(), self.clone(), auth);
+        let (restore, replay) = match self.restore(&nsp, &mut auth) {
+            Some((r, replay)) => (Some(r), Some(replay)),
+            None => (None, None),
+        };
+        let recovered = restore.is_some();
+        let socket = Socket::new(ns.clone(), self.clone(), auth, restore);
         let conn = self.clone();
         run_now_or_spawn(async move {
-            for m in ns.middlewares() {
-                if let Err(e) = m(socket.clone()).await {
-                    tracing::debug!(nsp, message = e.message, "connection refused by middleware");
-                    let p = Packet::new(PacketType::ConnectError, &nsp, Some(e.to_json()));
-                    conn.send(p);
-                    return;
+            // A recovered session passed the middlewares when it first connected.
+            if !recovered {
+                for m in ns.middlewares() {
+                    if let Err(e) = m(socket.clone()).await {
+                        tracing::debug!(
+                            nsp,
+                            message = e.message,
+                            "connection refused by middleware"
+                        );
+                        let p = Packet::new(PacketType::ConnectError, &nsp, Some(e.to_json()));
+                        conn.send(p);
+                        return;
+                    }
                 }
             }
             if conn.session.is_closed() {
@@ -134,13 +147,66 @@ impl Conn {
                 .expect("sockets lock")
                 .insert(ns.name_arc(), socket.clone());
             socket.attach();
-            let reply = serde_json::json!({"sid": socket.id().as_ref()});
+            let mut reply = serde_json::json!({"sid": socket.id().as_ref()});
+            if let Some(pid) = &socket.0.pid {
+                reply["pid"] = Value::String(pid.to_string());
+            }
             conn.send(Packet::new(PacketType::Connect, &nsp, Some(reply)));
-            tracing::debug!(sid = %socket.id(), nsp, "socket connected");
+            if let Some(replay) = replay {
+                for room in replay.rooms {
+                    socket.join(room);
+                }
+                for text in replay.missed {
+                    let _ = conn.session.send(Outbound::Text(text));
+                }
+                if let Some(streams) = &conn.io.streams {
+                    streams.restore(&socket, replay.subscriptions);
+                }
+            }
+            tracing::debug!(sid = %socket.id(), nsp, recovered, "socket connected");
             if let Some(h) = ns.connect_handler() {
                 h(socket).await;
             }
         });
+    }
+
+    /// With recovery on, takes `pid` and `offset` out of the auth payload and, if they name a
+    /// live session of this namespace whose missed broadcasts are all still kept, returns what to
+    /// restore.
+    fn restore(&self, nsp: &str, auth: &mut Value) -> Option<(Restore, Replay)> {
+        let store = self.io.recovery.as_ref()?;
+        let obj = auth.as_object_mut()?;
+        let pid = obj.remove("pid");
+        let offset = obj.remove("offset");
+        let pid = pid?.as_str()?.to_owned();
+        let session = store.take_session(&pid)?;
+        if session.nsp != nsp {
+            return None;
+        }
+        // A client that received no recoverable broadcast has no offset: it missed everything
+        // since its session began.
+        let after = match offset.as_ref().and_then(Value::as_str) {
+            Some(o) => o.parse::<u64>().ok()?,
+            None => session.since.saturating_sub(1),
+        };
+        let missed = store
+            .recoverable_after(nsp, after)?
+            .iter()
+            .filter(|e| recovery::was_for(e, &session.sid, &session.rooms))
+            .map(|e| recovery::with_offset(nsp, &e.data, e.offset))
+            .collect();
+        let restore = Restore {
+            sid: session.sid.as_str().into(),
+            pid: pid.into(),
+            since: session.since,
+            data: session.data,
+        };
+        let replay = Replay {
+            rooms: session.rooms,
+            missed,
+            subscriptions: session.subscriptions,
+        };
+        Some((restore, replay))
     }
 
     pub(crate) fn on_close(&self, reason: CloseReason) {
@@ -155,4 +221,11 @@ impl Conn {
             s.close(DisconnectReason::Connection(reason));
         }
     }
+}
+
+/// What a recovered socket gets back after its CONNECT answer.
+struct Replay {
+    rooms: Vec<String>,
+    missed: Vec<bytes::Bytes>,
+    subscriptions: Vec<(String, String)>,
 }

@@ -4,7 +4,9 @@
 mod conn;
 mod message;
 mod namespace;
+mod recovery;
 mod socket;
+mod streams;
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
@@ -18,6 +20,7 @@ pub use message::{
 };
 pub use namespace::{BroadcastOperator, Namespace, Room, Setup};
 pub use socket::{Handshake, Socket};
+pub use streams::{Authorizer, Streams, Subscribed};
 
 use crate::config::Config;
 use crate::engine::{self, CloseReason, Engine, RemoteAddr, Session};
@@ -48,6 +51,9 @@ pub struct Io {
 
 pub(crate) struct Shared {
     pub(crate) config: Config,
+    /// Where recovery sessions and recoverable broadcasts are kept, when recovery is on.
+    pub(crate) recovery: Option<courier_store::Store>,
+    pub(crate) streams: Option<Streams>,
     // std lock: namespaces are looked up on CONNECT and by emits, never held across an await.
     namespaces: RwLock<std::collections::HashMap<String, Namespace>>,
     dynamic: RwLock<Vec<DynamicNamespace>>,
@@ -70,6 +76,40 @@ impl Setup for DynamicNamespace {
 }
 
 impl Shared {
+    /// A socket is leaving: its subscriptions end, and if the connection was lost (rather than
+    /// closed on purpose) its session is kept for recovery.
+    pub(crate) fn socket_closing(&self, socket: &Socket, reason: DisconnectReason) {
+        if let Some(streams) = &self.streams {
+            streams.detach_all(socket);
+        }
+        let recoverable =
+            matches!(reason, DisconnectReason::Connection(r) if r != CloseReason::ParseError);
+        if let (Some(store), Some(pid), true) = (&self.recovery, &socket.0.pid, recoverable) {
+            let own = socket.id();
+            let record = courier_store::SessionRecord {
+                sid: own.to_string(),
+                nsp: socket.ns().name().to_owned(),
+                rooms: socket
+                    .rooms()
+                    .iter()
+                    .filter(|r| *r != own)
+                    .map(|r| r.to_string())
+                    .collect(),
+                data: socket.data(),
+                since: socket.0.since,
+                subscriptions: socket
+                    .0
+                    .subscriptions
+                    .lock()
+                    .expect("subscriptions lock")
+                    .clone(),
+                expires_ms: courier_store::now_ms()
+                    + store.options().recovery_window.as_millis() as u64,
+            };
+            store.put_session(pid, record);
+        }
+    }
+
     /// The namespace a client asks for: an existing one, or a new one from a dynamic pattern.
     fn namespace_for(&self, name: &str) -> Option<Namespace> {
         if let Some(ns) = self.namespaces.read().expect("ns lock").get(name) {
@@ -85,15 +125,32 @@ impl Shared {
         let mut map = self.namespaces.write().expect("ns lock");
         let ns = map
             .entry(name.to_owned())
-            .or_insert_with(|| Namespace::new(name, handlers));
+            .or_insert_with(|| Namespace::new(name, handlers, self.recovery.clone()));
         Some(ns.clone())
     }
 }
 
 impl Io {
-    /// A server with `config`, which should have passed [`Config::validate`].
+    /// A server with `config`, which should have passed [`Config::validate`]. With
+    /// `config.recovery`, recovery state is kept in memory. Must be called within a tokio runtime.
     pub fn new(config: Config) -> Io {
+        let store = config
+            .recovery
+            .then(|| courier_store::Store::memory(Default::default()));
+        Self::build(config, store, false)
+    }
+
+    /// A server whose durable streams (and, with `config.recovery`, recovery state) live in
+    /// `store`. Clients reach the streams with the reserved events `courier:subscribe`,
+    /// `courier:unsubscribe` and `courier:publish`; Rust code through [`Io::streams`].
+    pub fn with_store(config: Config, store: courier_store::Store) -> Io {
+        Self::build(config, Some(store), true)
+    }
+
+    fn build(config: Config, store: Option<courier_store::Store>, streams: bool) -> Io {
         let shared = Arc::new(Shared {
+            recovery: store.clone().filter(|_| config.recovery),
+            streams: store.filter(|_| streams).map(Streams::new),
             config: config.clone(),
             namespaces: RwLock::new(Default::default()),
             dynamic: RwLock::new(Vec::new()),
@@ -111,7 +168,9 @@ impl Io {
     pub fn of(&self, name: &str) -> Namespace {
         let mut map = self.shared.namespaces.write().expect("ns lock");
         map.entry(name.to_owned())
-            .or_insert_with(|| Namespace::new(name, Default::default()))
+            .or_insert_with(|| {
+                Namespace::new(name, Default::default(), self.shared.recovery.clone())
+            })
             .clone()
     }
 
@@ -145,6 +204,11 @@ impl Io {
     /// Namespaces created on first use for every name matching the regular expression.
     pub fn dynamic_regex(&self, pattern: regex::Regex) -> DynamicNamespace {
         self.dynamic(move |name| pattern.is_match(name))
+    }
+
+    /// The durable streams, when the server has a store.
+    pub fn streams(&self) -> Option<&Streams> {
+        self.shared.streams.as_ref()
     }
 
     /// Number of open connections (Engine.IO sessions).

@@ -11,7 +11,7 @@ use futures_util::future::BoxFuture;
 
 use super::message::{AckError, ConnectError, EmitError, Payload, send_or_close};
 use super::socket::Socket;
-use crate::engine::Sid;
+use crate::engine::{Outbound, Sid};
 
 /// A room name.
 pub type Room = Arc<str>;
@@ -71,6 +71,7 @@ struct Inner {
     sockets: DashMap<Sid, Socket>,
     rooms: DashMap<Room, HashSet<Sid>>,
     handlers: Arc<RwLock<Handlers>>,
+    recovery: Option<courier_store::Store>,
 }
 
 impl Setup for Namespace {
@@ -80,12 +81,17 @@ impl Setup for Namespace {
 }
 
 impl Namespace {
-    pub(crate) fn new(name: &str, handlers: Arc<RwLock<Handlers>>) -> Self {
+    pub(crate) fn new(
+        name: &str,
+        handlers: Arc<RwLock<Handlers>>,
+        recovery: Option<courier_store::Store>,
+    ) -> Self {
         Namespace(Arc::new(Inner {
             name: name.into(),
             sockets: DashMap::new(),
             rooms: DashMap::new(),
             handlers,
+            recovery,
         }))
     }
 
@@ -291,7 +297,22 @@ impl BroadcastOperator {
 
     /// Sends `event` with a payload, encoded once for every recipient.
     pub fn emit_payload(&self, event: &str, payload: Payload) -> Result<usize, EmitError> {
-        let out = payload.into_outbound(|args, n| Packet::event(self.ns.name(), event, args, n));
+        let out = match &self.ns.0.recovery {
+            // As with the reference server, only plain events (no binary, not volatile) are
+            // logged for recovery; they carry their offset as the last argument.
+            Some(store) if !self.volatile && payload.attachments.is_empty() => {
+                let mut data = Vec::with_capacity(payload.args.len() + 1);
+                data.push(serde_json::Value::String(event.to_owned()));
+                data.extend(payload.args);
+                let data =
+                    bytes::Bytes::from(serde_json::to_vec(&data).expect("JSON values serialize"));
+                let rooms = self.rooms.iter().map(|r| r.to_string()).collect();
+                let except = self.except.iter().map(|r| r.to_string()).collect();
+                let offset = store.log_recoverable(self.ns.name(), rooms, except, data.clone());
+                Outbound::Text(super::recovery::with_offset(self.ns.name(), &data, offset))
+            }
+            _ => payload.into_outbound(|args, n| Packet::event(self.ns.name(), event, args, n)),
+        };
         let mut sent = 0;
         for socket in self.sockets() {
             if send_or_close(&socket.0.conn.session, out.clone(), self.volatile).is_ok() {

@@ -53,10 +53,33 @@ pub(crate) struct SocketInner {
     events: RwLock<HashMap<String, EventHandler>>,
     fallback: RwLock<Option<EventHandler>>,
     on_disconnect: Mutex<Vec<DisconnectHandler>>,
-    acks: Mutex<HashMap<u64, oneshot::Sender<Payload>>>,
+    acks: Mutex<HashMap<u64, AckSlot>>,
     next_ack: AtomicU64,
     connected: AtomicBool,
     data: Mutex<Value>,
+    /// Private id of the session, for connection state recovery.
+    pub(crate) pid: Option<Arc<str>>,
+    /// Recovery-log offset when the session began.
+    pub(crate) since: u64,
+    recovered: bool,
+    /// Durable subscriptions: (stream, consumer).
+    pub(crate) subscriptions: Mutex<Vec<(String, String)>>,
+}
+
+/// Who waits for an acknowledgement.
+pub(crate) enum AckSlot {
+    /// A task awaiting it.
+    Wait(oneshot::Sender<Payload>),
+    /// A callback run when it arrives.
+    Call(Box<dyn FnOnce(Payload) + Send>),
+}
+
+/// What a recovered session brings back.
+pub(crate) struct Restore {
+    pub sid: Sid,
+    pub pid: Arc<str>,
+    pub since: u64,
+    pub data: Value,
 }
 
 impl std::fmt::Debug for Socket {
@@ -69,9 +92,24 @@ impl std::fmt::Debug for Socket {
 }
 
 impl Socket {
-    pub(crate) fn new(ns: Namespace, conn: Arc<Conn>, auth: Value) -> Socket {
+    pub(crate) fn new(
+        ns: Namespace,
+        conn: Arc<Conn>,
+        auth: Value,
+        restore: Option<Restore>,
+    ) -> Socket {
+        let recovered = restore.is_some();
+        let (id, pid, since, data) = match restore {
+            Some(r) => (r.sid, Some(r.pid), r.since, r.data),
+            None => {
+                let recovery = conn.io.recovery.as_ref();
+                let pid = recovery.map(|_| new_id());
+                let since = recovery.map_or(0, |store| store.recovery_offset());
+                (new_id(), pid, since, Value::Null)
+            }
+        };
         Socket(Arc::new(SocketInner {
-            id: new_id(),
+            id,
             ns,
             conn,
             auth,
@@ -82,7 +120,11 @@ impl Socket {
             acks: Mutex::new(HashMap::new()),
             next_ack: AtomicU64::new(0),
             connected: AtomicBool::new(false),
-            data: Mutex::new(Value::Null),
+            data: Mutex::new(data),
+            pid,
+            since,
+            recovered,
+            subscriptions: Mutex::new(Vec::new()),
         }))
     }
 
@@ -109,6 +151,12 @@ impl Socket {
     /// The transport the connection currently uses.
     pub fn transport(&self) -> Transport {
         self.0.conn.session.transport()
+    }
+
+    /// Whether this socket continues a session that connection state recovery restored: same id,
+    /// rooms and data, with the broadcasts it missed replayed.
+    pub fn recovered(&self) -> bool {
+        self.0.recovered
     }
 
     /// Whether the socket is still in its namespace.
@@ -202,7 +250,11 @@ impl Socket {
     pub(crate) fn send_with_ack(&self, event: &str, payload: Payload) -> Result<AckWait, AckError> {
         let id = self.0.next_ack.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.0.acks.lock().expect("acks lock").insert(id, tx);
+        self.0
+            .acks
+            .lock()
+            .expect("acks lock")
+            .insert(id, AckSlot::Wait(tx));
         let nsp = self.0.ns.name();
         let out = payload.into_outbound(|args, n| Packet {
             id: Some(id),
@@ -217,6 +269,26 @@ impl Socket {
             socket: self.clone(),
             id,
         })
+    }
+
+    /// Queues a packet built for a fresh ack id; `on_ack` runs when the client answers.
+    /// Returns false if the packet could not be queued.
+    pub(crate) fn send_with_callback(
+        &self,
+        build: impl FnOnce(u64) -> crate::engine::Outbound,
+        on_ack: Box<dyn FnOnce(Payload) + Send>,
+    ) -> bool {
+        let id = self.0.next_ack.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .acks
+            .lock()
+            .expect("acks lock")
+            .insert(id, AckSlot::Call(on_ack));
+        if send_or_close(&self.0.conn.session, build(id), false).is_err() {
+            self.0.acks.lock().expect("acks lock").remove(&id);
+            return false;
+        }
+        true
     }
 
     /// Joins a room.
@@ -280,6 +352,8 @@ impl Socket {
         if !self.0.connected.swap(false, Ordering::AcqRel) {
             return;
         }
+        // Kept for recovery before the rooms are forgotten.
+        self.0.conn.io.socket_closing(self, reason);
         self.0.ns.remove(self);
         // Dropping the senders wakes every waiting emit_with_ack with `Disconnected`.
         self.0.acks.lock().expect("acks lock").clear();
@@ -305,26 +379,41 @@ impl Socket {
             nsp: self.0.ns.name_arc(),
             id,
         });
+        let msg = Message::new(event, Payload { args, attachments }, ack);
+        let msg = match &self.0.conn.io.streams {
+            Some(streams) if msg.event.starts_with("courier:") => {
+                match super::streams::handle_reserved(streams, self, msg) {
+                    Some(msg) => msg,
+                    None => return,
+                }
+            }
+            _ => msg,
+        };
+        let event = &msg.event;
         let handler = self
             .0
             .events
             .read()
             .expect("events lock")
-            .get(&event)
+            .get(event)
             .cloned()
             .or_else(|| self.0.fallback.read().expect("fallback lock").clone());
         let Some(handler) = handler else {
             tracing::trace!(sid = %self.0.id, event, "no handler for event");
             return;
         };
-        let msg = Message::new(event, Payload { args, attachments }, ack);
         run_now_or_spawn(handler(self.clone(), msg));
     }
 
     /// Hands an acknowledgement from the client to whoever waits for it.
     pub(crate) fn resolve_ack(&self, id: u64, payload: Payload) {
-        if let Some(tx) = self.0.acks.lock().expect("acks lock").remove(&id) {
-            let _ = tx.send(payload);
+        let slot = self.0.acks.lock().expect("acks lock").remove(&id);
+        match slot {
+            Some(AckSlot::Wait(tx)) => {
+                let _ = tx.send(payload);
+            }
+            Some(AckSlot::Call(f)) => f(payload),
+            None => tracing::debug!(sid = %self.0.id, id, "ack for no pending request"),
         }
     }
 

@@ -1,0 +1,747 @@
+//! The delivery engine: joins durable streams to sockets.
+//!
+//! One runner task per active consumer (a consumer with at least one subscribed socket). It
+//! reads entries from the store in order, sends each to a subscriber as an ordinary event with an
+//! ack request (`(event, data, meta)`), and keeps the consumer's position: an entry stays pending
+//! until its ack arrives, is sent again after `ack_wait` (backing off), and goes to the
+//! dead-letter stream after `max_deliver` attempts. At most `max_ack_pending` entries are in
+//! flight; the backlog of an offline or slow consumer stays on disk. Several sockets on one
+//! consumer share its entries (a work queue); one socket per consumer is fan-out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use courier_store::{
+    Appended, ConsumerConfig, ConsumerState, Entry, NewEntry, Seq, Store, StoreError,
+};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::message::Payload;
+use super::socket::Socket;
+use crate::engine::{Outbound, Sid};
+
+/// Entries read from the store at a time.
+const READ_BATCH: usize = 256;
+/// Commands a runner may have waiting.
+const COMMANDS: usize = 4096;
+
+type Key = (String, String);
+
+/// Durable streams as the server offers them: publish, subscribe, acknowledge. Cheap to clone.
+#[derive(Clone)]
+pub struct Streams {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    // std mutex: held to look up or register a runner, never across an await.
+    runners: Mutex<HashMap<Key, mpsc::Sender<Cmd>>>,
+    authorize: std::sync::RwLock<Option<Authorizer>>,
+}
+
+/// Decides whether a socket may use a reserved event (`courier:subscribe`, ...).
+pub type Authorizer = Arc<dyn Fn(&Socket, &str) -> bool + Send + Sync>;
+
+enum Cmd {
+    Attach(Socket),
+    Detach(Sid),
+    Acked(Seq, Sid),
+}
+
+/// What a subscription answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscribed {
+    /// Entries waiting for this consumer: not yet delivered, or delivered and not acknowledged.
+    pub pending: u64,
+}
+
+impl Streams {
+    /// The engine over `store`.
+    pub fn new(store: Store) -> Streams {
+        Streams {
+            inner: Arc::new(Inner {
+                store,
+                runners: Mutex::new(HashMap::new()),
+                authorize: std::sync::RwLock::new(None),
+            }),
+        }
+    }
+
+    /// Restricts the reserved events clients may use: `f(socket, event)` returning false answers
+    /// the client with a `forbidden` error. Everything is allowed by default.
+    pub fn set_authorizer<F>(&self, f: F)
+    where
+        F: Fn(&Socket, &str) -> bool + Send + Sync + 'static,
+    {
+        *self.inner.authorize.write().expect("authorizer lock") = Some(Arc::new(f));
+    }
+
+    fn allowed(&self, socket: &Socket, event: &str) -> bool {
+        let f = self
+            .inner
+            .authorize
+            .read()
+            .expect("authorizer lock")
+            .clone();
+        f.is_none_or(|f| f(socket, event))
+    }
+
+    /// The store behind the streams.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Appends an event to `stream`; answers once it is durable.
+    pub async fn publish(
+        &self,
+        stream: &str,
+        event: &str,
+        data: &Value,
+        id: Option<String>,
+    ) -> Result<Appended, StoreError> {
+        let entry = NewEntry {
+            event: event.to_owned(),
+            data: Bytes::from(serde_json::to_vec(data).expect("JSON values serialize")),
+            id,
+        };
+        self.inner.store.publish_one(stream, entry).await
+    }
+
+    /// Subscribes `socket` to consumer `consumer` of `stream`, creating the consumer with
+    /// `config` if it is new. Deliveries start at once.
+    pub async fn subscribe(
+        &self,
+        socket: &Socket,
+        stream: &str,
+        consumer: &str,
+        config: ConsumerConfig,
+    ) -> Result<Subscribed, StoreError> {
+        let record = self
+            .inner
+            .store
+            .consumer_or_create(stream, consumer, config)
+            .await?;
+        let last = self.inner.store.stream(stream).map_or(0, |s| s.last_seq);
+        let pending = last.saturating_sub(record.state.next.saturating_sub(1))
+            + record.state.pending.len() as u64;
+        {
+            let mut subs = socket.0.subscriptions.lock().expect("subscriptions lock");
+            let key = (stream.to_owned(), consumer.to_owned());
+            if subs.contains(&key) {
+                return Ok(Subscribed { pending });
+            }
+            subs.push(key);
+        }
+        self.attach(socket, stream, consumer);
+        Ok(Subscribed { pending })
+    }
+
+    /// Ends `socket`'s subscriptions to `stream` (of one consumer, or all). Its unacknowledged
+    /// deliveries go to the consumer's other subscribers, or wait for the next one.
+    pub fn unsubscribe(&self, socket: &Socket, stream: &str, consumer: Option<&str>) -> usize {
+        let removed: Vec<Key> = {
+            let mut subs = socket.0.subscriptions.lock().expect("subscriptions lock");
+            let (gone, kept) = std::mem::take(&mut *subs)
+                .into_iter()
+                .partition(|(s, c)| s == stream && consumer.is_none_or(|x| x == c));
+            *subs = kept;
+            gone
+        };
+        for key in &removed {
+            self.send(key, Cmd::Detach(socket.id().clone()));
+        }
+        removed.len()
+    }
+
+    /// Detaches a leaving socket from every consumer.
+    pub(crate) fn detach_all(&self, socket: &Socket) {
+        let subs = socket
+            .0
+            .subscriptions
+            .lock()
+            .expect("subscriptions lock")
+            .clone();
+        for key in subs {
+            self.send(&key, Cmd::Detach(socket.id().clone()));
+        }
+    }
+
+    /// Re-attaches a recovered socket to the subscriptions it had.
+    pub(crate) fn restore(&self, socket: &Socket, subscriptions: Vec<(String, String)>) {
+        for (stream, consumer) in subscriptions {
+            if self.inner.store.consumer(&stream, &consumer).is_none() {
+                continue;
+            }
+            socket
+                .0
+                .subscriptions
+                .lock()
+                .expect("subscriptions lock")
+                .push((stream.clone(), consumer.clone()));
+            self.attach(socket, &stream, &consumer);
+        }
+    }
+
+    fn send(&self, key: &Key, cmd: Cmd) {
+        let tx = self
+            .inner
+            .runners
+            .lock()
+            .expect("runners lock")
+            .get(key)
+            .cloned();
+        if let Some(tx) = tx
+            && tx.try_send(cmd).is_err()
+        {
+            tracing::warn!(
+                stream = key.0,
+                consumer = key.1,
+                "consumer runner busy: command dropped"
+            );
+        }
+    }
+
+    fn attach(&self, socket: &Socket, stream: &str, consumer: &str) {
+        let key = (stream.to_owned(), consumer.to_owned());
+        let mut runners = self.inner.runners.lock().expect("runners lock");
+        if let Some(tx) = runners.get(&key)
+            && tx.try_send(Cmd::Attach(socket.clone())).is_ok()
+        {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(COMMANDS);
+        tx.try_send(Cmd::Attach(socket.clone()))
+            .expect("fresh channel has room");
+        runners.insert(key.clone(), tx.clone());
+        drop(runners);
+        let runner = Runner {
+            streams: self.clone(),
+            key,
+            tx,
+            rx,
+        };
+        tokio::spawn(runner.run());
+    }
+}
+
+/// One active consumer.
+struct Runner {
+    streams: Streams,
+    key: Key,
+    tx: mpsc::Sender<Cmd>,
+    rx: mpsc::Receiver<Cmd>,
+}
+
+/// An entry out with a subscriber.
+struct Flight {
+    sid: Option<Sid>,
+    due: Instant,
+}
+
+impl Runner {
+    fn store(&self) -> &Store {
+        &self.streams.inner.store
+    }
+
+    async fn run(mut self) {
+        let (stream, consumer) = self.key.clone();
+        let Some(record) = self.store().consumer(&stream, &consumer) else {
+            self.retire();
+            return;
+        };
+        let config = record.config;
+        let mut state = record.state;
+        let Some(mut tail) = self.store().watch(&stream) else {
+            self.retire();
+            return;
+        };
+        let mut subscribers: Vec<Socket> = Vec::new();
+        let mut turn = 0usize;
+        // Entries pending from an earlier life are sent again as soon as someone is there.
+        let now = Instant::now();
+        let mut flights: BTreeMap<Seq, Flight> = state
+            .pending
+            .keys()
+            .map(|&s| {
+                (
+                    s,
+                    Flight {
+                        sid: None,
+                        due: now,
+                    },
+                )
+            })
+            .collect();
+        let mut dirty = false;
+        loop {
+            // Commands first: acks free room, attaches and detaches change who gets what.
+            let mut idle_since = None;
+            while let Ok(cmd) = self.rx.try_recv() {
+                dirty |= self.on_command(cmd, &mut state, &mut flights, &mut subscribers);
+            }
+            subscribers.retain(Socket::connected);
+            if !subscribers.is_empty() {
+                dirty |= self
+                    .redeliver(&config, &mut state, &mut flights, &subscribers, &mut turn)
+                    .await;
+                dirty |= self.deliver(
+                    &config,
+                    &mut state,
+                    &mut flights,
+                    &subscribers,
+                    &mut turn,
+                    *tail.borrow(),
+                );
+            } else {
+                idle_since = Some(());
+            }
+            if dirty {
+                self.store()
+                    .save_consumer(&stream, &consumer, state.clone());
+                dirty = false;
+            }
+            if idle_since.is_some() && self.retire_if_idle() {
+                return;
+            }
+            let next_due = flights
+                .values()
+                .filter(|f| !subscribers.is_empty() || f.sid.is_some())
+                .map(|f| f.due)
+                .min();
+            let room = state.pending.len() < config.max_ack_pending as usize;
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => dirty |= self.on_command(cmd, &mut state, &mut flights, &mut subscribers),
+                    None => return,
+                },
+                changed = tail.changed(), if room && !subscribers.is_empty() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(next_due.unwrap_or_else(far_future)), if next_due.is_some() => {}
+            }
+        }
+    }
+
+    fn on_command(
+        &self,
+        cmd: Cmd,
+        state: &mut ConsumerState,
+        flights: &mut BTreeMap<Seq, Flight>,
+        subscribers: &mut Vec<Socket>,
+    ) -> bool {
+        match cmd {
+            Cmd::Attach(socket) => {
+                if !subscribers.iter().any(|s| s.id() == socket.id()) {
+                    subscribers.push(socket);
+                }
+                false
+            }
+            Cmd::Detach(sid) => {
+                subscribers.retain(|s| *s.id() != sid);
+                // What it held goes to the others (or the next subscriber) now.
+                let now = Instant::now();
+                for f in flights
+                    .values_mut()
+                    .filter(|f| f.sid.as_ref() == Some(&sid))
+                {
+                    f.sid = None;
+                    f.due = now;
+                }
+                false
+            }
+            Cmd::Acked(seq, sid) => {
+                // An ack from a socket that no longer holds the entry (it was redelivered) still
+                // counts: the client handled it.
+                let _ = sid;
+                flights.remove(&seq);
+                state.pending.remove(&seq).is_some()
+            }
+        }
+    }
+
+    /// Sends new entries while there is room; true if the position moved.
+    fn deliver(
+        &self,
+        config: &ConsumerConfig,
+        state: &mut ConsumerState,
+        flights: &mut BTreeMap<Seq, Flight>,
+        subscribers: &[Socket],
+        turn: &mut usize,
+        last: Seq,
+    ) -> bool {
+        let (stream, _) = &self.key;
+        let mut moved = false;
+        while state.next <= last {
+            let room = (config.max_ack_pending as usize).saturating_sub(state.pending.len());
+            if room == 0 {
+                break;
+            }
+            let entries = match self.store().read(stream, state.next, room.min(READ_BATCH)) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(stream, error = %e, "reading entries failed");
+                    break;
+                }
+            };
+            let Some(first) = entries.first() else {
+                // Everything from `next` on was removed by retention.
+                let first = self
+                    .store()
+                    .stream(stream)
+                    .map_or(last + 1, |s| s.first_seq);
+                state.next = state.next.max(first.min(last + 1));
+                moved = true;
+                if state.next <= last && first > last {
+                    break;
+                }
+                continue;
+            };
+            if first.seq > state.next {
+                state.next = first.seq;
+            }
+            for entry in entries {
+                let Some(socket) = pick(subscribers, turn) else {
+                    break;
+                };
+                let due = Instant::now() + Duration::from_millis(config.ack_wait_ms);
+                self.send_entry(&socket, &entry, 1);
+                state.pending.insert(entry.seq, 1);
+                flights.insert(
+                    entry.seq,
+                    Flight {
+                        sid: Some(socket.id().clone()),
+                        due,
+                    },
+                );
+                state.next = entry.seq + 1;
+                moved = true;
+            }
+        }
+        moved
+    }
+
+    /// Sends again what waited too long, or dead-letters it; true if the state changed.
+    async fn redeliver(
+        &self,
+        config: &ConsumerConfig,
+        state: &mut ConsumerState,
+        flights: &mut BTreeMap<Seq, Flight>,
+        subscribers: &[Socket],
+        turn: &mut usize,
+    ) -> bool {
+        let now = Instant::now();
+        let due: Vec<Seq> = flights
+            .iter()
+            .filter(|(_, f)| f.due <= now)
+            .map(|(&s, _)| s)
+            .collect();
+        let mut changed = false;
+        let (stream, consumer) = &self.key;
+        for seq in due {
+            let entry = match self.store().read(stream, seq, 1) {
+                Ok(v) => v.into_iter().next().filter(|e| e.seq == seq),
+                Err(e) => {
+                    tracing::warn!(stream, seq, error = %e, "reading a pending entry failed");
+                    continue;
+                }
+            };
+            let deliveries = state.pending.get(&seq).copied().unwrap_or(0);
+            let Some(entry) = entry else {
+                // Removed by retention while pending: nothing left to deliver.
+                flights.remove(&seq);
+                state.pending.remove(&seq);
+                changed = true;
+                continue;
+            };
+            if deliveries >= config.max_deliver {
+                self.dead_letter(&entry, deliveries).await;
+                flights.remove(&seq);
+                state.pending.remove(&seq);
+                state.dead_lettered += 1;
+                changed = true;
+                tracing::info!(
+                    stream,
+                    consumer,
+                    seq,
+                    deliveries,
+                    "entry moved to the dead-letter stream"
+                );
+                continue;
+            }
+            let Some(socket) = pick(subscribers, turn) else {
+                break;
+            };
+            let attempt = deliveries + 1;
+            self.send_entry(&socket, &entry, attempt);
+            state.pending.insert(seq, attempt);
+            state.redelivered += 1;
+            flights.insert(
+                seq,
+                Flight {
+                    sid: Some(socket.id().clone()),
+                    due: Instant::now() + config.redelivery_wait(attempt),
+                },
+            );
+            changed = true;
+        }
+        changed
+    }
+
+    async fn dead_letter(&self, entry: &Entry, deliveries: u32) {
+        let (stream, consumer) = &self.key;
+        let target = self.store().stream(stream).map_or_else(
+            || format!("{stream}.dlq"),
+            |s| s.config.dead_letter_of(stream),
+        );
+        let data = json!({
+            "stream": stream,
+            "consumer": consumer,
+            "seq": entry.seq,
+            "id": entry.id,
+            "deliveries": deliveries,
+            "data": serde_json::from_slice::<Value>(&entry.data).unwrap_or(Value::Null),
+        });
+        let dead = NewEntry {
+            event: entry.event.clone(),
+            data: Bytes::from(data.to_string()),
+            // Dedupe makes a repeated dead-lettering (after a crash) harmless.
+            id: Some(format!("{stream}:{consumer}:{}", entry.seq)),
+        };
+        if let Err(e) = self.store().publish_one(&target, dead).await {
+            tracing::error!(stream, seq = entry.seq, error = %e, "dead-lettering failed");
+        }
+    }
+
+    /// Sends `entry` to `socket` as `(event, data, meta)` with an ack request.
+    fn send_entry(&self, socket: &Socket, entry: &Entry, deliveries: u32) {
+        let (stream, _) = &self.key;
+        let nsp = socket.ns().name();
+        let meta =
+            json!({"stream": stream, "seq": entry.seq, "id": entry.id, "deliveries": deliveries});
+        let tx = self.tx.clone();
+        let seq = entry.seq;
+        let sid = socket.id().clone();
+        let sent = socket.send_with_callback(
+            |ack_id| Outbound::Text(delivery_packet(nsp, ack_id, entry, &meta)),
+            Box::new(move |_: Payload| {
+                if tx.try_send(Cmd::Acked(seq, sid)).is_err() {
+                    tracing::warn!(seq, "ack dropped: consumer runner busy");
+                }
+            }),
+        );
+        if !sent {
+            tracing::debug!(sid = %socket.id(), seq, "delivery not queued; it will be retried");
+        }
+    }
+
+    /// Leaves the registry if nothing is waiting; true if the runner should stop.
+    fn retire_if_idle(&mut self) -> bool {
+        let mut runners = self.streams.inner.runners.lock().expect("runners lock");
+        // Under the registry lock no new command can arrive through it.
+        if !self.rx.is_empty() {
+            return false;
+        }
+        if runners
+            .get(&self.key)
+            .is_some_and(|tx| tx.same_channel(&self.tx))
+        {
+            runners.remove(&self.key);
+        }
+        true
+    }
+
+    fn retire(&mut self) {
+        let mut runners = self.streams.inner.runners.lock().expect("runners lock");
+        if runners
+            .get(&self.key)
+            .is_some_and(|tx| tx.same_channel(&self.tx))
+        {
+            runners.remove(&self.key);
+        }
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}
+
+fn pick(subscribers: &[Socket], turn: &mut usize) -> Option<Socket> {
+    if subscribers.is_empty() {
+        return None;
+    }
+    *turn = turn.wrapping_add(1);
+    Some(subscribers[*turn % subscribers.len()].clone())
+}
+
+/// `42<nsp>,<id>["event",<data>,<meta>]`, written without parsing the stored data.
+fn delivery_packet(nsp: &str, ack_id: u64, entry: &Entry, meta: &Value) -> Bytes {
+    let mut out = BytesMut::with_capacity(entry.data.len() + entry.event.len() + 96);
+    out.put_slice(b"42");
+    if nsp != "/" {
+        out.put_slice(nsp.as_bytes());
+        out.put_u8(b',');
+    }
+    out.put_slice(ack_id.to_string().as_bytes());
+    out.put_u8(b'[');
+    serde_json::to_writer((&mut out).writer(), &entry.event).expect("strings serialize");
+    out.put_u8(b',');
+    out.put_slice(&entry.data);
+    out.put_u8(b',');
+    serde_json::to_writer((&mut out).writer(), meta).expect("values serialize");
+    out.put_u8(b']');
+    out.freeze()
+}
+
+/// What a client asks with `courier:subscribe`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeRequest {
+    stream: String,
+    consumer: String,
+    #[serde(default)]
+    from: Option<courier_store::StartPosition>,
+    ack_wait_ms: Option<u64>,
+    max_deliver: Option<u32>,
+    max_ack_pending: Option<u32>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnsubscribeRequest {
+    stream: String,
+    consumer: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    stream: String,
+    event: String,
+    #[serde(default)]
+    data: Value,
+    id: Option<String>,
+}
+
+/// The ack answer for a failure.
+pub(crate) fn error_answer(code: &str, message: impl std::fmt::Display) -> Value {
+    json!({"ok": false, "error": {"code": code, "message": message.to_string()}})
+}
+
+fn store_error(e: &StoreError) -> Value {
+    error_answer(e.code(), e)
+}
+
+/// Handles `courier:subscribe`, `courier:unsubscribe` and `courier:publish`; gives any other
+/// message back.
+pub(crate) fn handle_reserved(
+    streams: &Streams,
+    socket: &Socket,
+    mut msg: super::Message,
+) -> Option<super::Message> {
+    fn parse<T: serde::de::DeserializeOwned>(msg: &super::Message) -> Result<T, Value> {
+        match msg.payload.args.first() {
+            Some(v @ Value::Object(_)) => {
+                T::deserialize(v).map_err(|e| error_answer("bad_request", e))
+            }
+            _ => Err(error_answer(
+                "bad_request",
+                "expected an object as the first argument",
+            )),
+        }
+    }
+    let event = msg.event.as_str();
+    if !matches!(
+        event,
+        "courier:subscribe" | "courier:unsubscribe" | "courier:publish"
+    ) {
+        return Some(msg);
+    }
+    if !streams.allowed(socket, event) {
+        let _ = msg.ack(&error_answer(
+            "forbidden",
+            format!("{event} is not allowed here"),
+        ));
+        return None;
+    }
+    match event {
+        "courier:subscribe" => {
+            let req: SubscribeRequest = match parse(&msg) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = msg.ack(&e);
+                    return None;
+                }
+            };
+            let defaults = ConsumerConfig::default();
+            let config = ConsumerConfig {
+                ack_wait_ms: req.ack_wait_ms.unwrap_or(defaults.ack_wait_ms).max(1),
+                max_deliver: req.max_deliver.unwrap_or(defaults.max_deliver).max(1),
+                max_ack_pending: req
+                    .max_ack_pending
+                    .unwrap_or(defaults.max_ack_pending)
+                    .clamp(1, 100_000),
+                start: req.from.unwrap_or_default(),
+            };
+            let (streams, socket) = (streams.clone(), socket.clone());
+            super::run_now_or_spawn(async move {
+                let answer = match streams
+                    .subscribe(&socket, &req.stream, &req.consumer, config)
+                    .await
+                {
+                    Ok(s) => {
+                        json!({"ok": true, "stream": req.stream, "consumer": req.consumer, "pending": s.pending})
+                    }
+                    Err(e) => store_error(&e),
+                };
+                let _ = msg.ack(&answer);
+            });
+        }
+        "courier:unsubscribe" => {
+            let answer = match parse::<UnsubscribeRequest>(&msg) {
+                Ok(r) => {
+                    let n = streams.unsubscribe(socket, &r.stream, r.consumer.as_deref());
+                    json!({"ok": true, "removed": n})
+                }
+                Err(e) => e,
+            };
+            let _ = msg.ack(&answer);
+        }
+        _ => {
+            let req: PublishRequest = match parse(&msg) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = msg.ack(&e);
+                    return None;
+                }
+            };
+            if req.event.is_empty()
+                || courier_proto::socket::RESERVED_EVENTS.contains(&req.event.as_str())
+            {
+                let _ = msg.ack(&error_answer(
+                    "bad_request",
+                    format!("{:?} cannot be an event name", req.event),
+                ));
+                return None;
+            }
+            let streams = streams.clone();
+            super::run_now_or_spawn(async move {
+                let answer = match streams
+                    .publish(&req.stream, &req.event, &req.data, req.id)
+                    .await
+                {
+                    Ok(a) => json!({"ok": true, "seq": a.seq, "duplicate": a.duplicate}),
+                    Err(e) => store_error(&e),
+                };
+                let _ = msg.ack(&answer);
+            });
+        }
+    }
+    None
+}
