@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use courier_proto::socket::RESERVED_EVENTS;
-use courier_server::{BroadcastOperator, Io, Payload};
+use courier_server::store::{ConsumerRecord, Seq, StoreError, StreamConfig, StreamInfo};
+use courier_server::{BroadcastOperator, Io, Payload, Streams};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -37,6 +38,15 @@ pub fn router(io: Io, token: String, max_body: usize) -> Router {
         .route("/emit", post(emit))
         .route("/disconnect", post(disconnect))
         .route("/sockets", get(sockets))
+        .route("/streams", get(list_streams))
+        .route("/streams/{stream}", get(stream_info).put(put_stream))
+        .route("/streams/{stream}/publish", post(publish))
+        .route("/streams/{stream}/purge", post(purge))
+        .route("/streams/{stream}/consumers", get(list_consumers))
+        .route(
+            "/streams/{stream}/consumers/{consumer}",
+            get(consumer_info).delete(delete_consumer),
+        )
         .layer(middleware::from_fn_with_state(api.clone(), authorize))
         .fallback(|| async { ApiError::not_found("no such API route") });
     Router::new()
@@ -233,4 +243,163 @@ async fn sockets(
         .map(|s| json!({"sid": s.id().as_ref(), "rooms": s.rooms(), "transport": s.transport().name()}))
         .collect();
     Ok(Json(json!({"sockets": list})))
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::StreamNotFound(_) | StoreError::ConsumerNotFound(..) => {
+                StatusCode::NOT_FOUND
+            }
+            StoreError::InvalidName(..) => StatusCode::BAD_REQUEST,
+            StoreError::TooLarge(..) => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError {
+            status,
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn streams(api: &Api) -> Result<&Streams, ApiError> {
+    api.io.streams().ok_or(ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "unavailable",
+        message: "this hub has no store".into(),
+    })
+}
+
+fn stream_json(s: &StreamInfo) -> Value {
+    json!({
+        "name": s.name,
+        "first_seq": s.first_seq,
+        "last_seq": s.last_seq,
+        "entries": s.entries,
+        "bytes": s.bytes,
+        "consumers": s.consumers,
+        "config": s.config,
+    })
+}
+
+fn consumer_json(name: &str, last_seq: Seq, r: &ConsumerRecord) -> Value {
+    let st = &r.state;
+    json!({
+        "name": name,
+        "delivered": st.delivered(),
+        "ack_floor": st.ack_floor(),
+        "pending": st.pending.len(),
+        "waiting": last_seq.saturating_sub(st.delivered()),
+        "redelivered": st.redelivered,
+        "dead_lettered": st.dead_lettered,
+        "config": r.config,
+    })
+}
+
+async fn list_streams(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
+    let list: Vec<Value> = streams(&api)?
+        .store()
+        .streams()
+        .iter()
+        .map(stream_json)
+        .collect();
+    Ok(Json(json!({"streams": list})))
+}
+
+fn find_stream(api: &Api, name: &str) -> Result<StreamInfo, ApiError> {
+    streams(api)?
+        .store()
+        .stream(name)
+        .ok_or_else(|| StoreError::StreamNotFound(name.to_owned()).into())
+}
+
+async fn stream_info(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(stream_json(&find_stream(&api, &name)?)))
+}
+
+async fn put_stream(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let config: StreamConfig = parse(body)?;
+    let info = streams(&api)?.store().create_stream(&name, config).await?;
+    Ok(Json(stream_json(&info)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    event: String,
+    #[serde(default)]
+    data: Value,
+    id: Option<String>,
+}
+
+async fn publish(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let req: PublishRequest = parse(body)?;
+    if req.event.is_empty() || RESERVED_EVENTS.contains(&req.event.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "{:?} cannot be an event name",
+            req.event
+        )));
+    }
+    let a = streams(&api)?
+        .publish(&name, &req.event, &req.data, req.id)
+        .await?;
+    Ok(Json(json!({"seq": a.seq, "duplicate": a.duplicate})))
+}
+
+async fn purge(State(api): State<Api>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let n = streams(&api)?.store().purge(&name).await?;
+    Ok(Json(json!({"purged": n})))
+}
+
+async fn list_consumers(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let info = find_stream(&api, &name)?;
+    let list: Vec<Value> = streams(&api)?
+        .store()
+        .consumers(&name)
+        .iter()
+        .map(|(c, r)| consumer_json(c, info.last_seq, r))
+        .collect();
+    Ok(Json(json!({"consumers": list})))
+}
+
+async fn consumer_info(
+    State(api): State<Api>,
+    Path((name, consumer)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let info = find_stream(&api, &name)?;
+    let r = streams(&api)?
+        .store()
+        .consumer(&name, &consumer)
+        .ok_or_else(|| StoreError::ConsumerNotFound(name.clone(), consumer.clone()))?;
+    Ok(Json(consumer_json(&consumer, info.last_seq, &r)))
+}
+
+async fn delete_consumer(
+    State(api): State<Api>,
+    Path((name, consumer)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    find_stream(&api, &name)?;
+    if !streams(&api)?
+        .store()
+        .delete_consumer(&name, &consumer)
+        .await?
+    {
+        return Err(StoreError::ConsumerNotFound(name, consumer).into());
+    }
+    Ok(Json(json!({"deleted": true})))
 }

@@ -19,6 +19,14 @@ pub fn install(io: &Io, settings: &HubSettings) -> anyhow::Result<()> {
         let re = regex::Regex::new(pattern)?;
         setup(&io.dynamic_regex(re), &rules);
     }
+    if let Some(streams) = io.streams() {
+        let (publish, subscribe) = (settings.client_publish, settings.client_subscribe);
+        streams.set_authorizer(move |_, event| match event {
+            "courier:publish" => publish,
+            "courier:subscribe" => subscribe,
+            _ => true,
+        });
+    }
     Ok(())
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use courier_server::Io;
+use courier_server::store::{Store, SyncPolicy};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -102,7 +103,14 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
 
     let config = settings.server_config();
-    let io = Io::new(config.clone());
+    let store = open_store(&settings)?;
+    for def in &settings.stream {
+        store
+            .create_stream(&def.name, def.config.clone())
+            .await
+            .with_context(|| format!("creating stream {:?}", def.name))?;
+    }
+    let io = Io::with_store(config.clone(), store.clone());
     hub::install(&io, &settings.hub)?;
     let app = api::router(io.clone(), settings.api.token.clone(), config.max_payload);
 
@@ -114,6 +122,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         data_dir = %data_dir.display(),
         path = config.path,
         namespaces = ?settings.hub.namespaces,
+        store = settings.store.backend,
+        sync = settings.store.sync,
+        recovery = settings.recovery.enabled,
         "hub ready"
     );
 
@@ -132,8 +143,23 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         Ok(joined) => joined.context("server task")??,
         Err(_) => tracing::warn!("some HTTP requests were still open after the grace period"),
     }
+    store.close().await.context("flushing the store")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let options = settings.store_options();
+    if settings.store.backend == "memory" {
+        return Ok(Store::memory(options));
+    }
+    let path = settings.server.data_dir.join("courier.db");
+    let sync = if settings.store.sync == "interval" {
+        SyncPolicy::Interval
+    } else {
+        SyncPolicy::Always
+    };
+    Store::sqlite(&path, sync, options).with_context(|| format!("opening {}", path.display()))
 }
 
 async fn shutdown_signal() {

@@ -16,6 +16,102 @@ pub struct Settings {
     pub cors: Cors,
     pub hub: Hub,
     pub api: Api,
+    pub store: StoreSettings,
+    pub recovery: Recovery,
+    pub streams: Streams,
+    /// Streams created at start-up (`[[stream]]` tables).
+    pub stream: Vec<StreamDef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `sqlite` (in `data_dir`) or `memory` (nothing survives a restart).
+    pub backend: String,
+    /// `always`: every publish is fsynced before it is confirmed. `interval`: fsync every
+    /// `sync_interval_ms`; faster, and a power loss can lose the last interval.
+    pub sync: String,
+    pub sync_interval_ms: u64,
+    /// Largest entry a publisher may store (event + data + id), in bytes.
+    pub max_entry_bytes: usize,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            backend: "sqlite".into(),
+            sync: "always".into(),
+            sync_interval_ms: 100,
+            max_entry_bytes: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Recovery {
+    /// Connection state recovery for socket.io-client >= 4.6.
+    pub enabled: bool,
+    /// How long a lost session can be recovered.
+    pub window_ms: u64,
+    /// Most broadcasts kept for recovery.
+    pub max_events: usize,
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Recovery {
+            enabled: true,
+            window_ms: 120_000,
+            max_events: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Streams {
+    /// Create a stream on its first publish or subscribe.
+    pub auto_create: bool,
+    /// Retention and dedupe of auto-created streams (0 = no limit).
+    pub max_age_ms: u64,
+    pub max_entries: u64,
+    pub max_bytes: u64,
+    pub dedupe_window_ms: u64,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        let d = courier_server::store::StreamConfig::default();
+        Streams {
+            auto_create: true,
+            max_age_ms: d.max_age_ms,
+            max_entries: d.max_entries,
+            max_bytes: d.max_bytes,
+            dedupe_window_ms: d.dedupe_window_ms,
+        }
+    }
+}
+
+impl Streams {
+    pub fn default_config(&self) -> courier_server::store::StreamConfig {
+        courier_server::store::StreamConfig {
+            max_age_ms: self.max_age_ms,
+            max_entries: self.max_entries,
+            max_bytes: self.max_bytes,
+            dedupe_window_ms: self.dedupe_window_ms,
+            dead_letter: None,
+        }
+    }
+}
+
+/// A stream declared in the config file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamDef {
+    pub name: String,
+    #[serde(flatten)]
+    pub config: courier_server::store::StreamConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,6 +183,10 @@ pub struct Hub {
     pub auth_tokens: Vec<String>,
     pub client_rooms: bool,
     pub client_relay: bool,
+    /// Clients may publish to streams with `courier:publish`.
+    pub client_publish: bool,
+    /// Clients may subscribe to streams with `courier:subscribe`.
+    pub client_subscribe: bool,
 }
 
 impl Default for Hub {
@@ -97,6 +197,8 @@ impl Default for Hub {
             auth_tokens: Vec::new(),
             client_rooms: true,
             client_relay: true,
+            client_publish: true,
+            client_subscribe: true,
         }
     }
 }
@@ -183,8 +285,40 @@ impl Settings {
         for p in &self.hub.namespace_patterns {
             regex::Regex::new(p).with_context(|| format!("hub.namespace_patterns: {p:?}"))?;
         }
+        if !matches!(self.store.backend.as_str(), "sqlite" | "memory") {
+            bail!(
+                "store.backend: {:?} (expected sqlite or memory)",
+                self.store.backend
+            );
+        }
+        if !matches!(self.store.sync.as_str(), "always" | "interval") {
+            bail!(
+                "store.sync: {:?} (expected always or interval)",
+                self.store.sync
+            );
+        }
+        if self.store.sync == "interval" && self.store.sync_interval_ms == 0 {
+            bail!("store.sync_interval_ms must be positive");
+        }
+        for s in &self.stream {
+            courier_server::store::check_name(&s.name)
+                .map_err(|e| anyhow::anyhow!("[[stream]]: {e}"))?;
+        }
         self.server_config().validate()?;
         Ok(())
+    }
+
+    /// The store settings these settings describe.
+    pub fn store_options(&self) -> courier_server::store::StoreOptions {
+        courier_server::store::StoreOptions {
+            auto_create: self.streams.auto_create,
+            default_stream: self.streams.default_config(),
+            max_entry_bytes: self.store.max_entry_bytes,
+            recovery_window: Duration::from_millis(self.recovery.window_ms),
+            max_recovery_events: self.recovery.max_events,
+            sync_interval: (self.store.sync == "interval")
+                .then(|| Duration::from_millis(self.store.sync_interval_ms)),
+        }
     }
 
     /// The library configuration these settings describe.
@@ -201,6 +335,7 @@ impl Settings {
             polling: e.transports.iter().any(|t| t == "polling"),
             websocket: e.transports.iter().any(|t| t == "websocket"),
             max_buffered_packets: e.max_buffered_packets,
+            recovery: self.recovery.enabled,
             cors: courier_server::Cors {
                 origins: self.cors.origins.clone(),
                 credentials: self.cors.credentials,
