@@ -165,7 +165,7 @@ impl SqliteBackend {
                     "INSERT INTO sessions(pid, expires, record) VALUES (?1, ?2, ?3)
                      ON CONFLICT(pid) DO UPDATE SET expires = excluded.expires, record = excluded.record",
                 )?
-                .execute(params![pid, record.expires_ms as i64, json(record)])?;
+                .execute(params![pid, record.expires_ms.min(i64::MAX as u64) as i64, json(record)])?;
             }
             Op::DeleteSession { pid } => {
                 tx.prepare_cached("DELETE FROM sessions WHERE pid = ?1")?

@@ -185,7 +185,16 @@ impl Store {
                 state.consumers.insert((stream.clone(), name), record);
             }
         }
-        state.sessions = snap.sessions.into_iter().collect();
+        // Sessions still live were cut off by a crash: they get a recovery window from now.
+        let mut revived = HashSet::new();
+        let window_end = now_ms() + options.recovery_window.as_millis() as u64;
+        for (pid, mut record) in snap.sessions {
+            if record.expires_ms == LIVE_SESSION {
+                record.expires_ms = window_end;
+                revived.insert(pid.clone());
+            }
+            state.sessions.insert(pid, record);
+        }
         let next_offset = snap.recovery.last().map_or(1, |e| e.offset + 1);
         let recovery = RecoveryLog {
             events: snap.recovery.into(),
@@ -197,7 +206,10 @@ impl Store {
             options,
             state: RwLock::new(state),
             recovery: Mutex::new(recovery),
-            dirty: Mutex::new(Dirty::default()),
+            dirty: Mutex::new(Dirty {
+                sessions: revived,
+                ..Dirty::default()
+            }),
             wake: Notify::new(),
         });
         let (tx, rx) = mpsc::channel(MAX_BATCH);

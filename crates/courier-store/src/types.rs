@@ -201,6 +201,10 @@ pub struct StreamInfo {
     pub consumers: Vec<String>,
 }
 
+/// `expires_ms` of the session of a socket that is still connected. A store that opens finds
+/// such sessions only after a crash, and gives them a recovery window from then.
+pub const LIVE_SESSION: u64 = u64::MAX;
+
 /// What connection state recovery needs to restore a socket (stored as JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {

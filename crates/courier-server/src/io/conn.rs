@@ -163,6 +163,7 @@ impl Conn {
                     streams.restore(&socket, replay.subscriptions);
                 }
             }
+            socket.session_changed();
             tracing::debug!(sid = %socket.id(), nsp, recovered, "socket connected");
             if let Some(h) = ns.connect_handler() {
                 h(socket).await;
@@ -181,6 +182,10 @@ impl Conn {
         let pid = pid?.as_str()?.to_owned();
         let session = store.take_session(&pid)?;
         if session.nsp != nsp {
+            return None;
+        }
+        // The old connection is not known to be gone yet: no second socket with the same id.
+        if self.io.namespace_for(nsp)?.socket(&session.sid).is_some() {
             return None;
         }
         // A client that received no recoverable broadcast has no offset: it missed everything

@@ -84,30 +84,44 @@ impl Shared {
         }
         let recoverable =
             matches!(reason, DisconnectReason::Connection(r) if r != CloseReason::ParseError);
-        if let (Some(store), Some(pid), true) = (&self.recovery, &socket.0.pid, recoverable) {
-            let own = socket.id();
-            let record = courier_store::SessionRecord {
-                sid: own.to_string(),
-                nsp: socket.ns().name().to_owned(),
-                rooms: socket
-                    .rooms()
-                    .iter()
-                    .filter(|r| *r != own)
-                    .map(|r| r.to_string())
-                    .collect(),
-                data: socket.data(),
-                since: socket.0.since,
-                subscriptions: socket
-                    .0
-                    .subscriptions
-                    .lock()
-                    .expect("subscriptions lock")
-                    .clone(),
-                expires_ms: courier_store::now_ms()
-                    + store.options().recovery_window.as_millis() as u64,
-            };
-            store.put_session(pid, record);
+        if let (Some(store), Some(pid)) = (&self.recovery, &socket.0.pid) {
+            if recoverable {
+                let window = store.options().recovery_window.as_millis() as u64;
+                self.save_session(socket, courier_store::now_ms() + window);
+            } else {
+                store.take_session(pid);
+            }
         }
+    }
+
+    /// Keeps what recovery would restore of `socket`. While the socket is connected this runs
+    /// on every change with `LIVE_SESSION`, so that a client can also be recovered after the
+    /// server crashed: the store turns live sessions into ordinary ones when it opens.
+    pub(crate) fn save_session(&self, socket: &Socket, expires_ms: u64) {
+        let (Some(store), Some(pid)) = (&self.recovery, &socket.0.pid) else {
+            return;
+        };
+        let own = socket.id();
+        let record = courier_store::SessionRecord {
+            sid: own.to_string(),
+            nsp: socket.ns().name().to_owned(),
+            rooms: socket
+                .rooms()
+                .iter()
+                .filter(|r| *r != own)
+                .map(|r| r.to_string())
+                .collect(),
+            data: socket.data(),
+            since: socket.0.since,
+            subscriptions: socket
+                .0
+                .subscriptions
+                .lock()
+                .expect("subscriptions lock")
+                .clone(),
+            expires_ms,
+        };
+        store.put_session(pid, record);
     }
 
     /// The namespace a client asks for: an existing one, or a new one from a dynamic pattern.

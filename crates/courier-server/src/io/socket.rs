@@ -172,6 +172,15 @@ impl Socket {
     /// Replaces the socket's application data.
     pub fn set_data(&self, v: Value) {
         *self.0.data.lock().expect("data lock") = v;
+        self.session_changed();
+    }
+
+    /// Keeps the recovery session current while connected.
+    pub(crate) fn session_changed(&self) {
+        if self.connected() {
+            let io = &self.0.conn.io;
+            io.save_session(self, courier_store::LIVE_SESSION);
+        }
     }
 
     /// Registers the handler of `event`. The handler runs in arrival order; it is polled at once
@@ -294,11 +303,13 @@ impl Socket {
     /// Joins a room.
     pub fn join(&self, room: impl Into<Room>) {
         self.0.ns.add_to_room(self, room.into());
+        self.session_changed();
     }
 
     /// Leaves a room.
     pub fn leave(&self, room: &str) {
         self.0.ns.remove_from_room(self, room);
+        self.session_changed();
     }
 
     /// The rooms the socket is in, its own id included, sorted.

@@ -26,8 +26,10 @@ use crate::engine::{Outbound, Sid};
 
 /// Entries read from the store at a time.
 const READ_BATCH: usize = 256;
-/// Commands a runner may have waiting.
-const COMMANDS: usize = 4096;
+/// Commands a runner may have waiting: room for an ack of every delivery in flight (at most
+/// `max_ack_pending`, capped at 100,000) plus attaches and detaches. Tokio allocates channel
+/// blocks as they fill, so the bound costs nothing while unused.
+const COMMANDS: usize = 110_000;
 
 type Key = (String, String);
 
@@ -138,6 +140,7 @@ impl Streams {
             subs.push(key);
         }
         self.attach(socket, stream, consumer);
+        socket.session_changed();
         Ok(Subscribed { pending })
     }
 
@@ -155,6 +158,7 @@ impl Streams {
         for key in &removed {
             self.send(key, Cmd::Detach(socket.id().clone()));
         }
+        socket.session_changed();
         removed.len()
     }
 
