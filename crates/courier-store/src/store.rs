@@ -107,6 +107,16 @@ struct RecoveryLog {
     events: VecDeque<RecoveryEvent>,
     next_offset: u64,
     persisted: u64,
+    /// The highest offset dropped from the log: a client that saw less cannot be recovered.
+    dropped_upto: u64,
+}
+
+impl RecoveryLog {
+    fn drop_oldest(&mut self) {
+        if let Some(e) = self.events.pop_front() {
+            self.dropped_upto = self.dropped_upto.max(e.offset);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -195,8 +205,12 @@ impl Store {
             }
             state.sessions.insert(pid, record);
         }
-        let next_offset = snap.recovery.last().map_or(1, |e| e.offset + 1);
+        // Offsets keep growing across restarts, even when the last ones were never persisted
+        // (a crash): a new run starts above any offset a client can hold.
+        let last = snap.recovery.last().map_or(0, |e| e.offset);
+        let next_offset = (last + 1).max(now_ms().saturating_mul(1000));
         let recovery = RecoveryLog {
+            dropped_upto: snap.recovery.first().map_or(0, |e| e.offset - 1),
             events: snap.recovery.into(),
             next_offset,
             persisted: next_offset,
@@ -486,7 +500,7 @@ impl Store {
             data,
         });
         while log.events.len() > self.options().max_recovery_events {
-            log.events.pop_front();
+            log.drop_oldest();
         }
         drop(log);
         self.inner.shared.wake.notify_one();
@@ -507,8 +521,7 @@ impl Store {
     /// (the client then cannot be recovered).
     pub fn recoverable_after(&self, nsp: &str, offset: u64) -> Option<Vec<RecoveryEvent>> {
         let log = self.inner.shared.recovery.lock().expect("recovery lock");
-        let oldest = log.events.front().map_or(log.next_offset, |e| e.offset);
-        if offset + 1 < oldest {
+        if offset < log.dropped_upto {
             return None;
         }
         Some(
@@ -1014,6 +1027,6 @@ fn apply(shared: &Shared, b: &mut Batch) {
     }
     let horizon = now.saturating_sub(shared.options.recovery_window.as_millis() as u64);
     while log.events.front().is_some_and(|e| e.ts_ms < horizon) {
-        log.events.pop_front();
+        log.drop_oldest();
     }
 }
