@@ -1,7 +1,7 @@
 // Helpers for the end-to-end tests that use the stock socket.io-client against `courier serve`.
 
 import { io, Manager } from "socket.io-client";
-import { once, withTimeout } from "./harness.mjs";
+import { once, waitFor, withTimeout } from "./harness.mjs";
 
 export { io, Manager };
 
@@ -130,4 +130,73 @@ export async function listedSids(server, namespace = "/", room) {
   const res = await api(server, "GET", `/api/v1/sockets?${query}`);
   if (res.status !== 200) throw new Error(`GET /api/v1/sockets answered ${res.status} ${JSON.stringify(res.body)}`);
   return res.body.sockets.map((s) => s.sid).sort();
+}
+
+// --- durable streams ---------------------------------------------------------------------------
+
+/** `courier:subscribe` with an ack; resolves with the answer ({ok, stream, consumer, pending}). */
+export function subscribe(socket, stream, consumer, options = {}) {
+  return ask(socket, "courier:subscribe", { stream, consumer, ...options });
+}
+
+/** `courier:publish` with an ack; resolves with the answer ({ok, seq, duplicate}). */
+export function clientPublish(socket, stream, event, data, id) {
+  return ask(socket, "courier:publish", { stream, event, data, ...(id === undefined ? {} : { id }) });
+}
+
+/**
+ * Records the stream deliveries of `event` a socket receives, each as {data, meta, ack, args}
+ * (`args`: every argument but the ack callback). With `autoAck` (the default) each delivery is
+ * acknowledged as it arrives; otherwise the test calls `ack()` itself.
+ */
+export function deliveries(socket, event, { autoAck = true } = {}) {
+  const got = [];
+  socket.on(event, (...args) => {
+    const ack = typeof args[args.length - 1] === "function" ? args.pop() : undefined;
+    got.push({ data: args[0], meta: args[1], ack, args });
+    if (autoAck && ack) ack();
+  });
+  return got;
+}
+
+/** The seqs of recorded deliveries, in arrival order. */
+export const seqsOf = (list) => list.map((d) => d.meta.seq);
+
+/** Waits until `list` holds at least `n` entries; returns it. */
+export function waitCount(list, n, ms = 5000, what = "deliveries") {
+  return waitFor(() => list.length >= n && list, { ms, what: `${n} ${what} (have ${list.length})` });
+}
+
+/** `[1, 2, ..., n]` shifted to start at `from`. */
+export const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+
+/** `POST /api/v1/streams/{stream}/publish`; resolves with {seq, duplicate}, throws unless 200. */
+export async function publish(server, stream, event, data, id) {
+  const res = await api(server, "POST", `/api/v1/streams/${encodeURIComponent(stream)}/publish`, {
+    event,
+    data,
+    ...(id === undefined ? {} : { id }),
+  });
+  if (res.status !== 200) throw new Error(`publish to ${stream} answered ${res.status} ${JSON.stringify(res.body)}`);
+  return res.body;
+}
+
+/** `GET /api/v1/streams/{stream}`, throws unless 200. */
+export async function streamInfo(server, stream) {
+  const res = await api(server, "GET", `/api/v1/streams/${encodeURIComponent(stream)}`);
+  if (res.status !== 200) throw new Error(`GET stream ${stream} answered ${res.status} ${JSON.stringify(res.body)}`);
+  return res.body;
+}
+
+/** `GET /api/v1/streams/{stream}/consumers/{consumer}`, throws unless 200. */
+export async function consumerInfo(server, stream, consumer) {
+  const res = await api(
+    server,
+    "GET",
+    `/api/v1/streams/${encodeURIComponent(stream)}/consumers/${encodeURIComponent(consumer)}`,
+  );
+  if (res.status !== 200) {
+    throw new Error(`GET consumer ${stream}/${consumer} answered ${res.status} ${JSON.stringify(res.body)}`);
+  }
+  return res.body;
 }

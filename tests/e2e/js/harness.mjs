@@ -187,9 +187,12 @@ function mergeConfig(base, extra) {
   return out;
 }
 
-// Short timings so that shutdowns and reconnections stay quick in tests.
+// Short timings so that shutdowns and reconnections stay quick in tests. Recovery is off unless a
+// test turns it on: with recovery, every broadcast carries its offset as an extra last argument
+// (as with the reference server), and the suites for other features compare arguments exactly.
 const TEST_DEFAULTS = {
   server: { shutdown_grace_ms: 1000, log: "info" },
+  recovery: { enabled: false },
 };
 
 /**
@@ -218,8 +221,31 @@ export async function startCourier({ config = {}, listen = "127.0.0.1:0", env = 
   }
   server.configPath = configPath;
   server.dataDir = dir;
+  server.config = config;
+  server.ownDataDir = ownDataDir;
   if (t) t.after(() => server.stop());
   return server;
+}
+
+/** A data directory that outlives the servers using it (for restarts); removed when `t` ends. */
+export function makeDataDir(t) {
+  const dir = mkdtempSync(path.join(tmpdir(), "courier-e2e-data-"));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/**
+ * Stops `server` with `signal` (SIGTERM waits for the graceful exit, SIGKILL kills it) and starts
+ * it again on the same port, data directory and config. The server must have been started with
+ * a `dataDir` of the test's own (see makeDataDir): its own one is removed when it exits.
+ */
+export async function restartCourier(server, { t, signal = "SIGTERM", config = server.config } = {}) {
+  if (server.ownDataDir) throw new Error("restartCourier needs a server started with an explicit dataDir");
+  if (signal === "SIGKILL") await server.kill("SIGKILL");
+  else await server.stop();
+  const next = await startCourier({ t, config, listen: `127.0.0.1:${server.port}`, dataDir: server.dataDir });
+  if (next.port !== server.port) throw new Error(`restarted on port ${next.port}, not ${server.port}`);
+  return next;
 }
 
 /** Starts Courier's conformance example in `socketio` or `engineio` mode on a free port. */
