@@ -203,13 +203,15 @@ fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
 
 impl Backend for SqliteBackend {
     fn load(&self, ids_since_ms: u64) -> Result<Snapshot, StoreError> {
+        // Sizes here and below are bytes, as in `Entry::size`: `length()` of TEXT counts
+        // characters, which made non-ASCII event names and ids count less after a restart.
         let db = self.reader();
         let mut snap = Snapshot::default();
         let mut stmt = db.prepare(
             "SELECT s.id, s.name, s.config, s.last_seq,
                     (SELECT min(seq) FROM entries e WHERE e.stream = s.id),
                     (SELECT count(*) FROM entries e WHERE e.stream = s.id),
-                    (SELECT coalesce(sum(length(event) + length(data) + coalesce(length(msg_id), 0)), 0)
+                    (SELECT coalesce(sum(octet_length(event) + length(data) + coalesce(octet_length(msg_id), 0)), 0)
                        FROM entries e WHERE e.stream = s.id)
              FROM streams s ORDER BY s.id",
         )?;
@@ -314,7 +316,7 @@ impl Backend for SqliteBackend {
     ) -> Result<Option<Seq>, StoreError> {
         let db = self.reader();
         let mut stmt = db.prepare_cached(
-            "SELECT seq, length(event) + length(data) + coalesce(length(msg_id), 0)
+            "SELECT seq, octet_length(event) + length(data) + coalesce(octet_length(msg_id), 0)
              FROM entries WHERE stream = ?1 ORDER BY seq DESC",
         )?;
         let mut rows = stmt.query([stream as i64])?;
@@ -339,7 +341,7 @@ impl Backend for SqliteBackend {
         let db = self.reader();
         let (n, b): (i64, i64) = db
             .prepare_cached(
-                "SELECT count(*), coalesce(sum(length(event) + length(data) + coalesce(length(msg_id), 0)), 0)
+                "SELECT count(*), coalesce(sum(octet_length(event) + length(data) + coalesce(octet_length(msg_id), 0)), 0)
                  FROM entries WHERE stream = ?1 AND seq >= ?2 AND seq < ?3",
             )?
             .query_row(params![stream as i64, from as i64, below as i64], |r| {

@@ -157,9 +157,15 @@ enum Request {
 impl Store {
     /// A store over `backend`, loading what it holds. Must be called within a tokio runtime.
     pub fn open(backend: Arc<dyn Backend>, options: StoreOptions) -> Result<Store, StoreError> {
-        let ids_since =
-            now_ms().saturating_sub(options.default_stream.dedupe_window_ms.max(10 * 60 * 1000));
-        let snap = backend.load(ids_since)?;
+        let now = now_ms();
+        let ids_window = options.default_stream.dedupe_window_ms.max(10 * 60 * 1000);
+        let mut snap = backend.load(now.saturating_sub(ids_window))?;
+        // A stream whose dedupe window is longer needs older ids too (they used to be left
+        // out, so a retry after a restart was stored twice).
+        let widest = snap.streams.iter().map(|s| s.config.dedupe_window_ms).max();
+        if let Some(widest) = widest.filter(|w| *w > ids_window) {
+            snap.recent_ids = backend.load(now.saturating_sub(widest))?.recent_ids;
+        }
         let mut state = State::default();
         let mut names = HashMap::new();
         for s in snap.streams {
@@ -209,12 +215,17 @@ impl Store {
         // (a crash): a new run starts above any offset a client can hold.
         let last = snap.recovery.last().map_or(0, |e| e.offset);
         let next_offset = (last + 1).max(now_ms().saturating_mul(1000));
-        let recovery = RecoveryLog {
+        let mut recovery = RecoveryLog {
             dropped_upto: snap.recovery.first().map_or(0, |e| e.offset - 1),
             events: snap.recovery.into(),
             next_offset,
             persisted: next_offset,
         };
+        // The disk keeps the whole window; memory keeps `max_recovery_events` (a restart used
+        // to load them all).
+        while recovery.events.len() > options.max_recovery_events {
+            recovery.drop_oldest();
+        }
         let shared = Arc::new(Shared {
             backend,
             options,
@@ -556,6 +567,9 @@ fn info(state: &State, name: &str, s: &StreamState) -> StreamInfo {
     }
 }
 
+/// Answers one request with the batch's outcome.
+type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
 /// What one batch will change once committed.
 #[derive(Default)]
 struct Batch {
@@ -566,9 +580,11 @@ struct Batch {
     appended: HashMap<String, (Seq, Vec<Entry>)>,
     trims: Vec<(String, Seq, u64, u64)>,
     consumers: Vec<((String, String), Option<ConsumerRecord>)>,
-    replies: Vec<Box<dyn FnOnce(Result<(), StoreError>) + Send>>,
+    replies: Vec<Reply>,
     recovery_upto: Option<u64>,
     next_stream_id: StreamId,
+    /// The dirty marks this batch took, given back if its commit fails.
+    dirty: Dirty,
 }
 
 impl Batch {
@@ -672,8 +688,12 @@ impl Batch {
         {
             return Some(e.seq);
         }
-        let (seq, ts) = *state.streams.get(name)?.ids.get(mid)?;
-        (ts >= since).then_some(seq)
+        let s = state.streams.get(name)?;
+        let (seq, ts) = *s.ids.get(mid)?;
+        // An id is a duplicate only while its entry is kept: ids are rebuilt from the kept
+        // entries at start-up, and an id of a purged entry used to stay a duplicate only until
+        // the next restart.
+        (ts >= since && seq >= s.first_seq).then_some(seq)
     }
 }
 
@@ -703,6 +723,11 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
             };
             if let Err(e) = &result {
                 tracing::error!(error = %e, "store commit failed");
+                // The positions and sessions taken into the failed batch are still only in
+                // memory: the next batch writes them (they used to be dropped with the batch).
+                let mut dirty = shared2.dirty.lock().expect("dirty lock");
+                dirty.consumers.extend(batch.dirty.consumers.drain());
+                dirty.sessions.extend(batch.dirty.sessions.drain());
             } else {
                 apply(&shared2, &mut batch);
             }
@@ -856,12 +881,12 @@ fn build(shared: &Shared, requests: Vec<Request>, maintenance: bool) -> Batch {
 }
 
 fn persist_dirty(shared: &Shared, state: &State, b: &mut Batch) {
-    let dirty = std::mem::take(&mut *shared.dirty.lock().expect("dirty lock"));
-    for key in dirty.consumers {
-        if b.consumers.iter().any(|(k, _)| *k == key) {
+    b.dirty = std::mem::take(&mut *shared.dirty.lock().expect("dirty lock"));
+    for key in &b.dirty.consumers {
+        if b.consumers.iter().any(|(k, _)| k == key) {
             continue;
         }
-        if let (Some(r), Some(s)) = (state.consumers.get(&key), state.streams.get(&key.0)) {
+        if let (Some(r), Some(s)) = (state.consumers.get(key), state.streams.get(&key.0)) {
             b.ops.push(Op::PutConsumer {
                 stream: s.id,
                 name: key.1.clone(),
@@ -869,13 +894,13 @@ fn persist_dirty(shared: &Shared, state: &State, b: &mut Batch) {
             });
         }
     }
-    for pid in dirty.sessions {
-        b.ops.push(match state.sessions.get(&pid) {
+    for pid in &b.dirty.sessions {
+        b.ops.push(match state.sessions.get(pid) {
             Some(record) => Op::PutSession {
-                pid,
+                pid: pid.clone(),
                 record: record.clone(),
             },
-            None => Op::DeleteSession { pid },
+            None => Op::DeleteSession { pid: pid.clone() },
         });
     }
     let log = shared.recovery.lock().expect("recovery lock");
@@ -904,6 +929,11 @@ fn retention(shared: &Shared, state: &State, b: &mut Batch) {
     for (name, s) in &state.streams {
         let c = &s.config;
         if s.entries == 0 || (c.max_entries == 0 && c.max_age_ms == 0 && c.max_bytes == 0) {
+            continue;
+        }
+        // A purge earlier in this batch already removed what retention sees here; counting
+        // both left the stream with fewer entries (often none) than it kept.
+        if b.trims.iter().any(|(n, ..)| n == name) {
             continue;
         }
         let mut below = s.first_seq;

@@ -55,6 +55,9 @@ pub async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// Picks ops: a commit is held if one of its ops is picked.
+pub type OpFilter = fn(&Op) -> bool;
+
 /// What a [`Faulty`] backend is told to do. Shared by the test and every backend it wraps.
 #[derive(Default)]
 pub struct Faults {
@@ -67,13 +70,19 @@ pub struct Faults {
     pub committed: AtomicUsize,
     /// Commits waiting at the gate.
     pub waiting: AtomicUsize,
-    /// The gate holds only commits that append an entry (not maintenance or consumer saves).
-    pub hold_only_appends: AtomicBool,
+    /// When set, the gate holds only commits with an op it accepts (say, not maintenance).
+    pub hold_only: Mutex<Option<OpFilter>>,
     held: Mutex<bool>,
     released: Condvar,
 }
 
 impl Faults {
+    /// From now on, commits with an op that `which` accepts wait at the gate.
+    pub fn hold_only(&self, which: OpFilter) {
+        *self.hold_only.lock().unwrap() = Some(which);
+        self.hold();
+    }
+
     /// From now on, commits wait at the gate before they reach the wrapped backend.
     pub fn hold(&self) {
         *self.held.lock().unwrap() = true;
@@ -86,8 +95,8 @@ impl Faults {
     }
 
     fn pass_gate(&self, ops: &[Op]) {
-        if self.hold_only_appends.load(Ordering::SeqCst)
-            && !ops.iter().any(|op| matches!(op, Op::Append { .. }))
+        if let Some(which) = *self.hold_only.lock().unwrap()
+            && !ops.iter().any(which)
         {
             return;
         }
