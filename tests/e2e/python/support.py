@@ -1,8 +1,11 @@
-"""Helpers shared by the test modules: Courier's HTTP API and waiting for a condition."""
+"""Helpers shared by the test modules: Courier's HTTP API, stream deliveries to a
+python-socketio client, and waiting for a condition."""
 
 from __future__ import annotations
 
+import threading
 import time
+from urllib.parse import quote
 
 import requests
 
@@ -41,6 +44,33 @@ class Api:
         assert r.status_code == 200, f"disconnect answered HTTP {r.status_code}: {r.text}"
         return r.json()
 
+    def put(self, path, body, **kw):
+        kw.setdefault("timeout", 10)
+        return self.http.put(self.base_url + path, json=body, **kw)
+
+    def delete(self, path, **kw):
+        kw.setdefault("timeout", 10)
+        return self.http.delete(self.base_url + path, **kw)
+
+    def publish(self, stream, event, data=None, id=None):
+        """POST /api/v1/streams/{stream}/publish; returns {"seq", "duplicate"}."""
+        body = {"event": event, "data": data}
+        if id is not None:
+            body["id"] = id
+        r = self.post(f"/api/v1/streams/{quote(stream, safe='')}/publish", body)
+        assert r.status_code == 200, f"publish to {stream} answered HTTP {r.status_code}: {r.text}"
+        return r.json()
+
+    def stream(self, name):
+        r = self.get(f"/api/v1/streams/{quote(name, safe='')}")
+        assert r.status_code == 200, f"stream {name} answered HTTP {r.status_code}: {r.text}"
+        return r.json()
+
+    def consumer(self, stream, name):
+        r = self.get(f"/api/v1/streams/{quote(stream, safe='')}/consumers/{quote(name, safe='')}")
+        assert r.status_code == 200, f"consumer {stream}/{name} answered HTTP {r.status_code}: {r.text}"
+        return r.json()
+
     def sockets(self, namespace="/", room=None):
         params = {"namespace": namespace}
         if room is not None:
@@ -64,3 +94,55 @@ def eventually(check, timeout=5.0, interval=0.05, message="condition not met"):
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} within {timeout} s (last: {last!r})")
         time.sleep(interval)
+
+
+class Deliveries:
+    """Records the stream deliveries of `event` that a python-socketio client receives.
+
+    Each delivery is (data, meta) plus whatever else arrives, kept as the tuple of arguments.
+    python-socketio acknowledges an event when its handler returns (the return value is the
+    ack), and runs each handler in a thread of its own: a handler that has not returned has not
+    acked. `hold(data, meta)` returning true keeps that delivery's handler waiting, so the
+    delivery stays unacknowledged until release() (then every held handler returns and acks late).
+    """
+
+    def __init__(self, client, event, namespace="/", hold=None):
+        self.items = []
+        self._lock = threading.Lock()
+        self._hold = hold
+        self._released = threading.Event()
+        client.on(event, self._handler, namespace=namespace)
+
+    def _handler(self, *args):
+        with self._lock:
+            self.items.append(args)
+        if self._hold is not None and self._hold(*args[:2]):
+            # bounded, so that no thread outlives the test for long
+            self._released.wait(20)
+
+    def release(self):
+        self._released.set()
+
+    def snapshot(self):
+        with self._lock:
+            return list(self.items)
+
+    def metas(self):
+        return [args[1] for args in self.snapshot()]
+
+    def seqs(self):
+        return [m["seq"] for m in self.metas()]
+
+    def wait(self, count, timeout=5.0):
+        """Wait until at least `count` deliveries arrived; returns them all."""
+        eventually(lambda: len(self.items) >= count, timeout=timeout,
+                   message=f"{count} deliveries (have {len(self.items)})")
+        return self.snapshot()
+
+    def quiet(self, seconds=0.4):
+        """Assert that nothing more arrives for `seconds`; returns what arrived."""
+        n = len(self.items)
+        time.sleep(seconds)
+        extra = self.snapshot()[n:]
+        assert not extra, f"unexpected deliveries: {extra!r}"
+        return self.snapshot()
