@@ -701,11 +701,17 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
     let mut last_maintenance = Instant::now();
     let mut last_sync = Instant::now();
     let mut buf = Vec::with_capacity(256);
+    // An idle writer wakes at least once per sync interval: it used to sleep a whole
+    // maintenance period, leaving the last commits unsynced for up to a second.
+    let tick = shared
+        .options
+        .sync_interval
+        .map_or(MAINTENANCE_EVERY, |every| every.min(MAINTENANCE_EVERY));
     loop {
         let closed = tokio::select! {
             n = rx.recv_many(&mut buf, MAX_BATCH) => n == 0,
             _ = shared.wake.notified() => false,
-            _ = tokio::time::sleep(MAINTENANCE_EVERY) => false,
+            _ = tokio::time::sleep(tick) => false,
         };
         let maintenance = last_maintenance.elapsed() >= MAINTENANCE_EVERY;
         if maintenance {

@@ -3,7 +3,7 @@
 mod common;
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use courier_store::backend::Op;
@@ -13,6 +13,7 @@ both_backends!(
     failed_commit_answers_every_waiter_and_leaves_no_trace,
     failed_commit_keeps_dirty_positions_sessions_and_broadcasts,
     purge_and_retention_in_one_batch_count_entries_once,
+    interval_sync_follows_an_idle_commit_within_the_interval,
 );
 
 /// Holds the writer in a commit that creates stream `other`, so that requests sent meanwhile all
@@ -220,4 +221,32 @@ async fn purge_and_retention_in_one_batch_count_entries_once(kind: Kind) {
     );
     let store = h.restart(store).await;
     assert_eq!(store.stream("s").unwrap(), info);
+}
+
+/// Regression: with the `interval` sync policy the writer synced only when it woke for other
+/// work, and an idle writer sleeps about a second: the last commits before a pause stayed
+/// unsynced (lost on power loss) for up to a second, whatever the interval.
+async fn interval_sync_follows_an_idle_commit_within_the_interval(kind: Kind) {
+    let options = StoreOptions {
+        sync_interval: Some(Duration::from_millis(50)),
+        ..Default::default()
+    };
+    let h = Harness::faulty(kind, options);
+    let store = h.open();
+    store
+        .publish_one("s", new_entry("e", "1", None))
+        .await
+        .unwrap();
+    let confirmed = Instant::now();
+    let synced = h.faults.synced.load(Ordering::SeqCst);
+    eventually("a sync after the commit", || {
+        h.faults.synced.load(Ordering::SeqCst) > synced
+    })
+    .await;
+    let waited = confirmed.elapsed();
+    // The interval plus room for a busy machine, well under the second it used to take.
+    assert!(
+        waited < Duration::from_millis(600),
+        "synced {waited:?} after the commit"
+    );
 }

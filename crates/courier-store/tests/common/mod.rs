@@ -70,6 +70,8 @@ pub struct Faults {
     pub committed: AtomicUsize,
     /// Commits waiting at the gate.
     pub waiting: AtomicUsize,
+    /// Calls of `sync`.
+    pub synced: AtomicUsize,
     /// When set, the gate holds only commits with an op it accepts (say, not maintenance).
     pub hold_only: Mutex<Option<OpFilter>>,
     held: Mutex<bool>,
@@ -165,7 +167,9 @@ impl Backend for Faulty {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        self.inner.sync()
+        self.inner.sync()?;
+        self.faults.synced.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 }
 
