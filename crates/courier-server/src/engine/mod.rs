@@ -40,6 +40,16 @@ pub trait Handler: Send + Sync + 'static {
 
     /// The session closed; called once.
     fn on_close(&self, conn: &Arc<Self::Conn>, reason: CloseReason);
+
+    /// Back-pressure: `Some(future)` while the handler cannot take more messages from this
+    /// session; the transport stops reading until it resolves (and keeps writing).
+    fn ready(
+        &self,
+        conn: &Arc<Self::Conn>,
+    ) -> Option<futures_util::future::BoxFuture<'static, ()>> {
+        let _ = conn;
+        None
+    }
 }
 
 /// An Engine.IO server. Cheap to clone.
@@ -187,6 +197,34 @@ impl<H: Handler> Engine<H> {
             let _ = tokio::time::timeout(CLOSE_LINGER, session.close_delivered.notified()).await;
         }
         self.inner.sessions.remove(session.sid());
+    }
+
+    /// `Some(future)` while the session must not read more input: its outbound queue is backlogged
+    /// or the handler asks for a pause.
+    fn wait_ready(
+        &self,
+        entry: &Entry<H::Conn>,
+    ) -> Option<futures_util::future::BoxFuture<'static, ()>> {
+        let handler = self.inner.handler.ready(&entry.conn);
+        let session = entry.session.clone();
+        if !session.is_backlogged() {
+            return handler;
+        }
+        Some(Box::pin(async move {
+            loop {
+                let drained = session.drained.notified();
+                if !session.is_backlogged() {
+                    break;
+                }
+                tokio::select! {
+                    _ = drained => {}
+                    _ = session.closed() => return,
+                }
+            }
+            if let Some(h) = handler {
+                h.await;
+            }
+        }))
     }
 
     /// Dispatches one decoded packet from the client.

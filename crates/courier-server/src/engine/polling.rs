@@ -66,6 +66,7 @@ impl<H: Handler> Engine<H> {
                 session.close_delivered.notify_one();
             }
         }
+        session.drained.notify_waiters();
         text_response(out.freeze(), TEXT)
     }
 
@@ -105,6 +106,14 @@ impl<H: Handler> Engine<H> {
             Ok(packets) => {
                 for p in packets {
                     self.on_packet(&entry, p);
+                    // Back-pressure: the rest of this POST (and the client's next one, which
+                    // waits for this answer) is read once the session can take more.
+                    if let Some(ready) = self.wait_ready(&entry) {
+                        tokio::select! {
+                            _ = ready => {}
+                            _ = session.closed() => break,
+                        }
+                    }
                 }
                 Ok(text_response(Bytes::from_static(b"ok"), "text/html"))
             }

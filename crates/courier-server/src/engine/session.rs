@@ -123,6 +123,8 @@ pub struct Session {
     pub(crate) pong: Notify,
     /// Signalled when a long-polling GET has carried the close packet.
     pub(crate) close_delivered: Notify,
+    /// Signalled whenever the writer has taken items from the queue.
+    pub(crate) drained: Notify,
     closed: CancellationToken,
     // A std mutex: written once, read once, never held across an await.
     reason: Mutex<Option<CloseReason>>,
@@ -140,6 +142,7 @@ impl Session {
             post_busy: AtomicBool::new(false),
             pong: Notify::new(),
             close_delivered: Notify::new(),
+            drained: Notify::new(),
             closed: CancellationToken::new(),
             reason: Mutex::new(None),
         })
@@ -172,6 +175,12 @@ impl Session {
             mpsc::error::TrySendError::Full(_) => SendError::Full,
             mpsc::error::TrySendError::Closed(_) => SendError::Closed,
         })
+    }
+
+    /// Whether the outbound queue is more than half full: the session then stops reading input
+    /// until its writer catches up, so that answers to its own requests never overflow it.
+    pub fn is_backlogged(&self) -> bool {
+        self.tx.capacity() < self.tx.max_capacity() / 2
     }
 
     /// Closes the session. The first reason given wins; later calls do nothing.

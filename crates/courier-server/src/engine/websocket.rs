@@ -115,8 +115,12 @@ impl<H: Handler> Engine<H> {
     async fn pump(&self, ws: &mut Ws, rx: &mut Outq, entry: &Entry<H::Conn>) -> CloseReason {
         let session = &entry.session;
         let mut batch = Vec::with_capacity(16);
+        let mut throttle: Option<futures_util::future::BoxFuture<'static, ()>> = None;
         loop {
             tokio::select! {
+                _ = async { throttle.as_mut().expect("guarded").await }, if throttle.is_some() => {
+                    throttle = None;
+                }
                 n = rx.recv_many(&mut batch, BATCH) => {
                     if n == 0 {
                         return CloseReason::TransportClose;
@@ -124,12 +128,14 @@ impl<H: Handler> Engine<H> {
                     if write_batch(ws, &mut batch).await.is_err() {
                         return CloseReason::TransportError;
                     }
+                    session.drained.notify_waiters();
                 }
-                msg = ws.next() => match msg {
+                msg = ws.next(), if throttle.is_none() => match msg {
                     Some(Ok(msg)) => {
                         if let Err(reason) = self.on_frame(entry, msg) {
                             return reason;
                         }
+                        throttle = self.wait_ready(entry);
                     }
                     Some(Err(e)) => {
                         tracing::debug!(sid = %session.sid(), error = %e, "websocket error");

@@ -2,7 +2,10 @@
 //! and the reassembly of binary packets.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
 
 use courier_proto::engine::Data;
 use courier_proto::socket::{Complete, Packet, PacketType, Reassembler};
@@ -11,7 +14,6 @@ use serde_json::Value;
 use super::Shared;
 use super::message::{DisconnectReason, Payload};
 use super::recovery;
-use super::run_now_or_spawn;
 use super::socket::{Handshake, Restore, Socket};
 use crate::engine::{CloseReason, Outbound, Session};
 
@@ -23,7 +25,13 @@ pub struct Conn {
     // std mutexes: short critical sections, never held across an await.
     sockets: Mutex<HashMap<Arc<str>, Socket>>,
     reassembler: Mutex<Reassembler>,
+    /// Handlers of this connection that are still running after their first poll.
+    inflight: AtomicUsize,
+    drained: Notify,
 }
+
+/// Handlers one connection may have running before its transport stops reading.
+const MAX_INFLIGHT: usize = 256;
 
 impl Conn {
     pub(crate) fn new(session: Arc<Session>, io: Arc<Shared>, handshake: Handshake) -> Self {
@@ -33,7 +41,48 @@ impl Conn {
             handshake,
             sockets: Mutex::new(HashMap::new()),
             reassembler: Mutex::new(Reassembler::default()),
+            inflight: AtomicUsize::new(0),
+            drained: Notify::new(),
         }
+    }
+
+    /// Runs a handler of this connection: polled at once, spawned if it has to wait, and
+    /// counted while it runs so that a flooding client is slowed down rather than served with
+    /// unbounded tasks.
+    pub(crate) fn run<F>(self: &Arc<Self>, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let mut fut = Box::pin(fut);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if fut.as_mut().poll(&mut cx).is_ready() {
+            return;
+        }
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        let conn = self.clone();
+        tokio::spawn(async move {
+            fut.await;
+            if conn.inflight.fetch_sub(1, Ordering::AcqRel) <= MAX_INFLIGHT {
+                conn.drained.notify_waiters();
+            }
+        });
+    }
+
+    /// Resolves once fewer than `MAX_INFLIGHT` handlers run; `None` if that is already so.
+    pub(crate) fn ready(self: &Arc<Self>) -> Option<futures_util::future::BoxFuture<'static, ()>> {
+        if self.inflight.load(Ordering::Acquire) < MAX_INFLIGHT {
+            return None;
+        }
+        let conn = self.clone();
+        Some(Box::pin(async move {
+            loop {
+                let drained = conn.drained.notified();
+                if conn.inflight.load(Ordering::Acquire) < MAX_INFLIGHT {
+                    return;
+                }
+                drained.await;
+            }
+        }))
     }
 
     pub(crate) fn has_sockets(&self) -> bool {
@@ -123,7 +172,7 @@ impl Conn {
         let recovered = restore.is_some();
         let socket = Socket::new(ns.clone(), self.clone(), auth, restore);
         let conn = self.clone();
-        run_now_or_spawn(async move {
+        self.run(async move {
             // A recovered session passed the middlewares when it first connected.
             if !recovered {
                 for m in ns.middlewares() {

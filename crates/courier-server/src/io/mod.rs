@@ -279,6 +279,10 @@ impl engine::Handler for IoHandler {
     fn on_close(&self, conn: &Arc<Conn>, reason: CloseReason) {
         conn.on_close(reason);
     }
+
+    fn ready(&self, conn: &Arc<Conn>) -> Option<futures_util::future::BoxFuture<'static, ()>> {
+        conn.ready()
+    }
 }
 
 /// [`Io`] as a tower `Service`.

@@ -413,7 +413,7 @@ impl Socket {
             tracing::trace!(sid = %self.0.id, event, "no handler for event");
             return;
         };
-        run_now_or_spawn(handler(self.clone(), msg));
+        self.0.conn.run(handler(self.clone(), msg));
     }
 
     /// Hands an acknowledgement from the client to whoever waits for it.

@@ -693,8 +693,9 @@ pub(crate) fn handle_reserved(
                     .clamp(1, 100_000),
                 start: req.from.unwrap_or_default(),
             };
-            let (streams, socket) = (streams.clone(), socket.clone());
-            super::run_now_or_spawn(async move {
+            let (streams, sock) = (streams.clone(), socket.clone());
+            socket.0.conn.run(async move {
+                let socket = sock;
                 let answer = match streams
                     .subscribe(&socket, &req.stream, &req.consumer, config)
                     .await
@@ -735,7 +736,7 @@ pub(crate) fn handle_reserved(
                 return None;
             }
             let streams = streams.clone();
-            super::run_now_or_spawn(async move {
+            socket.0.conn.run(async move {
                 let answer = match streams
                     .publish(&req.stream, &req.event, &req.data, req.id)
                     .await
