@@ -202,6 +202,68 @@ describe("recovered", () => {
     assert.deepEqual(dataWithOffsets(got), Array.from({ length: n }, (_, k) => k + 1));
   });
 
+  test("two namespaces on one connection each get back exactly the broadcasts meant for them", async (t) => {
+    const server = await startHub(t, { config: { hub: { namespaces: ["/", "/other"] } } });
+    const root = await connect(t, server.url, "/", { ...RECONNECTING, transports: ["websocket"] });
+    const other = root.io.socket("/other");
+    t.after(() => closeSocket(other));
+    other.connect();
+    await waitConnected(other);
+    await joinRoom(root, "r");
+    await joinRoom(other, "r");
+    const gotRoot = record(root, "missed");
+    const gotOther = record(other, "missed");
+    const [rootId, otherId] = [root.id, other.id];
+    const back = Promise.all([reconnected(root), reconnected(other)]);
+    await drop(server, root);
+    const send = (namespace, rooms, except, tag) =>
+      api(server, "POST", "/api/v1/emit", { namespace, rooms, except, event: "missed", data: [tag] });
+    await send("/", ["r"], [], "root: room r");
+    await send("/other", ["r"], [], "other: room r");
+    await send("/", [], [], "root: everyone");
+    await send("/", [rootId], [], "root: its own id");
+    await send("/", ["r"], [rootId], "root: room r except it");
+    await send("/", ["elsewhere"], [], "root: another room");
+    await send("/other", [], ["r"], "other: everyone except room r");
+    await send("/other", [otherId], [], "other: its own id");
+    await back;
+    assert.deepEqual([root.recovered, other.recovered], [true, true]);
+    assert.deepEqual([root.id, other.id], [rootId, otherId]);
+    await waitCount(gotRoot, 3, 5000, "broadcasts on /");
+    await waitCount(gotOther, 2, 5000, "broadcasts on /other");
+    await sleep(300);
+    assert.deepEqual(dataWithOffsets(gotRoot, "/"), ["root: room r", "root: everyone", "root: its own id"]);
+    assert.deepEqual(dataWithOffsets(gotOther, "/other"), ["other: room r", "other: its own id"]);
+  });
+
+  test("after a restart, a recovered socket on another namespace keeps its stream subscription", async (t) => {
+    const dataDir = makeDataDir(t);
+    let server = await startHub(t, { dataDir, config: { hub: { namespaces: ["/", "/jobs"] } } });
+    const root = await connect(t, server.url, "/", { transports: ["websocket"] });
+    const jobs = root.io.socket("/jobs");
+    t.after(() => closeSocket(jobs));
+    jobs.connect();
+    await waitConnected(jobs);
+    const got = deliveries(jobs, "job");
+    await subscribe(jobs, "work", "w");
+    await publish(server, "work", "job", 1);
+    await waitCount(got, 1);
+    const id = jobs.id;
+    const disconnected = once(jobs, "disconnect", 8000);
+    server = await restartCourier(server, { t, signal: "SIGTERM" });
+    await disconnected;
+    await publish(server, "work", "job", 2);
+    root.connect();
+    jobs.connect();
+    await waitConnected(jobs);
+    assert.equal(jobs.recovered, true);
+    assert.equal(jobs.id, id);
+    await publish(server, "work", "job", 3);
+    await waitCount(got, 3);
+    await sleep(200);
+    assert.deepEqual(seqsOf(got), [1, 2, 3]);
+  });
+
   test("stream subscriptions come back with the session; what was unacked comes again", async (t) => {
     const server = await startHub(t);
     const socket = await connect(t, server.url, "/", { ...RECONNECTING, transports: ["websocket"] });

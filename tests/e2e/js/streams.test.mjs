@@ -21,6 +21,7 @@ import {
   seqsOf,
   streamInfo,
   subscribe,
+  waitConnected,
   waitCount,
 } from "./clients.mjs";
 
@@ -236,6 +237,57 @@ describe("subscribe and deliveries", () => {
     );
   });
 
+  test("one socket on two consumers gets each entry once per consumer; subscribing twice changes nothing", async (t) => {
+    const server = await startCourier({ t });
+    const socket = await connect(t, server.url, "/", WS);
+    const got = deliveries(socket, "e");
+    await subscribe(socket, "shared", "c1");
+    await subscribe(socket, "shared", "c2");
+    assert.deepEqual(await subscribe(socket, "shared", "c1"), { ok: true, stream: "shared", consumer: "c1", pending: 0 });
+    await publish(server, "shared", "e", "x");
+    await waitCount(got, 2);
+    await quiet(got, 300);
+    assert.deepEqual(seqsOf(got), [1, 1]);
+    await consumerWhen(server, "shared", "c1", (c) => c.ack_floor === 1);
+    await consumerWhen(server, "shared", "c2", (c) => c.ack_floor === 1);
+  });
+
+  test("a subscription on another namespace is served on that namespace", async (t) => {
+    const server = await startCourier({ t, config: { hub: { namespaces: ["/", "/orders"] } } });
+    const root = await connect(t, server.url, "/", WS);
+    const nsp = root.io.socket("/orders");
+    t.after(() => closeSocket(nsp));
+    nsp.connect();
+    await waitConnected(nsp);
+    const onRoot = deliveries(root, "e");
+    const onNsp = deliveries(nsp, "e");
+    await subscribe(nsp, "ns-stream", "c");
+    await publish(server, "ns-stream", "e", { n: 1 });
+    await waitCount(onNsp, 1);
+    await consumerWhen(server, "ns-stream", "c", (c) => c.ack_floor === 1, "the ack on /orders");
+    assert.equal(onRoot.length, 0);
+  });
+
+  test("binary data in courier:publish is kept or refused, never replaced by a placeholder", async (t) => {
+    // socket.io-client sends a Buffer as a binary attachment with a {_placeholder, num} marker
+    // in the JSON; storing the marker would confirm an entry whose bytes are gone.
+    const server = await startCourier({ t });
+    const socket = await connect(t, server.url, "/", WS);
+    const got = deliveries(socket, "file");
+    await subscribe(socket, "files", "reader");
+    const answer = await ask(socket, "courier:publish", { stream: "files", event: "file", data: { name: "a", bytes: Buffer.from([1, 2, 3]) } });
+    if (answer.ok === false) {
+      assertAckError(answer, "bad_request", "a binary publish that is refused");
+      return;
+    }
+    await waitCount(got, 1);
+    const bytes = got[0].data?.bytes;
+    assert.ok(
+      bytes !== undefined && !bytes._placeholder && Buffer.from(bytes).equals(Buffer.from([1, 2, 3])),
+      `publish answered ${JSON.stringify(answer)}; the subscriber got ${JSON.stringify(got[0].data)}`,
+    );
+  });
+
   test("courier:unsubscribe stops deliveries; the consumer keeps its place", async (t) => {
     const server = await startCourier({ t });
     const socket = await connect(t, server.url, "/", WS);
@@ -433,6 +485,20 @@ describe("consumers", () => {
     assert.equal(c.waiting, 0);
   });
 
+  test("max_ack_pending is per consumer: a work queue of three shares it", async (t) => {
+    const server = await startCourier({ t });
+    const workers = await Promise.all([1, 2, 3].map(() => connect(t, server.url, "/", WS)));
+    const got = workers.map((w) => deliveries(w, "row", { autoAck: false }));
+    for (const w of workers) await subscribe(w, "rows", "pool", { max_ack_pending: 4 });
+    await publishMany(server, "rows", "row", 20);
+    await waitFor(() => got.flat().length >= 4, { what: "4 deliveries" });
+    await sleep(500);
+    assert.deepEqual(got.flat().map((d) => d.meta.seq).sort((a, b) => a - b), [1, 2, 3, 4]);
+    const c = await consumerInfo(server, "rows", "pool");
+    assert.equal(c.pending, 4, JSON.stringify(c));
+    assert.equal(c.waiting, 16, JSON.stringify(c));
+  });
+
   test("a work queue: three sockets on one consumer get each entry exactly once in total", async (t) => {
     const server = await startCourier({ t });
     const workers = await Promise.all([WS, { transports: ["polling"] }, WS].map((o) => connect(t, server.url, "/", o)));
@@ -604,6 +670,66 @@ describe("HTTP API", () => {
     assert.equal((await streamInfo(server, "alpha")).first_seq, 4);
   });
 
+  test("a consumer deleted while a socket is subscribed starts afresh when created again", async (t) => {
+    const server = await startCourier({ t });
+    const old = await connect(t, server.url, "/", WS);
+    const before = deliveries(old, "e");
+    await subscribe(old, "resettable", "c");
+    await publish(server, "resettable", "e", 1);
+    await publish(server, "resettable", "e", 2);
+    await waitCount(before, 2);
+    await consumerWhen(server, "resettable", "c", (c) => c.ack_floor === 2);
+    const del = await api(server, "DELETE", "/api/v1/streams/resettable/consumers/c");
+    assert.deepEqual(del.body, { deleted: true });
+    assertApiError(await api(server, "GET", "/api/v1/streams/resettable/consumers/c"), 404, "consumer_not_found", "deleted");
+
+    const fresh = await connect(t, server.url, "/", WS);
+    const after = deliveries(fresh, "e");
+    const mark = before.length;
+    assert.deepEqual(await subscribe(fresh, "resettable", "c", { from: "all" }), {
+      ok: true,
+      stream: "resettable",
+      consumer: "c",
+      pending: 2,
+    });
+    // whichever socket the new consumer uses, it starts from seq 1
+    const seen = () => [...before.slice(mark), ...after].map((d) => d.meta.seq).sort((a, b) => a - b);
+    await waitFor(() => seen().length >= 2, { ms: 3000, what: `seqs 1 and 2 for the new consumer (got ${JSON.stringify(seen())})` }).catch(
+      (err) => {
+        throw new Error(
+          `${err.message}; the old socket got ${JSON.stringify(seqsOf(before.slice(mark)))}, the new one ${JSON.stringify(seqsOf(after))}`,
+        );
+      },
+    );
+    assert.deepEqual(seen(), [1, 2]);
+  });
+
+  test("the dedupe window: after dedupe_window_ms the same id makes a new entry", async (t) => {
+    const server = await startCourier({ t });
+    assert.equal((await api(server, "PUT", "/api/v1/streams/short", { dedupe_window_ms: 300 })).status, 200);
+    assert.deepEqual(await publish(server, "short", "e", 1, "X"), { seq: 1, duplicate: false });
+    assert.deepEqual(await publish(server, "short", "e", 1, "X"), { seq: 1, duplicate: true });
+    await sleep(600);
+    assert.deepEqual(await publish(server, "short", "e", 1, "X"), { seq: 2, duplicate: false });
+  });
+
+  test("retention by age: max_age_ms", async (t) => {
+    const server = await startCourier({ t });
+    const put = await api(server, "PUT", "/api/v1/streams/aging", { max_age_ms: 300 });
+    assert.equal(put.body.config.max_age_ms, 300);
+    await publish(server, "aging", "e", 1);
+    await publish(server, "aging", "e", 2);
+    const info = await waitFor(
+      async () => {
+        const s = await streamInfo(server, "aging");
+        return s.entries === 0 && s;
+      },
+      { ms: 5000, what: "entries older than 300 ms to go" },
+    );
+    assert.equal(info.last_seq, 2);
+    assert.deepEqual(await publish(server, "aging", "e", 3), { seq: 3, duplicate: false });
+  });
+
   test("PUT a stream's config: retention by count applies", async (t) => {
     const server = await startCourier({ t });
     for (const i of range(1, 5)) await publish(server, "capped", "ev", { i });
@@ -628,6 +754,19 @@ describe("HTTP API", () => {
     await subscribe(socket, "capped", "late", { from: "all" });
     await waitCount(got, 3);
     assert.deepEqual(seqsOf(got), [4, 5, 6]);
+  });
+
+  test("names with spaces and non-ASCII characters work over HTTP and from clients", async (t) => {
+    const server = await startCourier({ t });
+    const socket = await connect(t, server.url, "/", WS);
+    const got = deliveries(socket, "e");
+    const name = "café orders #1";
+    await subscribe(socket, name, "équipe 2");
+    await publish(server, name, "e", "x");
+    await waitCount(got, 1);
+    assert.equal(got[0].meta.stream, name);
+    assert.equal((await streamInfo(server, name)).name, name);
+    await consumerWhen(server, name, "équipe 2", (c) => c.ack_floor === 1);
   });
 
   test("errors: 404 unknown stream or consumer, 400 bad JSON or invalid name, 413 over max_entry_bytes", async (t) => {
