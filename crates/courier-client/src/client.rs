@@ -339,6 +339,12 @@ async fn drive(shared: &Arc<Shared>, mut t: Transport) -> DisconnectReason {
         tokio::select! {
             biased;
             _ = shared.closing.cancelled() => {
+                // What was queued before the close (acks, last emits) still goes out.
+                while let Ok(out) = rx.try_recv() {
+                    if let Out::Frame(f) = out {
+                        let _ = t.feed(f).await;
+                    }
+                }
                 goodbye(shared, &mut t).await;
                 return DisconnectReason::ClientDisconnect;
             }

@@ -3,8 +3,10 @@
 //! - `settings`: defaults, config file, environment and flags, validated once.
 //! - `hub`: what clients may do on a hub with no code (namespaces, auth, rooms, relay).
 //! - `api`: the HTTP API backends use (health, emit, disconnect, sockets).
+//! - `cli`: the client commands (emit, publish, listen, streams), on `courier-client`.
 
 mod api;
+mod cli;
 mod hub;
 mod settings;
 
@@ -44,6 +46,14 @@ enum Command {
         #[arg(long)]
         log: Option<String>,
     },
+    /// Send an event to the hub's clients, through a socket or the HTTP API.
+    Emit(cli::emit::Args),
+    /// Publish entries to a durable stream.
+    Publish(cli::publish::Args),
+    /// Print events and durable deliveries as JSON lines.
+    Listen(cli::listen::Args),
+    /// List, inspect and purge durable streams.
+    Streams(cli::streams::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +77,10 @@ fn main() -> anyhow::Result<()> {
                 .build()?
                 .block_on(serve(settings))
         }
+        Command::Emit(args) => cli::emit::run(args),
+        Command::Publish(args) => cli::publish::run(args),
+        Command::Listen(args) => cli::listen::run(args),
+        Command::Streams(args) => cli::streams::run(args),
     }
 }
 
