@@ -92,6 +92,20 @@ def test_courier_publish_answers_once_stored_and_dedupes_by_id(courier, sio_clie
     assert [(d, m["seq"], m["id"]) for d, m in items] == [({"amount": 5}, 1, "pay-1"), ({"amount": 7}, 2, None)]
 
 
+def test_binary_publish_is_kept_or_refused(courier, sio_client):
+    """python-socketio sends bytes as a binary attachment, a {_placeholder, num} marker in the
+    JSON; a confirmed publish whose stored data is the marker has lost the bytes."""
+    c = connect(sio_client(), courier)
+    got = Deliveries(c, "file")
+    subscribe(c, "files", "reader")
+    answer = publish(c, "files", "file", {"name": "a", "bytes": b"\x01\x02\x03"})
+    if answer.get("ok") is False:
+        assert_error(answer, "bad_request")
+        return
+    data, _meta = got.wait(1)[0]
+    assert data == {"name": "a", "bytes": b"\x01\x02\x03"}, f"publish answered {answer}; the subscriber got {data!r}"
+
+
 def test_a_consumer_resumes_on_a_new_client_with_exactly_what_it_missed(courier, sio_client):
     api = Api(courier.url)
     first = connect(sio_client(), courier)
