@@ -249,7 +249,8 @@ mod utf8_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(std::str::from_utf8(b).map_err(serde::ser::Error::custom)?)
+        // Lossy rather than failing: a record that cannot be written would stall the writer.
+        s.serialize_str(&String::from_utf8_lossy(b))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {

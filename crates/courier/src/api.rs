@@ -394,11 +394,7 @@ async fn delete_consumer(
     Path((name, consumer)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     find_stream(&api, &name)?;
-    if !streams(&api)?
-        .store()
-        .delete_consumer(&name, &consumer)
-        .await?
-    {
+    if !streams(&api)?.delete_consumer(&name, &consumer).await? {
         return Err(StoreError::ConsumerNotFound(name, consumer).into());
     }
     Ok(Json(json!({"deleted": true})))

@@ -8,7 +8,7 @@
 //! flight; the backlog of an offline or slow consumer stays on disk. Several sockets on one
 //! consumer share its entries (a work queue); one socket per consumer is fan-out.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,8 +51,10 @@ pub type Authorizer = Arc<dyn Fn(&Socket, &str) -> bool + Send + Sync>;
 
 enum Cmd {
     Attach(Socket),
+    /// The consumer was deleted: stop without saving, then answer.
+    Stop(tokio::sync::oneshot::Sender<()>),
     Detach(Sid),
-    Acked(Seq, Sid),
+    Acked(Seq),
 }
 
 /// What a subscription answers.
@@ -134,10 +136,9 @@ impl Streams {
         {
             let mut subs = socket.0.subscriptions.lock().expect("subscriptions lock");
             let key = (stream.to_owned(), consumer.to_owned());
-            if subs.contains(&key) {
-                return Ok(Subscribed { pending });
+            if !subs.contains(&key) {
+                subs.push(key);
             }
-            subs.push(key);
         }
         self.attach(socket, stream, consumer);
         socket.session_changed();
@@ -160,6 +161,25 @@ impl Streams {
         }
         socket.session_changed();
         removed.len()
+    }
+
+    /// Deletes a consumer: its runner stops first, so that nothing of the old position is saved
+    /// over a consumer created again with the same name. True if it existed.
+    pub async fn delete_consumer(&self, stream: &str, consumer: &str) -> Result<bool, StoreError> {
+        let key = (stream.to_owned(), consumer.to_owned());
+        let runner = self
+            .inner
+            .runners
+            .lock()
+            .expect("runners lock")
+            .remove(&key);
+        if let Some(tx) = runner {
+            let (done, stopped) = tokio::sync::oneshot::channel();
+            if tx.send(Cmd::Stop(done)).await.is_ok() {
+                let _ = stopped.await;
+            }
+        }
+        self.inner.store.delete_consumer(stream, consumer).await
     }
 
     /// Detaches a leaving socket from every consumer.
@@ -241,11 +261,57 @@ struct Runner {
     rx: mpsc::Receiver<Cmd>,
 }
 
-/// An entry out with a subscriber.
-struct Flight {
-    sid: Option<Sid>,
-    due: Instant,
+/// Entries out with subscribers, indexed by sequence number and by when they are due again.
+#[derive(Default)]
+struct Flights {
+    by_seq: HashMap<Seq, (Option<Sid>, Instant)>,
+    by_due: BTreeSet<(Instant, Seq)>,
 }
+
+impl Flights {
+    fn insert(&mut self, seq: Seq, sid: Option<Sid>, due: Instant) {
+        if let Some((_, old)) = self.by_seq.insert(seq, (sid, due)) {
+            self.by_due.remove(&(old, seq));
+        }
+        self.by_due.insert((due, seq));
+    }
+
+    fn remove(&mut self, seq: Seq) {
+        if let Some((_, due)) = self.by_seq.remove(&seq) {
+            self.by_due.remove(&(due, seq));
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.by_due.first().map(|(due, _)| *due)
+    }
+
+    /// Sequence numbers due by `now`, oldest deadline first.
+    fn due(&self, now: Instant) -> Vec<Seq> {
+        self.by_due
+            .iter()
+            .take_while(|(due, _)| *due <= now)
+            .map(|(_, seq)| *seq)
+            .collect()
+    }
+
+    /// Makes what `sid` held due at once, for the others.
+    fn release(&mut self, sid: &Sid, now: Instant) {
+        let held: Vec<Seq> = self
+            .by_seq
+            .iter()
+            .filter(|(_, (holder, _))| holder.as_ref() == Some(sid))
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in held {
+            self.insert(seq, None, now);
+        }
+    }
+}
+
+/// How often a busy consumer's position is handed to the store. A crash can lose at most this
+/// much of its acks, which are then delivered again: at least once still holds.
+const SAVE_EVERY: Duration = Duration::from_millis(50);
 
 impl Runner {
     fn store(&self) -> &Store {
@@ -267,105 +333,71 @@ impl Runner {
         let mut subscribers: Vec<Socket> = Vec::new();
         let mut turn = 0usize;
         // Entries pending from an earlier life are sent again as soon as someone is there.
+        let mut flights = Flights::default();
         let now = Instant::now();
-        let mut flights: BTreeMap<Seq, Flight> = state
-            .pending
-            .keys()
-            .map(|&s| {
-                (
-                    s,
-                    Flight {
-                        sid: None,
-                        due: now,
-                    },
-                )
-            })
-            .collect();
+        for &seq in state.pending.keys() {
+            flights.insert(seq, None, now);
+        }
         let mut dirty = false;
+        let mut saved_at = Instant::now() - SAVE_EVERY;
         loop {
             // Commands first: acks free room, attaches and detaches change who gets what.
-            let mut idle_since = None;
             while let Ok(cmd) = self.rx.try_recv() {
-                dirty |= self.on_command(cmd, &mut state, &mut flights, &mut subscribers);
+                if let Cmd::Stop(done) = cmd {
+                    let _ = done.send(());
+                    return;
+                }
+                dirty |= on_command(cmd, &mut state, &mut flights, &mut subscribers);
             }
             subscribers.retain(Socket::connected);
             if !subscribers.is_empty() {
                 dirty |= self
                     .redeliver(&config, &mut state, &mut flights, &subscribers, &mut turn)
                     .await;
+                let last = *tail.borrow_and_update();
                 dirty |= self.deliver(
                     &config,
                     &mut state,
                     &mut flights,
                     &subscribers,
                     &mut turn,
-                    *tail.borrow(),
+                    last,
                 );
-            } else {
-                idle_since = Some(());
             }
-            if dirty {
+            let idle = subscribers.is_empty();
+            // Saved at once when nothing else waits (so that the API shows it), at most every
+            // SAVE_EVERY while acks pour in.
+            if dirty && (idle || self.rx.is_empty() || saved_at.elapsed() >= SAVE_EVERY) {
                 self.store()
                     .save_consumer(&stream, &consumer, state.clone());
                 dirty = false;
+                saved_at = Instant::now();
             }
-            if idle_since.is_some() && self.retire_if_idle() {
+            if idle && self.retire_if_idle() {
                 return;
             }
-            let next_due = flights
-                .values()
-                .filter(|f| !subscribers.is_empty() || f.sid.is_some())
-                .map(|f| f.due)
-                .min();
+            let next_due = if idle { None } else { flights.next_due() };
+            let save_due = dirty.then_some(saved_at + SAVE_EVERY);
+            let wake = match (next_due, save_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let room = state.pending.len() < config.max_ack_pending as usize;
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
-                    Some(cmd) => dirty |= self.on_command(cmd, &mut state, &mut flights, &mut subscribers),
+                    Some(Cmd::Stop(done)) => {
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(cmd) => dirty |= on_command(cmd, &mut state, &mut flights, &mut subscribers),
                     None => return,
                 },
-                changed = tail.changed(), if room && !subscribers.is_empty() => {
+                changed = tail.changed(), if room && !idle => {
                     if changed.is_err() {
                         return;
                     }
                 }
-                _ = tokio::time::sleep_until(next_due.unwrap_or_else(far_future)), if next_due.is_some() => {}
-            }
-        }
-    }
-
-    fn on_command(
-        &self,
-        cmd: Cmd,
-        state: &mut ConsumerState,
-        flights: &mut BTreeMap<Seq, Flight>,
-        subscribers: &mut Vec<Socket>,
-    ) -> bool {
-        match cmd {
-            Cmd::Attach(socket) => {
-                if !subscribers.iter().any(|s| s.id() == socket.id()) {
-                    subscribers.push(socket);
-                }
-                false
-            }
-            Cmd::Detach(sid) => {
-                subscribers.retain(|s| *s.id() != sid);
-                // What it held goes to the others (or the next subscriber) now.
-                let now = Instant::now();
-                for f in flights
-                    .values_mut()
-                    .filter(|f| f.sid.as_ref() == Some(&sid))
-                {
-                    f.sid = None;
-                    f.due = now;
-                }
-                false
-            }
-            Cmd::Acked(seq, sid) => {
-                // An ack from a socket that no longer holds the entry (it was redelivered) still
-                // counts: the client handled it.
-                let _ = sid;
-                flights.remove(&seq);
-                state.pending.remove(&seq).is_some()
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {}
             }
         }
     }
@@ -375,7 +407,7 @@ impl Runner {
         &self,
         config: &ConsumerConfig,
         state: &mut ConsumerState,
-        flights: &mut BTreeMap<Seq, Flight>,
+        flights: &mut Flights,
         subscribers: &[Socket],
         turn: &mut usize,
         last: Seq,
@@ -417,13 +449,7 @@ impl Runner {
                 let due = Instant::now() + Duration::from_millis(config.ack_wait_ms);
                 self.send_entry(&socket, &entry, 1);
                 state.pending.insert(entry.seq, 1);
-                flights.insert(
-                    entry.seq,
-                    Flight {
-                        sid: Some(socket.id().clone()),
-                        due,
-                    },
-                );
+                flights.insert(entry.seq, Some(socket.id().clone()), due);
                 state.next = entry.seq + 1;
                 moved = true;
             }
@@ -436,16 +462,11 @@ impl Runner {
         &self,
         config: &ConsumerConfig,
         state: &mut ConsumerState,
-        flights: &mut BTreeMap<Seq, Flight>,
+        flights: &mut Flights,
         subscribers: &[Socket],
         turn: &mut usize,
     ) -> bool {
-        let now = Instant::now();
-        let due: Vec<Seq> = flights
-            .iter()
-            .filter(|(_, f)| f.due <= now)
-            .map(|(&s, _)| s)
-            .collect();
+        let due = flights.due(Instant::now());
         let mut changed = false;
         let (stream, consumer) = &self.key;
         for seq in due {
@@ -459,14 +480,14 @@ impl Runner {
             let deliveries = state.pending.get(&seq).copied().unwrap_or(0);
             let Some(entry) = entry else {
                 // Removed by retention while pending: nothing left to deliver.
-                flights.remove(&seq);
+                flights.remove(seq);
                 state.pending.remove(&seq);
                 changed = true;
                 continue;
             };
             if deliveries >= config.max_deliver {
                 self.dead_letter(&entry, deliveries).await;
-                flights.remove(&seq);
+                flights.remove(seq);
                 state.pending.remove(&seq);
                 state.dead_lettered += 1;
                 changed = true;
@@ -486,13 +507,8 @@ impl Runner {
             self.send_entry(&socket, &entry, attempt);
             state.pending.insert(seq, attempt);
             state.redelivered += 1;
-            flights.insert(
-                seq,
-                Flight {
-                    sid: Some(socket.id().clone()),
-                    due: Instant::now() + config.redelivery_wait(attempt),
-                },
-            );
+            let due = Instant::now() + config.redelivery_wait(attempt);
+            flights.insert(seq, Some(socket.id().clone()), due);
             changed = true;
         }
         changed
@@ -531,11 +547,10 @@ impl Runner {
             json!({"stream": stream, "seq": entry.seq, "id": entry.id, "deliveries": deliveries});
         let tx = self.tx.clone();
         let seq = entry.seq;
-        let sid = socket.id().clone();
         let sent = socket.send_with_callback(
             |ack_id| Outbound::Text(delivery_packet(nsp, ack_id, entry, &meta)),
             Box::new(move |_: Payload| {
-                if tx.try_send(Cmd::Acked(seq, sid)).is_err() {
+                if tx.try_send(Cmd::Acked(seq)).is_err() {
                     tracing::warn!(seq, "ack dropped: consumer runner busy");
                 }
             }),
@@ -568,6 +583,35 @@ impl Runner {
             .is_some_and(|tx| tx.same_channel(&self.tx))
         {
             runners.remove(&self.key);
+        }
+    }
+}
+
+fn on_command(
+    cmd: Cmd,
+    state: &mut ConsumerState,
+    flights: &mut Flights,
+    subscribers: &mut Vec<Socket>,
+) -> bool {
+    match cmd {
+        Cmd::Attach(socket) => {
+            if !subscribers.iter().any(|s| s.id() == socket.id()) {
+                subscribers.push(socket);
+            }
+            false
+        }
+        Cmd::Detach(sid) => {
+            subscribers.retain(|s| *s.id() != sid);
+            // What it held goes to the others (or the next subscriber) now.
+            flights.release(&sid, Instant::now());
+            false
+        }
+        Cmd::Stop(_) => unreachable!("handled by the run loop"),
+        Cmd::Acked(seq) => {
+            // An ack from a socket that no longer holds the entry (it was sent again elsewhere)
+            // still counts: the client handled it.
+            flights.remove(seq);
+            state.pending.remove(&seq).is_some()
         }
     }
 }
@@ -726,6 +770,11 @@ pub(crate) fn handle_reserved(
                     return None;
                 }
             };
+            if !msg.payload.attachments.is_empty() {
+                let why = "binary data cannot be stored in a stream entry; send it as base64 text";
+                let _ = msg.ack(&error_answer("bad_request", why));
+                return None;
+            }
             if req.event.is_empty()
                 || courier_proto::socket::RESERVED_EVENTS.contains(&req.event.as_str())
             {
