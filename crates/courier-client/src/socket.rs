@@ -143,6 +143,7 @@ pub struct Event {
     /// Its arguments.
     pub payload: Payload,
     ack: Option<AckHandle>,
+    offset: Option<String>,
 }
 
 /// The means to answer one acknowledgement request.
@@ -178,6 +179,13 @@ impl AckHandle {
 }
 
 impl Event {
+    /// The connection state recovery offset the event carries, if any: with a session id from
+    /// the server, an event that asks no ack and has no binary argument has its offset as last
+    /// argument. As in socket.io-client, that argument stays in `payload.args` too.
+    pub fn offset(&self) -> Option<&str> {
+        self.offset.as_deref()
+    }
+
     /// Whether the server asked for an acknowledgement.
     pub fn wants_ack(&self) -> bool {
         self.ack.is_some()
@@ -475,14 +483,17 @@ impl SocketInner {
         let Value::String(name) = args.remove(0) else {
             return;
         };
-        {
-            let mut st = self.state();
-            if st.pid.is_some()
-                && let Some(Value::String(offset)) = args.last()
-            {
-                st.offset = Some(offset.clone());
+        // Offsets ride on broadcasts, which never ask for an ack nor carry binary arguments.
+        let offset = match args.last() {
+            Some(Value::String(o)) if id.is_none() && attachments.is_empty() => {
+                let mut st = self.state();
+                st.pid.is_some().then(|| {
+                    st.offset = Some(o.clone());
+                    o.clone()
+                })
             }
-        }
+            _ => None,
+        };
         let ack = id.map(|id| AckHandle {
             socket: self.clone(),
             id,
@@ -533,6 +544,7 @@ impl SocketInner {
             name,
             payload: Payload { args, attachments },
             ack,
+            offset,
         };
         // A panicking handler must not take the connection down with it.
         if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(event))).is_err() {

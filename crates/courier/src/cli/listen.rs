@@ -3,7 +3,8 @@
 //! delivery is acknowledged after its line is printed, so a crash before printing means it
 //! comes again. Connection news go to stderr.
 //!
-//! Lines: `{"namespace","event","args"}` for events (binary arguments as `{"$binary": base64}`),
+//! Lines: `{"namespace","event","args"}` for events (binary arguments as `{"$binary": base64}`;
+//! a broadcast's recovery offset, the last argument on the wire, as `"offset"` instead), and
 //! `{"stream","seq","id","deliveries","event","data"}` for deliveries.
 
 use anyhow::Context;
@@ -188,8 +189,14 @@ async fn listen(args: Args) -> anyhow::Result<()> {
 }
 
 fn event_line(namespace: &str, ev: &Event) -> Value {
-    let args = ev
+    let mut args = ev
         .payload
         .map_binary(|b| json!({"$binary": BASE64.encode(b)}));
-    json!({"namespace": namespace, "event": ev.name, "args": args})
+    let mut line = json!({"namespace": namespace, "event": ev.name});
+    if let Some(offset) = ev.offset() {
+        args.pop();
+        line["offset"] = json!(offset);
+    }
+    line["args"] = Value::Array(args);
+    line
 }
