@@ -448,6 +448,24 @@ describe("consumers", () => {
     assert.equal(got.length, 1, "max_deliver 1: one attempt only");
   });
 
+  test("with streams.auto_create = false an entry past max_deliver still reaches <stream>.dlq", async (t) => {
+    const server = await startCourier({ t, config: { streams: { auto_create: false } } });
+    assert.equal((await api(server, "PUT", "/api/v1/streams/strict", {})).status, 200);
+    const socket = await connect(t, server.url, "/", WS);
+    const got = deliveries(socket, "e", { autoAck: false });
+    await subscribe(socket, "strict", "w", { ack_wait_ms: 100, max_deliver: 1 });
+    await publish(server, "strict", "e", { keep: "me" });
+    await waitCount(got, 1);
+    await consumerWhen(server, "strict", "w", (c) => c.pending === 0, "the entry to leave the consumer");
+    const dlq = await api(server, "GET", "/api/v1/streams/strict.dlq");
+    assert.equal(
+      dlq.status === 200 && dlq.body.entries,
+      1,
+      `the consumer reports dead_lettered ${(await consumerInfo(server, "strict", "w")).dead_lettered}, ` +
+        `GET strict.dlq answered ${dlq.status} ${JSON.stringify(dlq.body)}`,
+    );
+  });
+
   test("max_ack_pending: a client that never acks has exactly that many in flight", async (t) => {
     const server = await startCourier({ t });
     await publishMany(server, "backlog", "row", 50);
@@ -769,8 +787,33 @@ describe("HTTP API", () => {
     await consumerWhen(server, name, "équipe 2", (c) => c.ack_floor === 1);
   });
 
+  test("PUT refuses what it cannot apply: an invalid dead_letter name, a body that is not an object", async (t) => {
+    // An accepted invalid dead_letter name makes every later dead-lettering fail; an array body
+    // is read positionally (or as "all defaults") and silently changes the config.
+    const server = await startCourier({ t });
+    assert.equal((await api(server, "PUT", "/api/v1/streams/cfg", { max_entries: 10 })).status, 200);
+    const cases = [
+      [{ dead_letter: "a/b" }, 400, "invalid_name"],
+      [{ dead_letter: "" }, 400, "invalid_name"],
+      [{ dead_letter: "x".repeat(129) }, 400, "invalid_name"],
+      ["[]", 400, "bad_request"],
+      ["[5, 6]", 400, "bad_request"],
+      ['"max_entries"', 400, "bad_request"],
+    ];
+    const outcomes = [];
+    for (const [body, status, code] of cases) {
+      const res = await api(server, "PUT", "/api/v1/streams/cfg", body);
+      const ok = res.status === status && res.body?.error?.code === code;
+      if (!ok) outcomes.push(`PUT ${JSON.stringify(body)} answered ${res.status} ${JSON.stringify(res.body)}`);
+    }
+    assert.deepEqual(outcomes, [], "each should be refused");
+    const info = await streamInfo(server, "cfg");
+    assert.equal(info.config.max_entries, 10, `the config is unchanged: ${JSON.stringify(info.config)}`);
+    assert.equal(info.config.dead_letter, null);
+  });
+
   test("errors: 404 unknown stream or consumer, 400 bad JSON or invalid name, 413 over max_entry_bytes", async (t) => {
-    const server = await startCourier({ t, config: { store: { max_entry_bytes: 1000 } } });
+    const server = await startCourier({ t, config: { store: { max_entry_bytes: 1000 }, engine: { max_payload: 10000 } } });
     await publish(server, "known", "ev", {});
     const long = "s".repeat(129);
     const cases = [
@@ -795,6 +838,8 @@ describe("HTTP API", () => {
       ["PUT", "/api/v1/streams/known", { max_entries: "many" }, 400, "bad_request"],
       ["PUT", `/api/v1/streams/${long}`, {}, 400, "invalid_name"],
       ["POST", "/api/v1/streams/known/publish", { event: "ev", data: "x".repeat(2000) }, 413, "too_large"],
+      // a body over the server's max_payload is refused before it is read
+      ["POST", "/api/v1/streams/known/publish", { event: "ev", data: "x".repeat(20000) }, 413, "payload_too_large"],
     ];
     for (const [method, path, body, status, code] of cases) {
       const res = await api(server, method, path, body);
