@@ -237,6 +237,34 @@ describe("subscribe and deliveries", () => {
     );
   });
 
+  test("data round-trips unchanged: every JSON type, nesting, unicode, over HTTP and courier:publish", async (t) => {
+    const server = await startCourier({ t });
+    const socket = await connect(t, server.url, "/", WS);
+    const got = deliveries(socket, "v");
+    await subscribe(socket, "values", "c");
+    const values = [
+      0,
+      -1.5,
+      1e21,
+      true,
+      false,
+      null,
+      "",
+      "héllo \u2028 \"quoted\" \\ 🚀",
+      [],
+      {},
+      [1, [2, [3, { deep: [null, { "": "empty key" }] }]]],
+      { "ключ": "значение", emoji: "😀", n: 9007199254740991 },
+    ];
+    for (const [k, v] of values.entries()) {
+      if (k % 2 === 0) await publish(server, "values", "v", v);
+      else assert.equal((await clientPublish(socket, "values", "v", v)).ok, true);
+    }
+    await waitCount(got, values.length);
+    assert.deepEqual(got.map((d) => d.data), values);
+    assert.deepEqual(seqsOf(got), values.map((_, k) => k + 1));
+  });
+
   test("one socket on two consumers gets each entry once per consumer; subscribing twice changes nothing", async (t) => {
     const server = await startCourier({ t });
     const socket = await connect(t, server.url, "/", WS);
@@ -560,6 +588,25 @@ describe("consumers", () => {
       assert.equal(d.meta.deliveries, heldSeqs.includes(d.meta.seq) ? 2 : 1, `seq ${d.meta.seq}`);
     }
     await consumerWhen(server, "tasks", "pool", (c) => c.pending === 0 && c.ack_floor === 30);
+  });
+
+  test("a work queue: what a worker held when it unsubscribed goes to the others", async (t) => {
+    const server = await startCourier({ t });
+    const [keeper, leaver] = await Promise.all([1, 2].map(() => connect(t, server.url, "/", WS)));
+    const kept = deliveries(keeper, "task");
+    const held = deliveries(leaver, "task", { autoAck: false });
+    await subscribe(keeper, "jobs", "pool");
+    await subscribe(leaver, "jobs", "pool");
+    await publishMany(server, "jobs", "task", 10);
+    await waitFor(() => kept.length + held.length >= 10, { what: "10 deliveries" });
+    assert.ok(held.length > 0, "the leaving worker got a share");
+    const heldSeqs = seqsOf(held);
+    assert.deepEqual(await ask(leaver, "courier:unsubscribe", { stream: "jobs" }), { ok: true, removed: 1 });
+    await waitFor(() => kept.length >= 10, { what: "the entries the other worker held" });
+    await sleep(200);
+    assert.deepEqual(seqsOf(kept).sort((a, b) => a - b), range(1, 10));
+    for (const d of kept) assert.equal(d.meta.deliveries, heldSeqs.includes(d.meta.seq) ? 2 : 1, `seq ${d.meta.seq}`);
+    assert.equal(held.length, heldSeqs.length, "nothing more for the worker that left");
   });
 
   test("order per consumer: 1000 entries published concurrently arrive in seq order, none missing", async (t) => {
