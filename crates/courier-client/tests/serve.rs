@@ -519,3 +519,49 @@ async fn subscription_errors_come_back() {
     let _: Value = api.health().await.unwrap();
     s.client().close().await;
 }
+
+#[tokio::test]
+async fn server_side_namespace_disconnect_is_final() {
+    let dir = TempDir::new("srvdisc");
+    let server = serve(&dir);
+    let s = socket(&server.url(), "/").await;
+    let api = ApiClient::new(&server.url(), None).unwrap();
+    assert_eq!(api.disconnect("/", &[], false).await.unwrap(), 1);
+    let st = wait_status(&s, |st| matches!(st, Status::Disconnected(_))).await;
+    assert_eq!(st, Status::Disconnected(DisconnectReason::ServerDisconnect));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!s.connected());
+    assert!(matches!(s.emit("x", ()).await, Err(Error::Disconnected)));
+    // Joining again is the application's decision.
+    s.connect().await.unwrap();
+    assert!(s.connected());
+    s.client().close().await;
+}
+
+#[tokio::test]
+async fn oversized_messages_are_refused_before_sending() {
+    let dir = TempDir::new("large");
+    let server = Server::courier(&dir.0, &[("COURIER_ENGINE_MAX_PAYLOAD", "10000")]);
+    let s = socket(&server.url(), "/").await;
+    let err = s
+        .emit("blob", Payload::new().binary(vec![0u8; 20_000]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::TooLarge {
+                size: 20_000,
+                limit: 10_000
+            }
+        ),
+        "{err}"
+    );
+    // The connection is still fine.
+    let answer = s
+        .emit_with_ack("small", json!(1), 5 * SECOND)
+        .await
+        .unwrap();
+    assert_eq!(answer.args[0]["ok"], json!(true));
+    s.client().close().await;
+}
