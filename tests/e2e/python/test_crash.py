@@ -1,0 +1,530 @@
+"""Crash test: `courier serve` killed with SIGKILL under load loses nothing it confirmed.
+
+One `courier serve` with the SQLite store (`store.sync = "always"`) runs on a fixed port and a
+data directory that outlives it. In background threads:
+
+* several publishers POST `/api/v1/streams/crash/publish`, one message after another, each with
+  a unique id; a publish counts as confirmed only when it answered 200 with a `seq`. A publish
+  that fails (connection refused or reset, timeout, any other status) is retried with the same
+  id until it is confirmed: dedupe makes that safe;
+* a few python-socketio consumers (distinct consumer names: fan-out) subscribe with
+  `courier:subscribe` on every (re)connection, record each delivery `(meta.seq, data)` and ack it
+  once it is recorded.
+
+Meanwhile the server is killed with SIGKILL several times at random intervals and restarted on
+the same port and data directory. Then publishing stops, the test waits (bounded) until every
+consumer has acked everything, subscribes one more consumer from the start of the stream (it
+reads only what the store kept through the kills), and checks:
+
+* every confirmed publish was delivered to, and acked by, every consumer, the late one included
+  (and the hub agrees: nothing pending, nothing waiting);
+* per consumer, first deliveries arrive in increasing seq order;
+* no seq was confirmed for two different messages, no message was stored at two seqs, and each
+  publisher's messages got increasing seqs;
+* every delivery carries the data and id that were confirmed for its seq.
+
+Duplicates are expected and only counted: deliveries of an already-acked seq (the ack died with
+the server), other redeliveries, and publishes answered `duplicate: true` (the first attempt was
+stored but its answer was lost). The totals are printed as one line starting with `crash:`
+(run with `-s` to see it):
+
+    .venv/bin/python -m pytest tests/e2e/python/test_crash.py -q -s
+
+Knobs (environment): CRASH_SEED (random seed, printed in the summary), CRASH_BACKEND (`sqlite`,
+the default; `memory` shows the test failing, since that store keeps nothing across a kill).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+import time
+from collections import Counter, defaultdict
+
+import engineio
+import pytest
+import requests
+import socketio
+
+STREAM = "crash"
+EVENT = "tick"
+PUBLISHERS = 4
+CONSUMERS = ("alpha", "beta", "gamma")
+LATECOMER = "latecomer"  # subscribes from the start of the stream once the kills are over
+KILLS = int(os.environ.get("CRASH_KILLS", "4"))
+KILL_INTERVAL = (0.5, 1.5)  # seconds between a (re)start and the next kill
+WARMUP = 1.0  # steady traffic before the first kill
+COOLDOWN = 1.0  # steady traffic after the last restart
+PUBLISH_PAUSE = 0.004  # between two publishes of one publisher
+RETRY_PAUSE = 0.05  # before retrying a failed publish
+DRAIN_TIMEOUT = 25.0  # bound on waiting for the consumers to catch up
+DRAIN_STALL = 6.0  # ... and on waiting without any progress
+BACKEND = os.environ.get("CRASH_BACKEND", "sqlite")
+
+CONFIG = f"""
+[server]
+shutdown_grace_ms = 1000
+
+[store]
+backend = "{BACKEND}"
+sync = "always"
+
+[[stream]]
+name = "{STREAM}"
+"""
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- the hub -----------------------------------------------------------------------------------
+
+
+class Hub:
+    """`courier serve` on one port and one data directory, killed and restarted at will."""
+
+    def __init__(self, start_courier, port, data_dir):
+        self.start_courier = start_courier
+        self.port = port
+        self.data_dir = data_dir
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = None
+        self.generations = []  # every process started, in order
+        self.kills = 0
+
+    def start(self):
+        # The port was just released by a killed process; if binding it fails, try again briefly.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.server = self.start_courier(CONFIG, listen=f"127.0.0.1:{self.port}", data_dir=self.data_dir)
+                break
+            except pytest.fail.Exception as e:
+                if "in use" not in str(e).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.generations.append(self.server)
+        return self.server
+
+    def kill(self):
+        self.server.kill()  # SIGKILL
+        self.kills += 1
+
+    def output(self):
+        return "\n".join(f"--- courier serve #{i + 1} ---\n{s.output()}" for i, s in enumerate(self.generations))
+
+
+# --- publishers --------------------------------------------------------------------------------
+
+
+class Ledger:
+    """What the publishers were told: message id -> seq, and the reverse."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.seq_of = {}  # message id -> confirmed seq
+        self.ids_at = defaultdict(set)  # seq -> message ids confirmed at it
+        self.by_publisher = defaultdict(list)  # publisher -> [(n, seq)] in publishing order
+        self.duplicate_answers = 0  # publishes confirmed with duplicate: true
+        self.attempts = 0
+        self.failures = Counter()  # why attempts failed
+
+    def confirm(self, publisher, n, mid, seq, duplicate):
+        with self.lock:
+            self.seq_of[mid] = seq
+            self.ids_at[seq].add(mid)
+            self.by_publisher[publisher].append((n, seq))
+            if duplicate:
+                self.duplicate_answers += 1
+
+    def failed(self, why):
+        with self.lock:
+            self.failures[why] += 1
+
+    def confirmed(self):
+        """(seq, message id) of every confirmed publish."""
+        with self.lock:
+            return {(seq, mid) for mid, seq in self.seq_of.items()}
+
+
+class Publisher(threading.Thread):
+    def __init__(self, index, hub, ledger, stop, run_id):
+        super().__init__(name=f"publisher-{index}", daemon=True)
+        self.index = index
+        self.hub = hub
+        self.ledger = ledger
+        self.stop_event = stop
+        self.run_id = run_id
+        self.published = 0
+        self.error = None
+
+    def run(self):
+        try:
+            http = requests.Session()
+            n = 0
+            while not self.stop_event.is_set():
+                n += 1
+                self.publish(http, n)
+                self.published = n
+                time.sleep(PUBLISH_PAUSE)
+        except Exception as e:  # pragma: no cover - reported by the test
+            self.error = repr(e)
+
+    def publish(self, http, n):
+        """Publishes message n until it is confirmed (the stop signal does not abandon it)."""
+        mid = f"{self.run_id}-p{self.index}-{n}"
+        body = {"event": EVENT, "data": {"id": mid, "publisher": self.index, "n": n}, "id": mid}
+        give_up = None
+        while True:
+            with self.ledger.lock:
+                self.ledger.attempts += 1
+            try:
+                r = http.post(f"{self.hub.url}/api/v1/streams/{STREAM}/publish", json=body, timeout=(1, 3))
+            except requests.RequestException as e:
+                self.ledger.failed(type(e).__name__)
+                http.close()
+                http = requests.Session()
+            else:
+                if r.status_code == 200:
+                    answer = r.json()
+                    if isinstance(answer.get("seq"), int):
+                        self.ledger.confirm(self.index, n, mid, answer["seq"], answer.get("duplicate") is True)
+                        return
+                    self.ledger.failed(f"200 without a seq: {r.text[:80]}")
+                else:
+                    self.ledger.failed(f"HTTP {r.status_code}")
+            if self.stop_event.is_set():
+                # Still bounded once the test wants to finish: a publish nobody answers for
+                # 15 s is left unconfirmed (and the test then reports it).
+                give_up = give_up or time.monotonic() + 15
+                if time.monotonic() > give_up:
+                    self.ledger.failed("gave up")
+                    return
+            time.sleep(RETRY_PAUSE)
+
+
+# --- consumers ---------------------------------------------------------------------------------
+
+
+class InOrderEngineIO(engineio.Client):
+    """python-engineio hands every message to a new thread, so handlers may run out of order.
+
+    Here each message is handled on the thread that read it, in the order it came off the wire:
+    the consumer then records deliveries in the order Courier sent them. The handlers only
+    record and queue packets, so the read loop is never held up.
+    """
+
+    def _trigger_event(self, event, *args, **kwargs):
+        if event == "message":
+            kwargs["run_async"] = False
+        return super()._trigger_event(event, *args, **kwargs)
+
+
+class InOrderClient(socketio.Client):
+    def _engineio_client_class(self):
+        return InOrderEngineIO
+
+
+class Consumer:
+    def __init__(self, name, hub):
+        self.name = name
+        self.hub = hub
+        self.lock = threading.Lock()
+        self.deliveries = []  # (seq, data, meta, connection) in arrival order
+        self.first_order = []  # seqs of first deliveries, in arrival order
+        self.acked = {}  # (seq, message id) -> the connection its first ack went out on
+        self.message_at = {}  # seq -> message id first delivered with it
+        self.seq_reused = []  # (seq, earlier message id, later message id)
+        self.redelivered_after_crash = 0  # acked, delivered again on a later connection
+        self.redelivered_same_connection = 0  # acked, delivered again on the same connection
+        self.connects = 0
+        self.subscribed = 0
+        self.subscribe_errors = []
+        self.client = InOrderClient(
+            reconnection=True,
+            reconnection_delay=0.1,
+            reconnection_delay_max=0.5,
+            randomization_factor=0,
+        )
+        self.client.on("connect", self.on_connect)
+        self.client.on(EVENT, self.on_delivery)
+
+    def start(self):
+        self.client.connect(self.hub.url, transports=["websocket"], wait_timeout=5)
+
+    def on_connect(self):
+        with self.lock:
+            self.connects += 1
+        request = {
+            "stream": STREAM,
+            "consumer": self.name,
+            "from": "all",
+            "ack_wait_ms": 3000,
+            "max_deliver": 1000,  # redeliveries caused by the kills must never dead-letter an entry
+        }
+        self.client.emit("courier:subscribe", request, callback=self.on_subscribed)
+
+    def on_subscribed(self, answer=None, *rest):
+        with self.lock:
+            if isinstance(answer, dict) and answer.get("ok") is True:
+                self.subscribed += 1
+            else:
+                self.subscribe_errors.append(answer)
+
+    def on_delivery(self, data=None, meta=None, *rest):
+        seq = meta.get("seq") if isinstance(meta, dict) else None
+        mid = data.get("id") if isinstance(data, dict) else None
+        with self.lock:
+            # on_connect runs on the reading thread too, so this is the connection that carried it
+            connection = self.connects
+            self.deliveries.append((seq, data, meta, connection))
+            key = (seq, mid)
+            if key in self.acked:
+                if self.acked[key] < connection:
+                    self.redelivered_after_crash += 1
+                else:
+                    self.redelivered_same_connection += 1
+            else:
+                self.acked[key] = connection
+                self.first_order.append(seq)
+                earlier = self.message_at.setdefault(seq, mid)
+                if earlier != mid:
+                    self.seq_reused.append((seq, earlier, mid))
+        return None  # recorded: the ack goes out when this returns
+
+    def acked_messages(self):
+        """(seq, message id) of everything acked."""
+        with self.lock:
+            return set(self.acked)
+
+    def duplicates(self):
+        return self.redelivered_after_crash + self.redelivered_same_connection
+
+    def close(self):
+        try:
+            self.client.disconnect()
+        except Exception:
+            pass
+
+
+# --- the test ----------------------------------------------------------------------------------
+
+
+def consumer_state(hub, name):
+    try:
+        r = requests.get(f"{hub.url}/api/v1/streams/{STREAM}/consumers/{name}", timeout=3)
+        return r.json() if r.status_code == 200 else {"http": r.status_code, "body": r.text[:200]}
+    except requests.RequestException as e:
+        return {"error": type(e).__name__}
+
+
+def caught_up(hub, consumers, ledger):
+    confirmed = ledger.confirmed()
+    if not all(confirmed <= c.acked_messages() for c in consumers):
+        return False
+    for c in consumers:
+        s = consumer_state(hub, c.name)
+        if s.get("pending") != 0 or s.get("waiting") != 0:
+            return False
+    return True
+
+
+def drain(hub, consumers, ledger, timeout):
+    """Waits until `consumers` caught up, at most `timeout` s or DRAIN_STALL s without progress."""
+    start = time.monotonic()
+    last_progress, last_total = start, -1
+    while not caught_up(hub, consumers, ledger):
+        total = sum(len(c.acked) for c in consumers)
+        now = time.monotonic()
+        if total != last_total:
+            last_total, last_progress = total, now
+        if now - start > timeout or now - last_progress > DRAIN_STALL:
+            break
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def sample(values, k=8):
+    values = sorted(values)
+    return values[:k] + (["..."] if len(values) > k else [])
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_loses_nothing_confirmed(start_courier, tmp_path):
+    seed = int(os.environ.get("CRASH_SEED", time.time_ns() % 1_000_000))
+    rng = random.Random(seed)
+    started = time.monotonic()
+    hub = Hub(start_courier, free_port(), tmp_path / "data")
+    hub.start()
+
+    consumers = [Consumer(name, hub) for name in CONSUMERS]
+    publishers = []
+    stop = threading.Event()
+    ledger = Ledger()
+    try:
+        for c in consumers:
+            c.start()
+        deadline = time.monotonic() + 10
+        while not all(c.subscribed for c in consumers):
+            assert time.monotonic() < deadline, (
+                f"consumers not subscribed: {[(c.name, c.subscribe_errors) for c in consumers]}"
+            )
+            time.sleep(0.02)
+
+        run_id = f"r{seed}"
+        publishers = [Publisher(i, hub, ledger, stop, run_id) for i in range(PUBLISHERS)]
+        for p in publishers:
+            p.start()
+
+        time.sleep(WARMUP)
+        for _ in range(KILLS):
+            time.sleep(rng.uniform(*KILL_INTERVAL))
+            hub.kill()
+            time.sleep(rng.uniform(0, 0.2))  # publishers and consumers meet a closed port meanwhile
+            hub.start()
+        time.sleep(COOLDOWN)
+
+        stop.set()
+        for p in publishers:
+            p.join(20)
+        stuck = [p.name for p in publishers if p.is_alive()]
+
+        # Wait, bounded, until every consumer has acked every confirmed publish and the hub agrees.
+        drained_in = drain(hub, consumers, ledger, DRAIN_TIMEOUT)
+
+        # A consumer created now, from the start of the stream, reads only what the store kept
+        # through the kills: everything confirmed must be there, once, at its confirmed seq.
+        late = Consumer(LATECOMER, hub)
+        consumers.append(late)
+        late.start()
+        drain(hub, [late], ledger, 15.0)
+        hub_view = {c.name: consumer_state(hub, c.name) for c in consumers}
+    finally:
+        stop.set()
+        for c in consumers:
+            c.close()
+
+    final_status = hub.server.terminate()
+
+    # --- the verdict ---------------------------------------------------------------------------
+    problems = []
+    confirmed = ledger.confirmed()
+    seq_of = dict(ledger.seq_of)
+    ids_at = {seq: set(ids) for seq, ids in ledger.ids_at.items()}
+
+    if stuck:
+        problems.append(f"publishers still running after the stop: {stuck}")
+    for p in publishers:
+        if p.error:
+            problems.append(f"{p.name} crashed: {p.error}")
+    if ledger.failures.get("gave up"):
+        problems.append(f"{ledger.failures['gave up']} publishes were never confirmed after the stop")
+
+    shared = {seq: ids for seq, ids in ids_at.items() if len(ids) > 1}
+    if shared:
+        problems.append(
+            f"{len(shared)} seqs were each confirmed for several different messages, e.g. "
+            + "; ".join(f"seq {seq}: {sorted(ids)}" for seq, ids in sorted(shared.items())[:3])
+        )
+    for publisher, confirmations in sorted(ledger.by_publisher.items()):
+        bad = [(a, b) for a, b in zip(confirmations, confirmations[1:]) if b[1] <= a[1]]
+        if bad:
+            problems.append(
+                f"publisher {publisher}: a later message got a lower or equal seq {len(bad)} times, "
+                f"e.g. (n, seq) -> (n, seq): {bad[:3]}"
+            )
+
+    for c in consumers:
+        acked = c.acked_messages()
+        missing = confirmed - acked
+        if missing:
+            problems.append(
+                f"consumer {c.name}: {len(missing)} of {len(confirmed)} confirmed publishes never delivered "
+                f"and acked, e.g. (seq, id) {sample(missing, 5)}"
+            )
+        order = c.first_order
+        backwards = [(a, b) for a, b in zip(order, order[1:]) if not (isinstance(a, int) and isinstance(b, int) and b > a)]
+        if backwards:
+            problems.append(
+                f"consumer {c.name}: first deliveries out of seq order {len(backwards)} times, "
+                f"e.g. (seq, next seq) {backwards[:5]}"
+            )
+        if c.seq_reused:
+            problems.append(
+                f"consumer {c.name}: {len(c.seq_reused)} seqs delivered for two different messages, "
+                f"e.g. (seq, first id, second id) {c.seq_reused[:3]}"
+            )
+        malformed, stored_twice, unknown = [], set(), set()
+        for seq, data, meta, _ in c.deliveries:
+            mid = data.get("id") if isinstance(data, dict) else None
+            if not isinstance(meta, dict) or meta.get("stream") != STREAM or meta.get("id") != mid:
+                malformed.append((data, meta))
+            elif mid not in seq_of:
+                unknown.add((seq, mid))
+            elif seq_of[mid] != seq and not ids_at.get(seq):
+                # the message sits at a seq no publish was confirmed for: its first attempt was
+                # stored, and a retry was stored again instead of being recognised as a duplicate
+                stored_twice.add((mid, seq_of[mid], seq))
+        if malformed:
+            problems.append(f"consumer {c.name}: {len(malformed)} deliveries with a wrong meta, e.g. {malformed[:3]}")
+        if stored_twice:
+            problems.append(
+                f"consumer {c.name}: {len(stored_twice)} messages were stored twice despite their id, "
+                f"e.g. (id, confirmed seq, other seq) {sample(stored_twice, 3)}"
+            )
+        if unknown:
+            problems.append(
+                f"consumer {c.name}: {len(unknown)} deliveries of messages never confirmed, e.g. {sample(unknown, 3)}"
+            )
+        if c.subscribe_errors:
+            problems.append(
+                f"consumer {c.name}: subscribe failed {len(c.subscribe_errors)} times: {c.subscribe_errors[:3]}"
+            )
+        state = hub_view[c.name]
+        if state.get("pending") != 0 or state.get("waiting") != 0:
+            problems.append(f"consumer {c.name}: the hub still holds entries for it at the end: {state}")
+
+    # A panic prints "thread '...' panicked at <file>"; ERROR lines are only counted and shown.
+    errors_logged = []
+    for i, server in enumerate(hub.generations):
+        for line in server.output().splitlines():
+            if "panicked at" in line:
+                problems.append(f"courier serve #{i + 1} panicked: {line}")
+            elif " ERROR " in line:
+                errors_logged.append(f"courier serve #{i + 1}: {line}")
+    if final_status != 0:
+        problems.append(f"the last courier serve exited with {final_status} on SIGTERM")
+
+    deliveries = {c.name: len(c.deliveries) for c in consumers}
+    summary = (
+        f"crash: backend={BACKEND} kills={hub.kills} publishers={PUBLISHERS} consumers={len(CONSUMERS)}+{LATECOMER} "
+        f"confirmed={len(confirmed)} last_seq={max(ids_at, default=0)} attempts={ledger.attempts} "
+        f"failed_attempts={sum(v for k, v in ledger.failures.items() if k != 'gave up')} "
+        f"duplicate_publishes={ledger.duplicate_answers} "
+        f"delivered={sum(deliveries.values())} ({', '.join(f'{k}={v}' for k, v in deliveries.items())}) "
+        f"duplicates={sum(c.duplicates() for c in consumers)} "
+        f"(after_crash={sum(c.redelivered_after_crash for c in consumers)} "
+        f"same_connection={sum(c.redelivered_same_connection for c in consumers)}) "
+        f"reconnects={sum(c.connects - 1 for c in consumers if c.name != LATECOMER)} errors_logged={len(errors_logged)} "
+        f"drained_in={drained_in:.1f}s "
+        f"elapsed={time.monotonic() - started:.1f}s seed={seed} problems={len(problems)}"
+    )
+    print(summary)
+    for line in errors_logged:
+        print(f"  logged: {line}")
+    if problems:
+        pytest.fail(
+            summary
+            + "\n"
+            + "\n".join(f"- {p}" for p in problems)
+            + f"\nfailed attempts by cause: {dict(ledger.failures)}"
+            + f"\nthe hub's view of the consumers at the end: {hub_view}"
+            + "\n"
+            + hub.output()[-4000:],
+            pytrace=False,
+        )
