@@ -158,6 +158,28 @@ describe("recovered", () => {
     assert.deepEqual(dataWithOffsets(got), ["after"]);
   });
 
+  test("after a ping timeout", async (t) => {
+    const server = await startHub(t, { config: { engine: { ping_interval_ms: 300, ping_timeout_ms: 300 } } });
+    const socket = await connect(t, server.url, "/", { ...RECONNECTING, transports: ["websocket"] });
+    await joinRoom(socket, "r");
+    const got = record(socket, "m");
+    const id = socket.id;
+    // The client stops seeing pings, so it stops answering them: both sides time out.
+    const transport = socket.io.engine.transport;
+    const onPacket = transport.onPacket.bind(transport);
+    transport.onPacket = (packet) => {
+      if (packet.type !== "ping") onPacket(packet);
+    };
+    const [reason] = await once(socket, "disconnect", 5000);
+    assert.ok(["ping timeout", "transport close"].includes(reason), reason);
+    await emit(server, ["r"], "m", "missed");
+    await reconnected(socket);
+    assert.equal(socket.recovered, true);
+    assert.equal(socket.id, id);
+    await waitCount(got, 1, 5000, "broadcasts");
+    assert.deepEqual(dataWithOffsets(got), ["missed"]);
+  });
+
   test("a client that had received nothing before the drop", async (t) => {
     const server = await startHub(t);
     // sent before the client existed: never part of what it missed
