@@ -10,7 +10,6 @@ not implement recovery) against a hub with recovery on.
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
