@@ -115,7 +115,7 @@ async fn bulk(
     }
     bar.set_style(
         ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} (eta {eta})",
         )
         .expect("a valid template"),
     );
