@@ -565,3 +565,55 @@ async fn oversized_messages_are_refused_before_sending() {
     assert_eq!(answer.args[0]["ok"], json!(true));
     s.client().close().await;
 }
+
+#[tokio::test]
+async fn work_queue_and_redelivery() {
+    let dir = TempDir::new("workq");
+    let server = serve(&dir);
+    let api = ApiClient::new(&server.url(), None).unwrap();
+    let a = socket(&server.url(), "/").await;
+    let b = socket(&server.url(), "/").await;
+    let options = SubscribeOptions {
+        ack_wait_ms: Some(300),
+        ..Default::default()
+    };
+    let mut sa = a
+        .subscribe_with("tasks", "workers", StartAt::All, options.clone())
+        .await
+        .unwrap();
+    let mut sb = b
+        .subscribe_with("tasks", "workers", StartAt::All, options)
+        .await
+        .unwrap();
+    publish_many(&api, "tasks", 1..11).await;
+    // Two sockets on one consumer share the entries: each goes to one of them.
+    let mut seen = Vec::new();
+    while seen.len() < 10 {
+        let d = tokio::select! {
+            d = next(&mut sa) => d,
+            d = next(&mut sb) => d,
+        };
+        assert_eq!(d.meta.deliveries, 1, "{:?}", d.meta);
+        seen.push(d.meta.seq);
+        d.ack().unwrap();
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1..11).collect::<Vec<_>>());
+
+    // Not acknowledged within ack_wait: sent again, with the delivery count up.
+    publish_many(&api, "tasks", 11..12).await;
+    let first = tokio::select! {
+        d = next(&mut sa) => d,
+        d = next(&mut sb) => d,
+    };
+    assert_eq!((first.meta.seq, first.meta.deliveries), (11, 1));
+    drop(first);
+    let again = tokio::select! {
+        d = next(&mut sa) => d,
+        d = next(&mut sb) => d,
+    };
+    assert_eq!((again.meta.seq, again.meta.deliveries), (11, 2));
+    again.ack().unwrap();
+    a.client().close().await;
+    b.client().close().await;
+}
