@@ -178,8 +178,8 @@ async fn pings_are_answered() {
     let server = Server::courier(
         &dir.0,
         &[
-            ("COURIER_ENGINE_PING_INTERVAL_MS", "100"),
-            ("COURIER_ENGINE_PING_TIMEOUT_MS", "100"),
+            ("COURIER_ENGINE_PING_INTERVAL_MS", "150"),
+            ("COURIER_ENGINE_PING_TIMEOUT_MS", "300"),
         ],
     );
     let s = socket(&server.url(), "/").await;
