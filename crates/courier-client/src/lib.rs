@@ -39,14 +39,13 @@ pub mod client;
 mod config;
 mod engine;
 mod error;
-mod payload;
 pub mod socket;
 pub mod streams;
 
 pub use api::ApiClient;
 pub use client::{Client, ClientStatus};
 pub use config::{Config, Reconnect};
+pub use courier_proto::payload::Payload;
 pub use error::{Error, Result};
-pub use payload::Payload;
 pub use socket::{DisconnectReason, Event, Socket, Status};
 pub use streams::{Delivery, DeliveryMeta, Published, StartAt, SubscribeOptions, Subscription};

@@ -11,10 +11,10 @@ use courier_proto::socket::{Packet, PacketType, RESERVED_EVENTS};
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::Payload;
 use crate::client::{Client, Out};
 use crate::engine::Frame;
 use crate::error::{Error, Result};
-use crate::payload::Payload;
 use crate::streams::{Delivery, DeliveryMeta, Sub};
 
 /// Why a socket is not (or no longer) connected. [`DisconnectReason::as_str`] gives the names

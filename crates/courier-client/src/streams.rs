@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
+use crate::Payload;
 use crate::error::{Error, Result};
-use crate::payload::Payload;
 use crate::socket::{AckHandle, Socket};
 
 /// Where a new consumer starts. Ignored when the consumer already exists: it goes on from its

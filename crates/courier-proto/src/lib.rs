@@ -2,6 +2,8 @@
 //!
 //! - [`engine`]: Engine.IO v4 packets (`open`, `ping`, `message`, ...) as they travel in a WebSocket
 //!   frame or in an HTTP long-polling payload (packets joined by 0x1E, binary as `b` + base64).
+//! - [`payload`]: the arguments of an event or ack, with binary attachments, as both the server
+//!   and the client hand them to applications.
 //! - [`socket`]: Socket.IO v5 packets carried inside Engine.IO `message` packets
 //!   (`<type>[<attachments>-][<nsp>,][<ack id>][JSON]`), and [`socket::Reassembler`], which joins a
 //!   binary packet with the attachments that follow it.
@@ -13,4 +15,5 @@
 #![warn(missing_docs)]
 
 pub mod engine;
+pub mod payload;
 pub mod socket;

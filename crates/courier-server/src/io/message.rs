@@ -2,103 +2,26 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use courier_proto::socket::{Packet, placeholder, placeholder_num};
+use courier_proto::socket::Packet;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::engine::{CloseReason, Outbound, SendError, Session};
 
-/// The arguments of an event or an acknowledgement: JSON values, in which binary arguments are
-/// placeholders (`{"_placeholder":true,"num":N}`) that refer to `attachments[N]`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Payload {
-    /// The arguments.
-    pub args: Vec<Value>,
-    /// Binary attachments referred to by placeholders in `args`.
-    pub attachments: Vec<Bytes>,
-}
+pub use courier_proto::payload::Payload;
 
-impl Payload {
-    /// An empty payload.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Appends a JSON argument.
-    pub fn value(mut self, v: Value) -> Self {
-        self.args.push(v);
-        self
-    }
-
-    /// Appends an argument serialized from `v`.
-    pub fn arg<T: Serialize + ?Sized>(self, v: &T) -> Result<Self, serde_json::Error> {
-        Ok(self.value(serde_json::to_value(v)?))
-    }
-
-    /// Appends a binary argument.
-    pub fn binary(mut self, bytes: impl Into<Bytes>) -> Self {
-        let ph = self.binary_value(bytes);
-        self.args.push(ph);
-        self
-    }
-
-    /// Adds an attachment and returns the placeholder that stands for it, to be put anywhere in
-    /// the arguments (inside an object, say).
-    pub fn binary_value(&mut self, bytes: impl Into<Bytes>) -> Value {
-        self.attachments.push(bytes.into());
-        placeholder(self.attachments.len() - 1)
-    }
-
-    /// Deserializes all arguments as one value, typically a tuple: `let (a, b): (String, u32)`.
-    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        T::deserialize(&Value::Array(self.args.clone()))
-    }
-
-    /// Deserializes argument `i`.
-    pub fn get<T: DeserializeOwned>(&self, i: usize) -> Result<T, serde_json::Error> {
-        T::deserialize(self.args.get(i).unwrap_or(&Value::Null))
-    }
-
-    /// The bytes a placeholder value stands for.
-    pub fn binary_of(&self, v: &Value) -> Option<&Bytes> {
-        self.attachments.get(placeholder_num(v)?)
-    }
-
-    /// Argument `i` as bytes, when it is a binary argument.
-    pub fn bytes(&self, i: usize) -> Option<&Bytes> {
-        self.binary_of(self.args.get(i)?)
-    }
-
-    /// Encodes the packet that carries this payload.
-    pub(crate) fn into_outbound(
-        self,
-        packet: impl FnOnce(Vec<Value>, usize) -> Packet,
-    ) -> Outbound {
-        let text = packet(self.args, self.attachments.len()).encode_message();
-        if self.attachments.is_empty() {
-            Outbound::Text(text)
-        } else {
-            Outbound::WithAttachments(text, Arc::from(self.attachments))
-        }
-    }
-}
-
-impl From<Value> for Payload {
-    /// One argument.
-    fn from(v: Value) -> Self {
-        Payload::new().value(v)
-    }
-}
-
-impl From<Vec<Value>> for Payload {
-    /// Several arguments.
-    fn from(args: Vec<Value>) -> Self {
-        Payload {
-            args,
-            attachments: Vec::new(),
-        }
+/// Encodes the packet that carries `payload`; `packet` builds it from the arguments and the
+/// number of attachments.
+pub(crate) fn outbound(
+    payload: Payload,
+    packet: impl FnOnce(Vec<Value>, usize) -> Packet,
+) -> Outbound {
+    let text = packet(payload.args, payload.attachments.len()).encode_message();
+    if payload.attachments.is_empty() {
+        Outbound::Text(text)
+    } else {
+        Outbound::WithAttachments(text, Arc::from(payload.attachments))
     }
 }
 
@@ -169,7 +92,7 @@ pub struct AckSender {
 impl AckSender {
     /// Sends the acknowledgement.
     pub fn send(self, payload: Payload) -> Result<(), EmitError> {
-        let out = payload.into_outbound(|args, n| Packet::ack(&self.nsp, self.id, args, n));
+        let out = outbound(payload, |args, n| Packet::ack(&self.nsp, self.id, args, n));
         send_or_close(&self.session, out, false)
     }
 }

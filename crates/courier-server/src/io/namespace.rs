@@ -311,7 +311,9 @@ impl BroadcastOperator {
                 let offset = store.log_recoverable(self.ns.name(), rooms, except, data.clone());
                 Outbound::Text(super::recovery::with_offset(self.ns.name(), &data, offset))
             }
-            _ => payload.into_outbound(|args, n| Packet::event(self.ns.name(), event, args, n)),
+            _ => super::message::outbound(payload, |args, n| {
+                Packet::event(self.ns.name(), event, args, n)
+            }),
         };
         let mut sent = 0;
         for socket in self.sockets() {

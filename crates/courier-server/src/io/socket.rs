@@ -229,7 +229,7 @@ impl Socket {
     /// Sends `event` with a whole payload (several or binary arguments).
     pub fn emit_payload(&self, event: &str, payload: Payload) -> Result<(), EmitError> {
         let nsp = self.0.ns.name();
-        let out = payload.into_outbound(|args, n| Packet::event(nsp, event, args, n));
+        let out = super::message::outbound(payload, |args, n| Packet::event(nsp, event, args, n));
         send_or_close(&self.0.conn.session, out, false)
     }
 
@@ -265,7 +265,7 @@ impl Socket {
             .expect("acks lock")
             .insert(id, AckSlot::Wait(tx));
         let nsp = self.0.ns.name();
-        let out = payload.into_outbound(|args, n| Packet {
+        let out = super::message::outbound(payload, |args, n| Packet {
             id: Some(id),
             ..Packet::event(nsp, event, args, n)
         });

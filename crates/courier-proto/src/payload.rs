@@ -1,7 +1,7 @@
 //! The arguments of an event or an acknowledgement, binary attachments included.
 
+use crate::socket::{placeholder, placeholder_num};
 use bytes::Bytes;
-use courier_proto::socket::{placeholder, placeholder_num};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -11,7 +11,7 @@ use serde_json::Value;
 /// form, so a payload goes out and comes in without copying the bytes.
 ///
 /// ```
-/// use courier_client::Payload;
+/// use courier_proto::payload::Payload;
 /// use serde_json::json;
 ///
 /// let p = Payload::new().value(json!({"name": "a.png"})).binary(vec![0x89, 0x50]);
