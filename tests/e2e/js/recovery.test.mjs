@@ -141,22 +141,25 @@ describe("recovered", () => {
     });
   }
 
-  test("after a restart, with the client's own automatic reconnection", async (t) => {
-    const dataDir = makeDataDir(t);
-    let server = await startHub(t, { dataDir });
-    const socket = await connect(t, server.url, "/", { ...RECONNECTING, transports: ["websocket"] });
-    await joinRoom(socket, "ops");
-    const got = record(socket, "alert");
-    const id = socket.id;
-    const back = reconnected(socket, 15000);
-    server = await restartCourier(server, { t, signal: "SIGTERM" });
-    await back;
-    assert.equal(socket.recovered, true);
-    assert.equal(socket.id, id);
-    assert.equal(await emit(server, ["ops"], "alert", "after"), 1);
-    await waitCount(got, 1, 5000, "broadcasts");
-    assert.deepEqual(dataWithOffsets(got), ["after"]);
-  });
+  // A polling client whose next GET finds the server gone reports "transport error": recoverable too.
+  for (const transport of ["websocket", "polling"]) {
+    test(`after a restart, with the client's own automatic reconnection (${transport})`, async (t) => {
+      const dataDir = makeDataDir(t);
+      let server = await startHub(t, { dataDir });
+      const socket = await connect(t, server.url, "/", { ...RECONNECTING, transports: [transport] });
+      await joinRoom(socket, "ops");
+      const got = record(socket, "alert");
+      const id = socket.id;
+      const back = reconnected(socket, 15000);
+      server = await restartCourier(server, { t, signal: "SIGTERM" });
+      await back;
+      assert.equal(socket.recovered, true);
+      assert.equal(socket.id, id);
+      assert.equal(await emit(server, ["ops"], "alert", "after"), 1);
+      await waitCount(got, 1, 5000, "broadcasts");
+      assert.deepEqual(dataWithOffsets(got), ["after"]);
+    });
+  }
 
   test("after a ping timeout", async (t) => {
     const server = await startHub(t, { config: { engine: { ping_interval_ms: 300, ping_timeout_ms: 300 } } });
