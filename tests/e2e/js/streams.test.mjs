@@ -719,6 +719,11 @@ describe("HTTP API", () => {
     assert.equal(c2.config.ack_wait_ms, 1234);
     assert.equal(c2.config.max_deliver, 7);
     assert.equal(c2.config.max_ack_pending, 9);
+    // options apply when a consumer is created; subscribing again with others changes nothing
+    await subscribe(socket, "alpha", "c2", { from: "all", ack_wait_ms: 5, max_deliver: 1, max_ack_pending: 1 });
+    const again = await consumerInfo(server, "alpha", "c2");
+    assert.deepEqual(again.config, c2.config);
+    assert.equal(again.delivered, 3);
 
     const del = await api(server, "DELETE", "/api/v1/streams/alpha/consumers/c1");
     assert.equal(del.status, 200, JSON.stringify(del.body));
