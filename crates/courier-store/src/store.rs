@@ -287,6 +287,9 @@ impl Store {
         config: StreamConfig,
     ) -> Result<StreamInfo, StoreError> {
         check_name(name)?;
+        if let Some(dlq) = &config.dead_letter {
+            check_name(dlq)?;
+        }
         let name = name.to_owned();
         self.request(|reply| Request::CreateStream {
             name: name.clone(),

@@ -326,7 +326,14 @@ async fn put_stream(
     Path(name): Path<String>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let config: StreamConfig = parse(body)?;
+    let config: Value = parse(body)?;
+    if !config.is_object() {
+        return Err(ApiError::bad_request(
+            "expected a JSON object of stream settings",
+        ));
+    }
+    let config: StreamConfig = serde_json::from_value(config)
+        .map_err(|e| ApiError::bad_request(format!("invalid stream settings: {e}")))?;
     let info = streams(&api)?.store().create_stream(&name, config).await?;
     Ok(Json(stream_json(&info)))
 }

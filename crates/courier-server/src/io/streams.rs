@@ -528,6 +528,15 @@ impl Runner {
             "deliveries": deliveries,
             "data": serde_json::from_slice::<Value>(&entry.data).unwrap_or(Value::Null),
         });
+        // The dead-letter stream exists whatever `auto_create` says: losing the entry is worse.
+        if self.store().stream(&target).is_none()
+            && let Err(e) = self
+                .store()
+                .create_stream(&target, Default::default())
+                .await
+        {
+            tracing::error!(stream = target, error = %e, "creating the dead-letter stream failed");
+        }
         let dead = NewEntry {
             event: entry.event.clone(),
             data: Bytes::from(data.to_string()),
