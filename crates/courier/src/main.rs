@@ -54,11 +54,14 @@ enum Command {
     Listen(cli::listen::Args),
     /// List, inspect and purge durable streams.
     Streams(cli::streams::Args),
+    /// Load generator and benchmark hub (see bench/README.md).
+    Bench(courier_bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench(args) => courier_bench::run(args),
         Command::Serve {
             config,
             listen,
