@@ -2,18 +2,15 @@
 // session was recovered. The hub sends what the socket held again, with new ack ids; the old
 // callback must then acknowledge its own entry or nothing, never another entry.
 //
-// Known failure (marked todo): a recovered socket numbers its ack requests from 0 again, so the
-// old callback of seq 2 (ack id 1 on the first connection) acknowledges the redelivery of seq 3
-// (ack id 1 on the recovered one): seq 3 counts as done though no one acked it, and is lost for
-// the consumer if the client never gets to it. Drivers that ack after a slow job (see
-// examples/parcels) call callbacks that old.
+// What broke: a recovered socket numbered its ack requests from 0 again, so the old callback of
+// seq 2 (ack id 1 on the first connection) acknowledged the redelivery of seq 3 (ack id 1 on the
+// recovered one): seq 3 counted as done though no one acked it. Drivers that ack after a slow job
+// (see examples/parcels) call callbacks that old.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { makeDataDir, restartCourier, startCourier, waitFor } from "./harness.mjs";
 import { api, connect, deliveries, subscribe } from "./clients.mjs";
-
-const TODO = "Courier: a recovered socket numbers its ack ids from 0 again, so a stale callback acknowledges another entry";
 
 async function consumer(server) {
   const res = await api(server, "GET", "/api/v1/streams/jobs/consumers/worker");
@@ -49,7 +46,7 @@ async function scenario(t, drop) {
   assert.equal(state.pending, 1, JSON.stringify(state));
 }
 
-test("a stale ack callback after a recovered reconnection (connection closed by the hub) acks no other entry", { todo: TODO }, async (t) => {
+test("a stale ack callback after a recovered reconnection (connection closed by the hub) acks no other entry", async (t) => {
   await scenario(t, async (server) => {
     const res = await api(server, "POST", "/api/v1/disconnect", { namespace: "/", close: true });
     assert.equal(res.body.disconnected, 1);
@@ -57,6 +54,6 @@ test("a stale ack callback after a recovered reconnection (connection closed by 
   });
 });
 
-test("a stale ack callback after a recovered reconnection (hub killed and restarted) acks no other entry", { todo: TODO }, async (t) => {
+test("a stale ack callback after a recovered reconnection (hub killed and restarted) acks no other entry", async (t) => {
   await scenario(t, (server) => restartCourier(server, { t, signal: "SIGKILL" }));
 });

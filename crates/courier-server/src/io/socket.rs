@@ -118,7 +118,13 @@ impl Socket {
             fallback: RwLock::new(None),
             on_disconnect: Mutex::new(Vec::new()),
             acks: Mutex::new(HashMap::new()),
-            next_ack: AtomicU64::new(0),
+            // A recovered socket may still get acks the client owed its earlier connection:
+            // numbering from a random point keeps them from matching a new request.
+            next_ack: AtomicU64::new(if recovered {
+                rand::random_range(1u64 << 20..1u64 << 52)
+            } else {
+                0
+            }),
             connected: AtomicBool::new(false),
             data: Mutex::new(data),
             pid,
