@@ -30,8 +30,9 @@ stored but its answer was lost). The totals are printed as one line starting wit
 
     .venv/bin/python -m pytest tests/e2e/python/test_crash.py -q -s
 
-Knobs (environment): CRASH_SEED (random seed, printed in the summary), CRASH_BACKEND (`sqlite`,
-the default; `memory` shows the test failing, since that store keeps nothing across a kill).
+Knobs (environment): CRASH_SEED (random seed, printed in the summary), CRASH_KILLS (4),
+CRASH_BACKEND (`sqlite`, the default; `memory` shows the test failing, since that store keeps
+nothing across a kill).
 """
 
 from __future__ import annotations
