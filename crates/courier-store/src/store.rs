@@ -152,6 +152,8 @@ enum Request {
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
     Flush(oneshot::Sender<Result<(), StoreError>>),
+    /// Flush, make durable, and stop the writer.
+    Close(oneshot::Sender<Result<(), StoreError>>),
 }
 
 impl Store {
@@ -549,7 +551,7 @@ impl Store {
 
     /// Persists everything pending and stops the writer.
     pub async fn close(&self) -> Result<(), StoreError> {
-        self.flush().await
+        self.request(Request::Close).await
     }
 }
 
@@ -588,6 +590,8 @@ struct Batch {
     next_stream_id: StreamId,
     /// The dirty marks this batch took, given back if its commit fails.
     dirty: Dirty,
+    /// The store is closing: the batch is made durable before anyone is answered.
+    close: bool,
 }
 
 impl Batch {
@@ -722,6 +726,7 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
         }
         let shared2 = shared.clone();
         let requests = std::mem::take(&mut buf);
+        let closing = requests.iter().any(|r| matches!(r, Request::Close(_)));
         // Building a batch may read the backend (retention), so it runs off the async threads too.
         let done = tokio::task::spawn_blocking(move || {
             let mut batch = build(&shared2, requests, maintenance);
@@ -740,16 +745,23 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
             } else {
                 apply(&shared2, &mut batch);
             }
+            let result = match result {
+                Ok(()) if batch.close => shared2.backend.sync(),
+                other => other,
+            };
             for reply in batch.replies.drain(..) {
                 reply(result.clone());
             }
         })
         .await;
-        if done.is_err() {
-            tracing::error!("store writer batch panicked");
+        match done {
+            Err(e) if e.is_panic() => tracing::error!("store writer batch panicked"),
+            // Cancelled: the runtime is shutting down without closing the store.
+            Err(_) => return,
+            Ok(()) => {}
         }
         if let Some(every) = shared.options.sync_interval
-            && last_sync.elapsed() >= every
+            && (closing || last_sync.elapsed() >= every)
         {
             last_sync = Instant::now();
             let backend = shared.backend.clone();
@@ -757,7 +769,7 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
                 tracing::error!(error = %e, "store sync failed");
             }
         }
-        if closed {
+        if closed || closing {
             return;
         }
     }
@@ -880,6 +892,10 @@ fn build(shared: &Shared, requests: Vec<Request>, maintenance: bool) -> Batch {
                 b.reply(reply, true);
             }
             Request::Flush(reply) => b.reply(reply, ()),
+            Request::Close(reply) => {
+                b.close = true;
+                b.reply(reply, ());
+            }
         }
     }
     persist_dirty(shared, &state, &mut b);
