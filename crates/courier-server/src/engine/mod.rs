@@ -41,6 +41,11 @@ pub trait Handler: Send + Sync + 'static {
     /// The session closed; called once.
     fn on_close(&self, conn: &Arc<Self::Conn>, reason: CloseReason);
 
+    /// `connect_timeout` has passed since the session opened (called once, while it is open).
+    fn on_connect_timeout(&self, conn: &Arc<Self::Conn>) {
+        let _ = conn;
+    }
+
     /// Back-pressure: `Some(future)` while the handler cannot take more messages from this
     /// session; the transport stops reading until it resolves (and keeps writing).
     fn ready(
@@ -166,10 +171,27 @@ impl<H: Handler> Engine<H> {
             self.inner.config.ping_interval,
             self.inner.config.ping_timeout,
         );
+        // One task per session keeps every timer of it: no extra task for the connect timeout.
+        let mut connect_deadline =
+            Some(tokio::time::Instant::now() + self.inner.config.connect_timeout);
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = session.closed() => break,
+            let next_ping = tokio::time::Instant::now() + interval;
+            loop {
+                let wake = connect_deadline.map_or(next_ping, |d| d.min(next_ping));
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake) => {}
+                    _ = session.closed() => break,
+                }
+                if connect_deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                    connect_deadline = None;
+                    self.inner.handler.on_connect_timeout(&entry.conn);
+                }
+                if tokio::time::Instant::now() >= next_ping || session.is_closed() {
+                    break;
+                }
+            }
+            if session.is_closed() {
+                break;
             }
             match session.send(Outbound::Text(Bytes::from_static(b"2"))) {
                 Ok(()) => {}

@@ -126,6 +126,8 @@ pub struct Session {
     /// Signalled whenever the writer has taken items from the queue.
     pub(crate) drained: Notify,
     closed: CancellationToken,
+    /// Mirrors `closed` for the hot path: checking the token takes a lock.
+    is_closed: AtomicBool,
     // A std mutex: written once, read once, never held across an await.
     reason: Mutex<Option<CloseReason>>,
 }
@@ -144,6 +146,7 @@ impl Session {
             close_delivered: Notify::new(),
             drained: Notify::new(),
             closed: CancellationToken::new(),
+            is_closed: AtomicBool::new(false),
             reason: Mutex::new(None),
         })
     }
@@ -168,7 +171,7 @@ impl Session {
 
     /// Queues an item for the client without waiting.
     pub fn send(&self, item: Outbound) -> Result<(), SendError> {
-        if self.closed.is_cancelled() {
+        if self.is_closed.load(Ordering::Acquire) {
             return Err(SendError::Closed);
         }
         self.tx.try_send(item).map_err(|e| match e {
@@ -192,12 +195,13 @@ impl Session {
             }
             *r = Some(reason);
         }
+        self.is_closed.store(true, Ordering::Release);
         self.closed.cancel();
     }
 
     /// Whether the session is closed.
     pub fn is_closed(&self) -> bool {
-        self.closed.is_cancelled()
+        self.is_closed.load(Ordering::Acquire)
     }
 
     /// Why the session closed, once it has.

@@ -80,6 +80,9 @@ impl<H: Handler> Engine<H> {
         let entry = match existing {
             None => {
                 let entry = self.open(Transport::WebSocket, &parts);
+                // The request's headers point into hyper's read buffer: let it go now rather
+                // than keep it for the life of the connection.
+                drop(parts);
                 let open = self.handshake(entry.session.sid(), Transport::WebSocket);
                 if ws.send(Message::text(open)).await.is_err() {
                     entry.session.close(CloseReason::TransportError);
@@ -88,6 +91,7 @@ impl<H: Handler> Engine<H> {
                 entry
             }
             Some(entry) => {
+                drop(parts);
                 let upgraded =
                     tokio::time::timeout(self.inner.config.upgrade_timeout, probe(&mut ws, &entry))
                         .await;

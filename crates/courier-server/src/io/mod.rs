@@ -253,23 +253,18 @@ impl engine::Handler for IoHandler {
 
     fn on_open(&self, session: &Arc<Session>, parts: &http::request::Parts) -> Arc<Conn> {
         let handshake = Handshake {
-            headers: parts.headers.clone(),
+            headers: own_headers(&parts.headers),
             query: parts.uri.query().unwrap_or("").to_owned(),
             address: parts.extensions.get::<RemoteAddr>().map(|a| a.0),
             issued: SystemTime::now(),
         };
-        let conn = Arc::new(Conn::new(session.clone(), self.0.clone(), handshake));
-        let weak = Arc::downgrade(&conn);
-        let timeout = self.0.config.connect_timeout;
-        tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            if let Some(conn) = weak.upgrade()
-                && !conn.has_sockets()
-            {
-                conn.session.close(CloseReason::ConnectTimeout);
-            }
-        });
-        conn
+        Arc::new(Conn::new(session.clone(), self.0.clone(), handshake))
+    }
+
+    fn on_connect_timeout(&self, conn: &Arc<Conn>) {
+        if !conn.has_sockets() {
+            conn.session.close(CloseReason::ConnectTimeout);
+        }
     }
 
     fn on_message(&self, conn: &Arc<Conn>, data: Data) {
@@ -287,6 +282,21 @@ impl engine::Handler for IoHandler {
 
 /// [`Io`] as a tower `Service`.
 pub type IoService = engine::EngineService<IoHandler>;
+
+/// A copy of `headers` that owns its bytes: header values are slices of the connection's read
+/// buffer, which a plain clone would keep alive for as long as the socket lives.
+fn own_headers(headers: &http::HeaderMap) -> http::HeaderMap {
+    let mut out = http::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let name = http::HeaderName::from_bytes(name.as_str().as_bytes())
+            .expect("a valid name stays valid");
+        let mut copy =
+            http::HeaderValue::from_bytes(value.as_bytes()).expect("a valid value stays valid");
+        copy.set_sensitive(value.is_sensitive());
+        out.append(name, copy);
+    }
+    out
+}
 
 /// Polls `fut` once right away and spawns it only if it has to wait: a handler that does not
 /// await costs no task, and handlers of one connection start in arrival order.

@@ -261,29 +261,35 @@ impl BroadcastOperator {
 
     /// The targeted sockets.
     pub fn sockets(&self) -> Vec<Socket> {
+        let mut out = Vec::new();
+        self.for_each_target(|s| out.push(s.clone()));
+        out
+    }
+
+    /// Calls `f` for each targeted socket, without collecting them first (a broadcast to a
+    /// whole namespace walks its map once).
+    fn for_each_target(&self, mut f: impl FnMut(&Socket)) {
         let mut excluded = HashSet::new();
         for r in &self.except {
             self.ns.members(r, &mut excluded);
         }
-        let keep = |sid: &Sid| !excluded.contains(sid);
         if self.rooms.is_empty() {
-            return self
-                .ns
-                .0
-                .sockets
-                .iter()
-                .filter(|e| keep(e.key()))
-                .map(|e| e.value().clone())
-                .collect();
+            for e in self.ns.0.sockets.iter() {
+                if !excluded.contains(e.key()) {
+                    f(e.value());
+                }
+            }
+            return;
         }
         let mut sids = HashSet::new();
         for r in &self.rooms {
             self.ns.members(r, &mut sids);
         }
-        sids.iter()
-            .filter(|sid| keep(sid))
-            .filter_map(|sid| self.ns.socket(sid))
-            .collect()
+        for sid in sids.difference(&excluded) {
+            if let Some(s) = self.ns.0.sockets.get(sid) {
+                f(s.value());
+            }
+        }
     }
 
     /// Sends `event` with one argument; returns how many sockets it was queued for.
@@ -316,11 +322,11 @@ impl BroadcastOperator {
             }),
         };
         let mut sent = 0;
-        for socket in self.sockets() {
+        self.for_each_target(|socket| {
             if send_or_close(&socket.0.conn.session, out.clone(), self.volatile).is_ok() {
                 sent += 1;
             }
-        }
+        });
         Ok(sent)
     }
 
