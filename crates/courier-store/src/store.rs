@@ -125,11 +125,17 @@ struct Dirty {
     sessions: HashSet<String>,
 }
 
+/// A publish still to be queued; see [`Store::publish_then`].
+pub type SendLater = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Called with the outcome of a publish, on the writer's thread, once its batch is committed.
+pub type PublishCallback = Box<dyn FnOnce(Result<Vec<Appended>, StoreError>) + Send>;
+
 enum Request {
     Publish {
         stream: String,
         entries: Vec<NewEntry>,
-        reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+        reply: PublishCallback,
     },
     CreateStream {
         name: String,
@@ -308,21 +314,66 @@ impl Store {
         stream: &str,
         entries: Vec<NewEntry>,
     ) -> Result<Vec<Appended>, StoreError> {
+        self.check_publish(stream, &entries)?;
+        let stream = stream.to_owned();
+        self.request(|tx| Request::Publish {
+            stream,
+            entries,
+            reply: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        })
+        .await
+    }
+
+    /// Appends entries to `stream` and calls `done` once they are durable, with no task waiting:
+    /// the writer calls it right after the commit. Returns `Some(future)` when the request queue
+    /// is full; the caller must drive that future to queue the publish (that is the back-pressure).
+    pub fn publish_then(
+        &self,
+        stream: &str,
+        entries: Vec<NewEntry>,
+        done: PublishCallback,
+    ) -> Option<SendLater> {
+        if let Err(e) = self.check_publish(stream, &entries) {
+            done(Err(e));
+            return None;
+        }
+        let req = Request::Publish {
+            stream: stream.to_owned(),
+            entries,
+            reply: done,
+        };
+        match self.inner.tx.try_send(req) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(req)) => {
+                let tx = self.inner.tx.clone();
+                Some(Box::pin(async move {
+                    if let Err(mpsc::error::SendError(Request::Publish { reply, .. })) =
+                        tx.send(req).await
+                    {
+                        reply(Err(StoreError::Closed));
+                    }
+                }))
+            }
+            Err(mpsc::error::TrySendError::Closed(Request::Publish { reply, .. })) => {
+                reply(Err(StoreError::Closed));
+                None
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => None,
+        }
+    }
+
+    fn check_publish(&self, stream: &str, entries: &[NewEntry]) -> Result<(), StoreError> {
         check_name(stream)?;
         let max = self.options().max_entry_bytes;
-        for e in &entries {
+        for e in entries {
             let size = e.event.len() + e.data.len() + e.id.as_ref().map_or(0, String::len);
             if size > max {
                 return Err(StoreError::TooLarge(size, max));
             }
         }
-        let stream = stream.to_owned();
-        self.request(|reply| Request::Publish {
-            stream,
-            entries,
-            reply,
-        })
-        .await
+        Ok(())
     }
 
     /// Appends one entry; see [`Store::publish`].
@@ -787,10 +838,10 @@ fn build(shared: &Shared, requests: Vec<Request>, maintenance: bool) -> Batch {
                 entries,
                 reply,
             } => match b.publish(&state, opts, &stream, entries) {
-                Ok(appended) => b.reply(reply, appended),
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
+                Ok(appended) => b
+                    .replies
+                    .push(Box::new(move |r| reply(r.map(|()| appended)))),
+                Err(e) => reply(Err(e)),
             },
             Request::CreateStream {
                 name,

@@ -58,14 +58,18 @@ impl Conn {
         if fut.as_mut().poll(&mut cx).is_ready() {
             return;
         }
-        self.inflight.fetch_add(1, Ordering::AcqRel);
-        let conn = self.clone();
+        let held = self.hold();
         tokio::spawn(async move {
             fut.await;
-            if conn.inflight.fetch_sub(1, Ordering::AcqRel) <= MAX_INFLIGHT {
-                conn.drained.notify_waiters();
-            }
+            drop(held);
         });
+    }
+
+    /// Counts work of this connection that finishes elsewhere (a publish answered by the store)
+    /// as a running handler until the guard is dropped.
+    pub(crate) fn hold(self: &Arc<Self>) -> Inflight {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        Inflight(self.clone())
     }
 
     /// Resolves once fewer than `MAX_INFLIGHT` handlers run; `None` if that is already so.
@@ -282,4 +286,15 @@ struct Replay {
     rooms: Vec<String>,
     missed: Vec<bytes::Bytes>,
     subscriptions: Vec<(String, String)>,
+}
+
+/// One unit of a connection's running work; see [`Conn::hold`].
+pub(crate) struct Inflight(Arc<Conn>);
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        if self.0.inflight.fetch_sub(1, Ordering::AcqRel) <= MAX_INFLIGHT {
+            self.0.drained.notify_waiters();
+        }
+    }
 }

@@ -108,12 +108,10 @@ impl Streams {
         data: &Value,
         id: Option<String>,
     ) -> Result<Appended, StoreError> {
-        let entry = NewEntry {
-            event: event.to_owned(),
-            data: Bytes::from(serde_json::to_vec(data).expect("JSON values serialize")),
-            id,
-        };
-        self.inner.store.publish_one(stream, entry).await
+        self.inner
+            .store
+            .publish_one(stream, new_entry(event.to_owned(), data, id))
+            .await
     }
 
     /// Subscribes `socket` to consumer `consumer` of `stream`, creating the consumer with
@@ -625,6 +623,11 @@ fn on_command(
     }
 }
 
+fn new_entry(event: String, data: &Value, id: Option<String>) -> NewEntry {
+    let data = Bytes::from(serde_json::to_vec(data).expect("JSON values serialize"));
+    NewEntry { event, data, id }
+}
+
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400)
 }
@@ -793,17 +796,21 @@ pub(crate) fn handle_reserved(
                 ));
                 return None;
             }
-            let streams = streams.clone();
-            socket.0.conn.run(async move {
-                let answer = match streams
-                    .publish(&req.stream, &req.event, &req.data, req.id)
-                    .await
-                {
+            // Answered from the store's commit, with no task waiting per publish; only a full
+            // store queue costs a task, which also slows this connection down.
+            let entry = new_entry(req.event, &req.data, req.id);
+            let held = socket.0.conn.hold();
+            let done = Box::new(move |r: Result<Vec<Appended>, StoreError>| {
+                let _held = held;
+                let answer = match r.map(|mut v| v.remove(0)) {
                     Ok(a) => json!({"ok": true, "seq": a.seq, "duplicate": a.duplicate}),
                     Err(e) => store_error(&e),
                 };
                 let _ = msg.ack(&answer);
             });
+            if let Some(later) = streams.store().publish_then(&req.stream, vec![entry], done) {
+                socket.0.conn.run(later);
+            }
         }
     }
     None
