@@ -776,11 +776,12 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
             last_maintenance = Instant::now();
         }
         let shared2 = shared.clone();
-        let requests = std::mem::take(&mut buf);
+        let mut requests = std::mem::take(&mut buf);
         let closing = requests.iter().any(|r| matches!(r, Request::Close(_)));
         // Building a batch may read the backend (retention), so it runs off the async threads too.
+        // The request buffer comes back empty for the next round instead of being reallocated.
         let done = tokio::task::spawn_blocking(move || {
-            let mut batch = build(&shared2, requests, maintenance);
+            let mut batch = build(&shared2, &mut requests, maintenance);
             let result = if batch.ops.is_empty() {
                 Ok(())
             } else {
@@ -803,13 +804,14 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
             for reply in batch.replies.drain(..) {
                 reply(result.clone());
             }
+            requests
         })
         .await;
         match done {
             Err(e) if e.is_panic() => tracing::error!("store writer batch panicked"),
             // Cancelled: the runtime is shutting down without closing the store.
             Err(_) => return,
-            Ok(()) => {}
+            Ok(requests) => buf = requests,
         }
         if let Some(every) = shared.options.sync_interval
             && (closing || last_sync.elapsed() >= every)
@@ -827,11 +829,14 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
 }
 
 /// Turns waiting requests and dirty state into one batch.
-fn build(shared: &Shared, requests: Vec<Request>, maintenance: bool) -> Batch {
+fn build(shared: &Shared, requests: &mut Vec<Request>, maintenance: bool) -> Batch {
     let opts = &shared.options;
     let state = shared.state.read().expect("state lock");
-    let mut b = Batch::default();
-    for req in requests {
+    let mut b = Batch {
+        ops: Vec::with_capacity(requests.len() + 8),
+        ..Batch::default()
+    };
+    for req in requests.drain(..) {
         match req {
             Request::Publish {
                 stream,
