@@ -18,7 +18,7 @@ use crate::client::{self, Incoming, Proto, Target, Ws};
 use crate::hist::Hist;
 use crate::procstat::CpuMeter;
 use crate::resp::{self, Reply};
-use crate::{Common, Metrics, ms, round, say};
+use crate::{Common, Metrics, cpu_metrics, ms, round, say};
 
 /// `courier bench durable`.
 #[derive(Debug, clap::Args)]
@@ -274,14 +274,7 @@ pub async fn run(a: DurableArgs) -> anyhow::Result<Metrics> {
     m.insert("publishes_per_s".into(), round(per_sec, 0));
     m.insert("latency_p50_ms".into(), ms(hist.quantile(0.5)));
     m.insert("latency_p99_ms".into(), ms(hist.quantile(0.99)));
-    if let Some(cpu) = cpu
-        && count > 0
-    {
-        m.insert(
-            "server_cpu_us_per_publish".into(),
-            round(cpu * 1e6 / count as f64, 3),
-        );
-    }
+    cpu_metrics(&mut m, "publish", count as f64, cpu, None, None);
     m.insert("failed".into(), json!(load.failed.get()));
     m.insert("in_flight".into(), json!(a.conns * a.depth));
     Ok(m)

@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::hist::Hist;
 use crate::procstat::{BusyMeter, CpuMeter};
 use crate::worker::{Plan, Role, Workers};
-use crate::{Common, Metrics, ms, round, say};
+use crate::{Common, Metrics, cpu_metrics, ms, round, say};
 
 /// `courier bench echo`.
 #[derive(Debug, clap::Args)]
@@ -78,23 +78,7 @@ pub async fn run(a: EchoArgs) -> anyhow::Result<Metrics> {
     m.insert("round_trips_per_s".into(), round(per_sec, 0));
     m.insert("latency_p50_ms".into(), ms(hist.quantile(0.5)));
     m.insert("latency_p99_ms".into(), ms(hist.quantile(0.99)));
-    if let Some(cpu) = cpu
-        && total > 0.0
-    {
-        m.insert(
-            "server_cpu_us_per_round_trip".into(),
-            round(cpu * 1e6 / total, 3),
-        );
-    }
-    if total > 0.0 {
-        m.insert(
-            "client_cpu_us_per_round_trip".into(),
-            round(client_cpu * 1e6 / total, 3),
-        );
-    }
-    if let Some(b) = busy {
-        m.insert("machine_busy_pct".into(), round(b, 1));
-    }
+    cpu_metrics(&mut m, "round_trip", total, cpu, Some(client_cpu), busy);
     m.insert("clients".into(), json!(clients));
     Ok(m)
 }

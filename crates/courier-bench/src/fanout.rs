@@ -18,7 +18,7 @@ use crate::client::{self, Incoming, Proto, Target};
 use crate::hist::Hist;
 use crate::procstat::{BusyMeter, CpuMeter};
 use crate::worker::{Plan, Role, Workers};
-use crate::{Common, Metrics, ms, round, say};
+use crate::{Common, Metrics, cpu_metrics, ms, round, say};
 
 /// `courier bench fanout`.
 #[derive(Debug, clap::Args)]
@@ -251,23 +251,14 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Metrics> {
         "latency_delivered_pct".into(),
         round(100.0 * hist.len() as f64 / expected.max(1) as f64, 2),
     );
-    if let Some(cpu) = cpu_used
-        && delivered_in_window > 0.0
-    {
-        m.insert(
-            "server_cpu_us_per_delivery".into(),
-            round(cpu * 1e6 / delivered_in_window, 3),
-        );
-    }
-    if delivered_in_window > 0.0 {
-        m.insert(
-            "client_cpu_us_per_delivery".into(),
-            round(client_cpu * 1e6 / delivered_in_window, 3),
-        );
-    }
-    if let Some(b) = busy {
-        m.insert("machine_busy_pct".into(), round(b, 1));
-    }
+    cpu_metrics(
+        &mut m,
+        "delivery",
+        delivered_in_window,
+        cpu_used,
+        Some(client_cpu),
+        busy,
+    );
     m.insert("clients".into(), json!(receivers));
     m.insert(
         "latency_rate_per_s".into(),

@@ -128,6 +128,35 @@ fn round(v: f64, digits: i32) -> Value {
     json!((v * f).round() / f)
 }
 
+/// CPU cost per operation (`server_cpu_us_per_<unit>`, `client_cpu_us_per_<unit>`) and how busy
+/// the machine was; nothing for a quantity that was not measured or a run with no operation.
+fn cpu_metrics(
+    m: &mut Metrics,
+    unit: &str,
+    ops: f64,
+    server: Option<f64>,
+    client: Option<f64>,
+    busy: Option<f64>,
+) {
+    if ops > 0.0 {
+        if let Some(cpu) = server {
+            m.insert(
+                format!("server_cpu_us_per_{unit}"),
+                round(cpu * 1e6 / ops, 3),
+            );
+        }
+        if let Some(cpu) = client {
+            m.insert(
+                format!("client_cpu_us_per_{unit}"),
+                round(cpu * 1e6 / ops, 3),
+            );
+        }
+    }
+    if let Some(b) = busy {
+        m.insert("machine_busy_pct".into(), round(b, 1));
+    }
+}
+
 /// Milliseconds from nanoseconds, 3 decimals.
 fn ms(ns: u64) -> Value {
     round(ns as f64 / 1e6, 3)
