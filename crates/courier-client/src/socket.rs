@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use courier_proto::socket::{Packet, PacketType, RESERVED_EVENTS};
+use courier_proto::socket::{Packet, PacketType, is_event_name};
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -214,7 +214,7 @@ impl std::fmt::Debug for Event {
 }
 
 fn check_event_name(event: &str) -> Result<()> {
-    if event.is_empty() || RESERVED_EVENTS.contains(&event) {
+    if !is_event_name(event) {
         return Err(Error::InvalidEvent(event.to_owned()));
     }
     Ok(())

@@ -19,6 +19,11 @@ pub const RESERVED_EVENTS: [&str; 6] = [
     "removeListener",
 ];
 
+/// Whether an application may emit an event with this name: not empty, not reserved.
+pub fn is_event_name(name: &str) -> bool {
+    !name.is_empty() && !RESERVED_EVENTS.contains(&name)
+}
+
 /// The seven Socket.IO packet types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PacketType {

@@ -32,6 +32,6 @@ pub use courier_store as store;
 pub use io::{
     AckError, AckSender, Authorizer, BroadcastOperator, ConnectError, DisconnectReason,
     DynamicNamespace, EmitError, Handshake, Io, IoHandler, IoService, Message, Namespace, Payload,
-    Room, Setup, Socket, Streams, Subscribed,
+    Room, Setup, Socket, Streams, Subscribed, error_answer,
 };
 pub use serve::serve;

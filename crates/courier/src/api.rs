@@ -12,7 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use courier_proto::socket::RESERVED_EVENTS;
+use courier_proto::socket::is_event_name;
 use courier_server::store::{ConsumerRecord, Seq, StoreError, StreamConfig, StreamInfo};
 use courier_server::{BroadcastOperator, Io, Payload, Streams};
 use serde::Deserialize;
@@ -175,7 +175,7 @@ struct EmitRequest {
 
 async fn emit(State(api): State<Api>, body: Body) -> Result<Json<Value>, ApiError> {
     let req: EmitRequest = parse(body)?;
-    if req.event.is_empty() || RESERVED_EVENTS.contains(&req.event.as_str()) {
+    if !is_event_name(&req.event) {
         return Err(ApiError::bad_request(format!(
             "{:?} cannot be emitted",
             req.event
@@ -353,7 +353,7 @@ async fn publish(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let req: PublishRequest = parse(body)?;
-    if req.event.is_empty() || RESERVED_EVENTS.contains(&req.event.as_str()) {
+    if !is_event_name(&req.event) {
         return Err(ApiError::bad_request(format!(
             "{:?} cannot be an event name",
             req.event

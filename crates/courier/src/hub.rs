@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use courier_server::{ConnectError, Io, Message, Payload, Setup, Socket};
+use courier_server::{ConnectError, Io, Message, Payload, Setup, Socket, error_answer};
 use serde_json::{Value, json};
 
 use crate::settings::Hub as HubSettings;
@@ -65,15 +65,11 @@ fn setup<S: Setup>(ns: &S, rules: &Arc<HubSettings>) {
     });
 }
 
-fn error(code: &str, message: impl Into<String>) -> Value {
-    json!({"ok": false, "error": {"code": code, "message": message.into()}})
-}
-
 fn handle(rules: &HubSettings, socket: &Socket, mut msg: Message) {
     let answer = match msg.event.as_str() {
         "courier:join" | "courier:leave" => rooms_request(rules, socket, &msg),
         other if other.starts_with("courier:") => {
-            error("unknown_event", format!("unknown event {other:?}"))
+            error_answer("unknown_event", format!("unknown event {other:?}"))
         }
         _ => relay(rules, socket, &mut msg),
     };
@@ -82,7 +78,7 @@ fn handle(rules: &HubSettings, socket: &Socket, mut msg: Message) {
 
 fn rooms_request(rules: &HubSettings, socket: &Socket, msg: &Message) -> Value {
     if !rules.client_rooms {
-        return error(
+        return error_answer(
             "forbidden",
             "clients may not join or leave rooms on this hub",
         );
@@ -94,14 +90,14 @@ fn rooms_request(rules: &HubSettings, socket: &Socket, msg: &Message) -> Value {
             .filter_map(|v| v.as_str().map(str::to_owned))
             .collect(),
         _ => {
-            return error(
+            return error_answer(
                 "bad_request",
                 "expected a room name or an array of room names",
             );
         }
     };
     if names.iter().any(|n| n.is_empty()) {
-        return error("bad_request", "room names must not be empty");
+        return error_answer("bad_request", "room names must not be empty");
     }
     for name in names {
         if msg.event == "courier:join" {
@@ -115,7 +111,7 @@ fn rooms_request(rules: &HubSettings, socket: &Socket, msg: &Message) -> Value {
 
 fn relay(rules: &HubSettings, socket: &Socket, msg: &mut Message) -> Value {
     if !rules.client_relay {
-        return error("forbidden", "client events are not relayed on this hub");
+        return error_answer("forbidden", "client events are not relayed on this hub");
     }
     let own = socket.id();
     let rooms: Vec<_> = socket.rooms().into_iter().filter(|r| r != own).collect();
@@ -129,6 +125,6 @@ fn relay(rules: &HubSettings, socket: &Socket, msg: &mut Message) -> Value {
     let payload = std::mem::replace(&mut msg.payload, Payload::new());
     match targets.emit_payload(&msg.event, payload) {
         Ok(n) => json!({"ok": true, "recipients": n}),
-        Err(e) => error("bad_request", e.to_string()),
+        Err(e) => error_answer("bad_request", e.to_string()),
     }
 }

@@ -234,7 +234,7 @@ impl<H: Handler> Engine<H> {
         }
         Some(Box::pin(async move {
             loop {
-                let drained = session.drained.notified();
+                let drained = session.drained();
                 if !session.is_backlogged() {
                     break;
                 }

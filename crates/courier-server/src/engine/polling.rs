@@ -66,7 +66,7 @@ impl<H: Handler> Engine<H> {
                 session.close_delivered.notify_one();
             }
         }
-        session.drained.notify_waiters();
+        session.note_drained();
         text_response(out.freeze(), TEXT)
     }
 

@@ -123,8 +123,10 @@ pub struct Session {
     pub(crate) pong: Notify,
     /// Signalled when a long-polling GET has carried the close packet.
     pub(crate) close_delivered: Notify,
-    /// Signalled whenever the writer has taken items from the queue.
-    pub(crate) drained: Notify,
+    /// Signalled when the writer has taken items from the queue and someone asked for it
+    /// (`want_drained`): most writes happen with nobody waiting, and skip the notify's lock.
+    drained: Notify,
+    drain_wanted: AtomicBool,
     closed: CancellationToken,
     /// Mirrors `closed` for the hot path: checking the token takes a lock.
     is_closed: AtomicBool,
@@ -145,6 +147,7 @@ impl Session {
             pong: Notify::new(),
             close_delivered: Notify::new(),
             drained: Notify::new(),
+            drain_wanted: AtomicBool::new(false),
             closed: CancellationToken::new(),
             is_closed: AtomicBool::new(false),
             reason: Mutex::new(None),
@@ -178,6 +181,20 @@ impl Session {
             mpsc::error::TrySendError::Full(_) => SendError::Full,
             mpsc::error::TrySendError::Closed(_) => SendError::Closed,
         })
+    }
+
+    /// Resolves at the writer's next drain after this call.
+    pub(crate) fn drained(&self) -> tokio::sync::futures::Notified<'_> {
+        let notified = self.drained.notified();
+        self.drain_wanted.store(true, Ordering::Release);
+        notified
+    }
+
+    /// Called by the writer after it took items from the queue.
+    pub(crate) fn note_drained(&self) {
+        if self.drain_wanted.swap(false, Ordering::AcqRel) {
+            self.drained.notify_waiters();
+        }
     }
 
     /// Whether the outbound queue is more than half full: the session then stops reading input

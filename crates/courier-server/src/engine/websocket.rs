@@ -132,7 +132,7 @@ impl<H: Handler> Engine<H> {
                     if write_batch(ws, &mut batch).await.is_err() {
                         return CloseReason::TransportError;
                     }
-                    session.drained.notify_waiters();
+                    session.note_drained();
                 }
                 msg = ws.next(), if throttle.is_none() => match msg {
                     Some(Ok(msg)) => {

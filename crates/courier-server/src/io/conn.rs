@@ -53,11 +53,9 @@ impl Conn {
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        let mut fut = Box::pin(fut);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if fut.as_mut().poll(&mut cx).is_ready() {
+        let Some(fut) = super::poll_once(fut) else {
             return;
-        }
+        };
         let held = self.hold();
         tokio::spawn(async move {
             fut.await;

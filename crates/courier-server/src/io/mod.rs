@@ -20,7 +20,7 @@ pub use message::{
 };
 pub use namespace::{BroadcastOperator, Namespace, Room, Setup};
 pub use socket::{Handshake, Socket};
-pub use streams::{Authorizer, Streams, Subscribed};
+pub use streams::{Authorizer, Streams, Subscribed, error_answer};
 
 use crate::config::Config;
 use crate::engine::{self, CloseReason, Engine, RemoteAddr, Session};
@@ -298,16 +298,24 @@ fn own_headers(headers: &http::HeaderMap) -> http::HeaderMap {
     out
 }
 
-/// Polls `fut` once right away and spawns it only if it has to wait: a handler that does not
-/// await costs no task, and handlers of one connection start in arrival order.
-pub(crate) fn run_now_or_spawn<F>(fut: F)
+/// Polls `fut` once right away; gives it back if it has to wait. A handler that does not await
+/// then costs no task, and handlers of one connection start in arrival order. Whoever gets it
+/// back must spawn it: the task polls it again with a real waker, so no wake-up is lost.
+pub(crate) fn poll_once<F>(fut: F) -> Option<std::pin::Pin<Box<F>>>
 where
     F: Future<Output = ()> + Send + 'static,
 {
     let mut fut = Box::pin(fut);
     let mut cx = Context::from_waker(Waker::noop());
-    if fut.as_mut().poll(&mut cx).is_pending() {
-        // The task polls it again with a real waker, so no wake-up is lost.
+    fut.as_mut().poll(&mut cx).is_pending().then_some(fut)
+}
+
+/// Runs `fut` at once, spawning it only if it has to wait; see [`poll_once`].
+pub(crate) fn run_now_or_spawn<F>(fut: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    if let Some(fut) = poll_once(fut) {
         tokio::spawn(fut);
     }
 }

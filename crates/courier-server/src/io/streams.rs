@@ -689,8 +689,9 @@ struct PublishRequest {
     id: Option<String>,
 }
 
-/// The ack answer for a failure.
-pub(crate) fn error_answer(code: &str, message: impl std::fmt::Display) -> Value {
+/// The ack answer for a failure: `{ok: false, error: {code, message}}`, the shape every
+/// reserved event of Courier answers errors with.
+pub fn error_answer(code: &str, message: impl std::fmt::Display) -> Value {
     json!({"ok": false, "error": {"code": code, "message": message.to_string()}})
 }
 
@@ -787,9 +788,7 @@ pub(crate) fn handle_reserved(
                 let _ = msg.ack(&error_answer("bad_request", why));
                 return None;
             }
-            if req.event.is_empty()
-                || courier_proto::socket::RESERVED_EVENTS.contains(&req.event.as_str())
-            {
+            if !courier_proto::socket::is_event_name(&req.event) {
                 let _ = msg.ack(&error_answer(
                     "bad_request",
                     format!("{:?} cannot be an event name", req.event),
