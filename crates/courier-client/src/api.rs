@@ -349,14 +349,15 @@ impl ApiClient {
             let req = req
                 .body(Full::new(body.clone().unwrap_or_default()))
                 .map_err(|e| http_err(e.to_string()))?;
-            let sent = async {
-                sender.ready().await?;
-                sender.send_request(req).await
+            // A kept connection that is no longer ready never saw the request: try a fresh one.
+            // Once sent, only an idempotent request is sent again: a POST may have reached the
+            // hub (a publish without an id would be stored twice).
+            if sender.ready().await.is_err() && was_reused {
+                continue;
             }
-            .await;
-            let res = match sent {
+            let res = match sender.send_request(req).await {
                 Ok(r) => r,
-                Err(_) if was_reused => continue,
+                Err(_) if was_reused && method.is_idempotent() => continue,
                 Err(e) => return Err(http_err(e.to_string())),
             };
             let status = res.status();

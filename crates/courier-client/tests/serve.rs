@@ -180,11 +180,18 @@ async fn pings_are_answered() {
         &[
             ("COURIER_ENGINE_PING_INTERVAL_MS", "150"),
             ("COURIER_ENGINE_PING_TIMEOUT_MS", "300"),
+            // Without recovery a reconnection would change the id.
+            ("COURIER_RECOVERY_ENABLED", "false"),
         ],
     );
     let s = socket(&server.url(), "/").await;
     let sid = s.id();
+    // A missed pong drops the connection and a quick reconnection could hide it: the status
+    // must not change at all while the server pings.
+    let mut status = s.status();
+    status.mark_unchanged();
     tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(!status.has_changed().unwrap(), "the connection was never lost");
     assert!(s.connected());
     assert_eq!(s.id(), sid);
     assert!(matches!(
