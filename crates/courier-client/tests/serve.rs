@@ -191,7 +191,10 @@ async fn pings_are_answered() {
     let mut status = s.status();
     status.mark_unchanged();
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert!(!status.has_changed().unwrap(), "the connection was never lost");
+    assert!(
+        !status.has_changed().unwrap(),
+        "the connection was never lost"
+    );
     assert!(s.connected());
     assert_eq!(s.id(), sid);
     assert!(matches!(
