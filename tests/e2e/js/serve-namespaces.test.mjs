@@ -191,6 +191,8 @@ describe("auth_tokens", () => {
       config: { hub: { auth_tokens: ["from-file"] } },
       env: { COURIER_HUB_AUTH_TOKENS: "from-env,second" },
     });
+    // Both tokens of the list count, not just one of them.
+    await connect(t, envServer.url, "/", { auth: { token: "from-env" } });
     await connect(t, envServer.url, "/", { auth: { token: "second" } });
     const err = await connectError(t, envServer.url, "/", { auth: { token: "from-file" } });
     assert.equal(err.message, "unauthorized");
