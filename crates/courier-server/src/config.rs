@@ -33,6 +33,12 @@ pub struct Config {
     /// connection gets its socket id, rooms, data and missed broadcasts back when it returns
     /// within the store's recovery window. Default false (as in the reference server).
     pub recovery: bool,
+    /// Engine.IO sessions open at once (0 = no limit); a handshake past it is answered 503.
+    /// Default 0.
+    pub max_sessions: usize,
+    /// Namespaces one connection may join at once (0 = no limit); a CONNECT past it gets
+    /// CONNECT_ERROR `{"message":"Too many namespaces"}`. Default 32.
+    pub max_namespaces_per_connection: usize,
 }
 
 impl Default for Config {
@@ -50,6 +56,8 @@ impl Default for Config {
             ack_timeout: Duration::from_secs(10),
             cors: Cors::default(),
             recovery: false,
+            max_sessions: 0,
+            max_namespaces_per_connection: 32,
         }
     }
 }

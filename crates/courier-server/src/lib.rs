@@ -34,4 +34,4 @@ pub use io::{
     DynamicNamespace, EmitError, Handshake, Io, IoHandler, IoService, Message, Namespace, Payload,
     Room, Setup, Socket, Streams, Subscribed, error_answer,
 };
-pub use serve::serve;
+pub use serve::{ServeOptions, serve, serve_with};

@@ -2,7 +2,8 @@
 //! dedupe, retention points) and hands a backend batches of plain writes, each applied atomically.
 
 use crate::types::{
-    ConsumerRecord, Entry, RecoveryEvent, Seq, SessionRecord, StoreError, StreamConfig,
+    ConsumerRecord, Entry, RecoveryEvent, RecoveryMark, Seq, SessionRecord, StoreError,
+    StreamConfig,
 };
 
 /// A stream's number inside a backend.
@@ -68,6 +69,8 @@ pub enum Op {
     ExpireRecovery {
         /// Events older than this are removed.
         events_before_ms: u64,
+        /// Events at or below this offset are removed too (dropped for the count or byte bound).
+        events_upto_offset: u64,
         /// Sessions that expire before this are removed.
         sessions_before_ms: u64,
     },
@@ -101,8 +104,9 @@ pub struct Snapshot {
     pub consumers: Vec<(StreamId, String, ConsumerRecord)>,
     /// Message ids of entries stored at or after the asked time: (stream, id, seq, ts).
     pub recent_ids: Vec<(StreamId, String, Seq, u64)>,
-    /// Recovery events, oldest first.
-    pub recovery: Vec<RecoveryEvent>,
+    /// Where the recovery events are, oldest first; their data is read with
+    /// [`Backend::recovery_between`].
+    pub recovery: Vec<RecoveryMark>,
     /// Recovery sessions: (pid, record).
     pub sessions: Vec<(String, SessionRecord)>,
 }
@@ -136,6 +140,9 @@ pub trait Backend: Send + Sync + 'static {
         from: Seq,
         below: Seq,
     ) -> Result<(u64, u64), StoreError>;
+
+    /// Recovery events with `after < offset < below`, oldest first.
+    fn recovery_between(&self, after: u64, below: u64) -> Result<Vec<RecoveryEvent>, StoreError>;
 
     /// A recovery session.
     fn session(&self, pid: &str) -> Result<Option<SessionRecord>, StoreError>;

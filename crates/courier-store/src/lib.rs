@@ -20,5 +20,5 @@ pub mod types;
 pub use backend::Backend;
 pub use memory::MemoryBackend;
 pub use sqlite::{SqliteBackend, SyncPolicy};
-pub use store::{PublishCallback, SendLater, Store, StoreOptions};
+pub use store::{MemoryUse, PublishCallback, SendLater, Store, StoreOptions};
 pub use types::*;

@@ -6,7 +6,8 @@ use std::sync::Mutex;
 
 use crate::backend::{Backend, Op, Snapshot, StreamId, StreamSnapshot};
 use crate::types::{
-    ConsumerRecord, Entry, RecoveryEvent, Seq, SessionRecord, StoreError, StreamConfig,
+    ConsumerRecord, Entry, RecoveryEvent, RecoveryMark, Seq, SessionRecord, StoreError,
+    StreamConfig,
 };
 
 /// Everything in memory.
@@ -68,7 +69,15 @@ impl Backend for MemoryBackend {
             .iter()
             .map(|((s, n), r)| (*s, n.clone(), r.clone()))
             .collect();
-        snap.recovery = d.recovery.clone();
+        snap.recovery = d
+            .recovery
+            .iter()
+            .map(|e| RecoveryMark {
+                offset: e.offset,
+                ts_ms: e.ts_ms,
+                bytes: e.size(),
+            })
+            .collect();
         snap.sessions = d
             .sessions
             .iter()
@@ -135,15 +144,26 @@ impl Backend for MemoryBackend {
                 Op::AppendRecovery(ev) => d.recovery.push(ev.clone()),
                 Op::ExpireRecovery {
                     events_before_ms,
+                    events_upto_offset,
                     sessions_before_ms,
                 } => {
-                    d.recovery.retain(|e| e.ts_ms >= *events_before_ms);
+                    d.recovery
+                        .retain(|e| e.ts_ms >= *events_before_ms && e.offset > *events_upto_offset);
                     d.sessions
                         .retain(|_, s| s.expires_ms >= *sessions_before_ms);
                 }
             }
         }
         Ok(())
+    }
+
+    fn recovery_between(&self, after: u64, below: u64) -> Result<Vec<RecoveryEvent>, StoreError> {
+        let d = self.data();
+        Ok(d.recovery
+            .iter()
+            .filter(|e| e.offset > after && e.offset < below)
+            .cloned()
+            .collect())
     }
 
     fn read(&self, stream: StreamId, from: Seq, limit: usize) -> Result<Vec<Entry>, StoreError> {

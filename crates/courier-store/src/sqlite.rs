@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::backend::{Backend, Op, Snapshot, StreamId, StreamSnapshot};
-use crate::types::{Entry, RecoveryEvent, Seq, SessionRecord, StoreError};
+use crate::types::{Entry, RecoveryEvent, RecoveryMark, Seq, SessionRecord, StoreError};
 
 /// When a commit reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,10 +179,14 @@ impl SqliteBackend {
             }
             Op::ExpireRecovery {
                 events_before_ms,
+                events_upto_offset,
                 sessions_before_ms,
             } => {
-                tx.prepare_cached("DELETE FROM recovery WHERE ts < ?1")?
-                    .execute([*events_before_ms as i64])?;
+                tx.prepare_cached("DELETE FROM recovery WHERE ts < ?1 OR offset <= ?2")?
+                    .execute(params![
+                        *events_before_ms as i64,
+                        (*events_upto_offset).min(i64::MAX as u64) as i64
+                    ])?;
                 tx.prepare_cached("DELETE FROM sessions WHERE expires < ?1")?
                     .execute([*sessions_before_ms as i64])?;
             }
@@ -263,9 +267,18 @@ impl Backend for SqliteBackend {
         })? {
             snap.recent_ids.push(row?);
         }
-        let mut stmt = db.prepare("SELECT record FROM recovery ORDER BY offset")?;
-        for row in stmt.query_map([], |r| r.get::<_, String>(0))? {
-            snap.recovery.push(from_json::<RecoveryEvent>(&row?)?);
+        // Only where the events are: their data is read when a client needs it, so a restart
+        // does not bring the whole log into memory.
+        let mut stmt =
+            db.prepare("SELECT offset, ts, length(record) FROM recovery ORDER BY offset")?;
+        for row in stmt.query_map([], |r| {
+            Ok(RecoveryMark {
+                offset: r.get::<_, i64>(0)? as u64,
+                ts_ms: r.get::<_, i64>(1)? as u64,
+                bytes: r.get::<_, i64>(2)? as u64,
+            })
+        })? {
+            snap.recovery.push(row?);
         }
         let mut stmt = db.prepare("SELECT pid, record FROM sessions")?;
         for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
@@ -348,6 +361,18 @@ impl Backend for SqliteBackend {
                 Ok((r.get(0)?, r.get(1)?))
             })?;
         Ok((n as u64, b as u64))
+    }
+
+    fn recovery_between(&self, after: u64, below: u64) -> Result<Vec<RecoveryEvent>, StoreError> {
+        let db = self.reader();
+        let mut stmt = db.prepare_cached(
+            "SELECT record FROM recovery WHERE offset > ?1 AND offset < ?2 ORDER BY offset",
+        )?;
+        let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
+        let rows = stmt.query_map(params![clamp(after), clamp(below)], |r| {
+            r.get::<_, String>(0)
+        })?;
+        rows.map(|r| from_json::<RecoveryEvent>(&r?)).collect()
     }
 
     fn session(&self, pid: &str) -> Result<Option<SessionRecord>, StoreError> {

@@ -34,6 +34,21 @@ pub struct StoreOptions {
     pub recovery_window: Duration,
     /// Most broadcasts kept for recovery; older ones are dropped first. Default 100,000.
     pub max_recovery_events: usize,
+    /// Most bytes of broadcasts kept for recovery (on disk and in memory, as
+    /// [`RecoveryEvent::size`] counts them); older ones are dropped first. Default 1 GiB.
+    pub max_recovery_bytes: u64,
+    /// Bytes of the newest recovery broadcasts kept in memory; older ones are read from disk
+    /// when a client comes back for them. Default 64 MiB.
+    pub recovery_memory_bytes: u64,
+    /// Bytes of recent stream entries kept in memory across all streams for live delivery;
+    /// older ones are read from disk. Default 64 MiB.
+    pub tail_memory_bytes: u64,
+    /// Most bytes of entries kept across all streams (as [`Entry::size`] counts them; 0 = no
+    /// limit). A publish past it is refused with `storage_full`. Default 8 GiB.
+    pub max_disk_bytes: u64,
+    /// Most streams (0 = no limit); creating one more is refused with `too_many_streams`.
+    /// Dead-letter streams are created whatever it says. Default 10,000.
+    pub max_streams: usize,
     /// With the `interval` sync policy, how often the store makes commits durable.
     pub sync_interval: Option<Duration>,
 }
@@ -46,18 +61,42 @@ impl Default for StoreOptions {
             max_entry_bytes: 1_000_000,
             recovery_window: Duration::from_secs(120),
             max_recovery_events: 100_000,
+            max_recovery_bytes: 1 << 30,
+            recovery_memory_bytes: 64 << 20,
+            tail_memory_bytes: 64 << 20,
+            max_disk_bytes: 8 << 30,
+            max_streams: 10_000,
             sync_interval: None,
         }
     }
 }
 
-/// Entries kept in memory per stream for live delivery, and their byte budget.
+/// Entries kept in memory per stream for live delivery, and their byte budget (all streams
+/// together also stay within `tail_memory_bytes`).
 const TAIL_ENTRIES: usize = 8192;
 const TAIL_BYTES: u64 = 16 << 20;
+/// What a tail entry costs in memory besides its event, data and id (the `Entry`, its
+/// allocations, its place in the queues).
+const TAIL_ENTRY_OVERHEAD: u64 = 160;
 /// Requests turned into one batch at most.
 const MAX_BATCH: usize = 8192;
 /// How often retention and expiry run.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
+
+/// What a store holds in memory for live delivery and recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemoryUse {
+    /// Memory of the streams' tails, within `tail_memory_bytes`.
+    pub tail_bytes: u64,
+    /// Entries in the streams' tails.
+    pub tail_entries: usize,
+    /// Memory of the recovery broadcasts held, within `recovery_memory_bytes`.
+    pub recovery_bytes: u64,
+    /// Recovery broadcasts held in memory.
+    pub recovery_events: usize,
+    /// Recovery broadcasts kept, on disk and in memory.
+    pub recovery_kept: usize,
+}
 
 /// Durable streams, consumers and recovery state. Cheap to clone.
 #[derive(Clone)]
@@ -86,6 +125,40 @@ struct State {
     next_stream_id: StreamId,
     consumers: BTreeMap<(String, String), ConsumerRecord>,
     sessions: HashMap<String, SessionRecord>,
+    /// Bytes of entries kept across all streams (what `max_disk_bytes` bounds).
+    disk_bytes: u64,
+    /// The tails of all streams, oldest entry first, for the shared memory budget.
+    tails: Tails,
+}
+
+/// The shared budget of the streams' in-memory tails: the oldest entry of any stream goes first.
+#[derive(Default)]
+struct Tails {
+    /// Memory of every stream's tail, as [`tail_cost`] counts it.
+    bytes: u64,
+    /// Entries in all tails.
+    entries: usize,
+    /// (stream, seq) in the order entries joined a tail. Entries that left a tail another way
+    /// (the per-stream bounds, a purge) stay here until they reach the front or a compaction.
+    order: VecDeque<(Arc<str>, Seq)>,
+}
+
+fn tail_cost(e: &Entry) -> u64 {
+    e.size() + TAIL_ENTRY_OVERHEAD
+}
+
+impl StreamState {
+    fn tail_holds(&self, seq: Seq) -> bool {
+        matches!((self.tail.front(), self.tail.back()), (Some(f), Some(b)) if f.seq <= seq && seq <= b.seq)
+    }
+
+    /// Removes the oldest tail entry; returns its memory cost.
+    fn pop_tail(&mut self) -> u64 {
+        let old = self.tail.pop_front().expect("a non-empty tail");
+        let cost = tail_cost(&old);
+        self.tail_bytes -= cost;
+        cost
+    }
 }
 
 struct StreamState {
@@ -102,19 +175,72 @@ struct StreamState {
     watch: watch::Sender<Seq>,
 }
 
+/// The broadcasts kept for recovery. Every kept event is in `kept`; the newest ones are also
+/// in `events`, in memory. An event older than the first one in memory and above `dropped_upto`
+/// is on disk: it leaves memory only once it is persisted, or else it is dropped.
 #[derive(Default)]
 struct RecoveryLog {
+    kept: VecDeque<RecoveryMark>,
+    kept_bytes: u64,
     events: VecDeque<RecoveryEvent>,
+    mem_bytes: u64,
     next_offset: u64,
+    /// Events below this offset are committed.
     persisted: u64,
     /// The highest offset dropped from the log: a client that saw less cannot be recovered.
     dropped_upto: u64,
 }
 
 impl RecoveryLog {
+    fn push(&mut self, event: RecoveryEvent) {
+        let bytes = event.size();
+        self.kept.push_back(RecoveryMark {
+            offset: event.offset,
+            ts_ms: event.ts_ms,
+            bytes,
+        });
+        self.kept_bytes += bytes;
+        self.mem_bytes += bytes;
+        self.events.push_back(event);
+    }
+
+    /// Drops the oldest kept event.
     fn drop_oldest(&mut self) {
-        if let Some(e) = self.events.pop_front() {
-            self.dropped_upto = self.dropped_upto.max(e.offset);
+        let Some(mark) = self.kept.pop_front() else {
+            return;
+        };
+        self.kept_bytes -= mark.bytes;
+        self.dropped_upto = self.dropped_upto.max(mark.offset);
+        if self.events.front().is_some_and(|e| e.offset == mark.offset) {
+            let e = self.events.pop_front().expect("front checked");
+            self.mem_bytes -= e.size();
+        }
+    }
+
+    /// Applies the bounds: the window (events before `horizon_ms`), the count and bytes of what
+    /// is kept, and the memory budget.
+    fn enforce(&mut self, opts: &StoreOptions, horizon_ms: u64) {
+        while let Some(front) = self.kept.front()
+            && (front.ts_ms < horizon_ms
+                || self.kept.len() > opts.max_recovery_events
+                || self.kept_bytes > opts.max_recovery_bytes)
+        {
+            self.drop_oldest();
+        }
+        while self.mem_bytes > opts.recovery_memory_bytes
+            && let Some(e) = self.events.front()
+        {
+            if e.offset >= self.persisted {
+                // Not on disk yet: dropping it from memory loses it, and everything older
+                // with it, since a client's missed events must come back whole.
+                let upto = e.offset;
+                while self.kept.front().is_some_and(|m| m.offset <= upto) {
+                    self.drop_oldest();
+                }
+            } else {
+                let e = self.events.pop_front().expect("front checked");
+                self.mem_bytes -= e.size();
+            }
         }
     }
 }
@@ -140,6 +266,8 @@ enum Request {
     CreateStream {
         name: String,
         config: StreamConfig,
+        /// Refused past `max_streams`.
+        capped: bool,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Purge {
@@ -177,6 +305,7 @@ impl Store {
         let mut state = State::default();
         let mut names = HashMap::new();
         for s in snap.streams {
+            state.disk_bytes += s.bytes;
             names.insert(s.id, s.name.clone());
             state.next_stream_id = state.next_stream_id.max(s.id + 1);
             state.streams.insert(
@@ -225,14 +354,31 @@ impl Store {
         let next_offset = (last + 1).max(now_ms().saturating_mul(1000));
         let mut recovery = RecoveryLog {
             dropped_upto: snap.recovery.first().map_or(0, |e| e.offset - 1),
-            events: snap.recovery.into(),
+            kept_bytes: snap.recovery.iter().map(|m| m.bytes).sum(),
+            kept: snap.recovery.into(),
             next_offset,
             persisted: next_offset,
+            ..RecoveryLog::default()
         };
-        // The disk keeps the whole window; memory keeps `max_recovery_events` (a restart used
-        // to load them all).
-        while recovery.events.len() > options.max_recovery_events {
-            recovery.drop_oldest();
+        // The bounds first (a restart used to load every event of the window), then the newest
+        // events that fit in the memory budget are read back; the rest stay on disk.
+        let horizon = now.saturating_sub(options.recovery_window.as_millis() as u64);
+        recovery.enforce(&options, horizon);
+        let mut fit = 0;
+        let mut from = None;
+        for m in recovery.kept.iter().rev() {
+            fit += m.bytes;
+            if fit > options.recovery_memory_bytes {
+                break;
+            }
+            from = Some(m.offset);
+        }
+        if let Some(from) = from {
+            for e in backend.recovery_between(from.saturating_sub(1), u64::MAX)? {
+                recovery.mem_bytes += e.size();
+                recovery.events.push_back(e);
+            }
+            recovery.enforce(&options, horizon);
         }
         let shared = Arc::new(Shared {
             backend,
@@ -271,6 +417,22 @@ impl Store {
         &self.inner.shared.options
     }
 
+    /// What the store holds in memory now.
+    pub fn memory_use(&self) -> MemoryUse {
+        let (tail_bytes, tail_entries) = {
+            let state = self.state();
+            (state.tails.bytes, state.tails.entries)
+        };
+        let log = self.inner.shared.recovery.lock().expect("recovery lock");
+        MemoryUse {
+            tail_bytes,
+            tail_entries,
+            recovery_bytes: log.mem_bytes,
+            recovery_events: log.events.len(),
+            recovery_kept: log.kept.len(),
+        }
+    }
+
     fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.inner.shared.state.read().expect("state lock")
     }
@@ -288,11 +450,26 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Creates `name` or replaces its settings.
+    /// Creates `name` (within `max_streams`) or replaces its settings.
     pub async fn create_stream(
         &self,
         name: &str,
         config: StreamConfig,
+    ) -> Result<StreamInfo, StoreError> {
+        self.create(name, config, true).await
+    }
+
+    /// Creates a dead-letter stream, whatever `max_streams` says: an entry that failed every
+    /// delivery must not be lost because other streams filled the quota.
+    pub async fn create_dead_letter_stream(&self, name: &str) -> Result<StreamInfo, StoreError> {
+        self.create(name, StreamConfig::default(), false).await
+    }
+
+    async fn create(
+        &self,
+        name: &str,
+        config: StreamConfig,
+        capped: bool,
     ) -> Result<StreamInfo, StoreError> {
         check_name(name)?;
         if let Some(dlq) = &config.dead_letter {
@@ -302,6 +479,7 @@ impl Store {
         self.request(|reply| Request::CreateStream {
             name: name.clone(),
             config,
+            capped,
             reply,
         })
         .await?;
@@ -368,7 +546,7 @@ impl Store {
         check_name(stream)?;
         let max = self.options().max_entry_bytes;
         for e in entries {
-            let size = e.event.len() + e.data.len() + e.id.as_ref().map_or(0, String::len);
+            let size = e.size() as usize;
             if size > max {
                 return Err(StoreError::TooLarge(size, max));
             }
@@ -547,7 +725,8 @@ impl Store {
     }
 
     /// Logs a broadcast for recovery and returns its offset. Never waits: persisted by the
-    /// writer's next batch, and the oldest events are dropped past `max_recovery_events`.
+    /// writer's next batch; the oldest events are dropped past `max_recovery_events` or
+    /// `max_recovery_bytes`, and leave memory (for disk) past `recovery_memory_bytes`.
     pub fn log_recoverable(
         &self,
         nsp: &str,
@@ -558,7 +737,7 @@ impl Store {
         let mut log = self.inner.shared.recovery.lock().expect("recovery lock");
         let offset = log.next_offset;
         log.next_offset += 1;
-        log.events.push_back(RecoveryEvent {
+        log.push(RecoveryEvent {
             offset,
             ts_ms: now_ms(),
             nsp: nsp.to_owned(),
@@ -566,9 +745,7 @@ impl Store {
             except,
             data,
         });
-        while log.events.len() > self.options().max_recovery_events {
-            log.drop_oldest();
-        }
+        log.enforce(self.options(), 0);
         drop(log);
         self.inner.shared.wake.notify_one();
         offset
@@ -585,19 +762,43 @@ impl Store {
     }
 
     /// Broadcasts of `nsp` after `offset`, oldest first, or `None` if some were already dropped
-    /// (the client then cannot be recovered).
-    pub fn recoverable_after(&self, nsp: &str, offset: u64) -> Option<Vec<RecoveryEvent>> {
-        let log = self.inner.shared.recovery.lock().expect("recovery lock");
-        if offset < log.dropped_upto {
-            return None;
-        }
-        Some(
-            log.events
+    /// (the client then cannot be recovered). Those no longer in memory are read from disk, off
+    /// the async threads.
+    pub async fn recoverable_after(&self, nsp: &str, offset: u64) -> Option<Vec<RecoveryEvent>> {
+        let shared = &self.inner.shared;
+        let (in_memory, on_disk_below) = {
+            let log = shared.recovery.lock().expect("recovery lock");
+            if offset < log.dropped_upto {
+                return None;
+            }
+            let mem_from = log.events.front().map_or(log.next_offset, |e| e.offset);
+            let in_memory: Vec<RecoveryEvent> = log
+                .events
                 .iter()
                 .filter(|e| e.offset > offset && e.nsp == nsp)
                 .cloned()
-                .collect(),
-        )
+                .collect();
+            (in_memory, (offset + 1 < mem_from).then_some(mem_from))
+        };
+        let Some(below) = on_disk_below else {
+            return Some(in_memory);
+        };
+        let backend = shared.backend.clone();
+        let read = tokio::task::spawn_blocking(move || backend.recovery_between(offset, below));
+        let mut events: Vec<RecoveryEvent> = match read.await {
+            Ok(Ok(events)) => events.into_iter().filter(|e| e.nsp == nsp).collect(),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "reading recovery events failed");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        // Dropped while they were read: what was read may have gaps.
+        if offset < shared.recovery.lock().expect("recovery lock").dropped_upto {
+            return None;
+        }
+        events.extend(in_memory);
+        Some(events)
     }
 
     /// Persists everything pending and stops the writer.
@@ -623,6 +824,34 @@ fn info(state: &State, name: &str, s: &StreamState) -> StreamInfo {
     }
 }
 
+/// Whether a batch may create a missing stream.
+#[derive(Clone, Copy)]
+enum Create {
+    No,
+    /// Within `max_streams`.
+    Capped,
+    /// Whatever `max_streams` says (dead-letter streams).
+    Always,
+}
+
+impl Create {
+    fn auto(opts: &StoreOptions) -> Create {
+        if opts.auto_create {
+            Create::Capped
+        } else {
+            Create::No
+        }
+    }
+}
+
+/// What one batch appends to one stream.
+struct Appending {
+    /// The next sequence number.
+    next: Seq,
+    entries: Vec<Entry>,
+    bytes: u64,
+}
+
 /// Answers one request with the batch's outcome.
 type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
@@ -632,8 +861,10 @@ struct Batch {
     ops: Vec<Op>,
     /// Streams created in this batch: name -> (id, config).
     created: HashMap<String, (StreamId, StreamConfig)>,
-    /// Per stream: the next sequence number and the entries appended in this batch.
-    appended: HashMap<String, (Seq, Vec<Entry>)>,
+    /// Per stream: what this batch appends.
+    appended: HashMap<String, Appending>,
+    /// Bytes of every entry this batch appends.
+    appended_bytes: u64,
     trims: Vec<(String, Seq, u64, u64)>,
     consumers: Vec<((String, String), Option<ConsumerRecord>)>,
     replies: Vec<Reply>,
@@ -658,7 +889,7 @@ impl Batch {
         state: &State,
         opts: &StoreOptions,
         name: &str,
-        create: bool,
+        create: Create,
     ) -> Result<StreamId, StoreError> {
         if let Some(s) = state.streams.get(name) {
             return Ok(s.id);
@@ -666,10 +897,18 @@ impl Batch {
         if let Some((id, _)) = self.created.get(name) {
             return Ok(*id);
         }
-        if !create {
-            return Err(StoreError::StreamNotFound(name.to_owned()));
-        }
+        let capped = match create {
+            Create::No => return Err(StoreError::StreamNotFound(name.to_owned())),
+            Create::Capped => true,
+            Create::Always => false,
+        };
         check_name(name)?;
+        if capped
+            && opts.max_streams > 0
+            && state.streams.len() + self.created.len() >= opts.max_streams
+        {
+            return Err(StoreError::TooManyStreams(opts.max_streams));
+        }
         let id = self.next_stream_id.max(state.next_stream_id);
         self.next_stream_id = id + 1;
         let config = opts.default_stream.clone();
@@ -686,8 +925,55 @@ impl Batch {
         let last = state.streams.get(name).map_or(0, |s| s.last_seq);
         self.appended
             .entry(name.to_owned())
-            .or_insert((last + 1, Vec::new()))
-            .0
+            .or_insert(Appending {
+                next: last + 1,
+                entries: Vec::new(),
+                bytes: 0,
+            })
+            .next
+    }
+
+    /// Refuses a publish of `incoming` bytes in `count` entries that a quota has no room for.
+    fn check_quotas(
+        &self,
+        state: &State,
+        opts: &StoreOptions,
+        name: &str,
+        count: u64,
+        incoming: u64,
+    ) -> Result<(), StoreError> {
+        let held = state.disk_bytes + self.appended_bytes;
+        if opts.max_disk_bytes > 0 && held + incoming > opts.max_disk_bytes {
+            return Err(StoreError::StorageFull(format!(
+                "the store holds {held} bytes of entries and its max_disk_bytes is {}",
+                opts.max_disk_bytes
+            )));
+        }
+        let stream = state.streams.get(name);
+        let Some(config) = stream
+            .map(|s| &s.config)
+            .or_else(|| self.created.get(name).map(|c| &c.1))
+            .or(Some(&opts.default_stream))
+            .filter(|c| c.discard == Discard::New)
+        else {
+            return Ok(());
+        };
+        let batch = self.appended.get(name);
+        let entries = stream.map_or(0, |s| s.entries) + batch.map_or(0, |a| a.entries.len() as u64);
+        let bytes = stream.map_or(0, |s| s.bytes) + batch.map_or(0, |a| a.bytes);
+        if config.max_entries > 0 && entries + count > config.max_entries {
+            return Err(StoreError::StorageFull(format!(
+                "stream {name:?} holds {entries} entries and its max_entries is {}",
+                config.max_entries
+            )));
+        }
+        if config.max_bytes > 0 && bytes + incoming > config.max_bytes {
+            return Err(StoreError::StorageFull(format!(
+                "stream {name:?} holds {bytes} bytes and its max_bytes is {}",
+                config.max_bytes
+            )));
+        }
+        Ok(())
     }
 
     fn publish(
@@ -697,7 +983,17 @@ impl Batch {
         name: &str,
         entries: Vec<NewEntry>,
     ) -> Result<Vec<Appended>, StoreError> {
-        let id = self.stream_id(state, opts, name, opts.auto_create)?;
+        if !opts.auto_create
+            && !state.streams.contains_key(name)
+            && !self.created.contains_key(name)
+        {
+            return Err(StoreError::StreamNotFound(name.to_owned()));
+        }
+        // Before the stream is created (a refused publish creates nothing), and counted as if
+        // none were a duplicate: a publish is refused or taken whole.
+        let incoming = entries.iter().map(NewEntry::size).sum();
+        self.check_quotas(state, opts, name, entries.len() as u64, incoming)?;
+        let id = self.stream_id(state, opts, name, Create::auto(opts))?;
         let window = state
             .streams
             .get(name)
@@ -729,8 +1025,10 @@ impl Batch {
                 entry: entry.clone(),
             });
             let slot = self.appended.get_mut(name).expect("created by next_seq");
-            slot.0 += 1;
-            slot.1.push(entry);
+            slot.next += 1;
+            slot.bytes += entry.size();
+            self.appended_bytes += entry.size();
+            slot.entries.push(entry);
             out.push(Appended {
                 seq,
                 duplicate: false,
@@ -741,8 +1039,8 @@ impl Batch {
 
     /// The sequence number of an entry with message id `mid` stored since `since`.
     fn seen(&self, state: &State, name: &str, mid: &str, since: u64) -> Option<Seq> {
-        if let Some((_, batch)) = self.appended.get(name)
-            && let Some(e) = batch.iter().find(|e| e.id.as_deref() == Some(mid))
+        if let Some(batch) = self.appended.get(name)
+            && let Some(e) = batch.entries.iter().find(|e| e.id.as_deref() == Some(mid))
         {
             return Some(e.seq);
         }
@@ -851,9 +1149,15 @@ fn build(shared: &Shared, requests: &mut Vec<Request>, maintenance: bool) -> Bat
             Request::CreateStream {
                 name,
                 config,
+                capped,
                 reply,
             } => {
-                let id = match b.stream_id(&state, opts, &name, true) {
+                let create = if capped {
+                    Create::Capped
+                } else {
+                    Create::Always
+                };
+                let id = match b.stream_id(&state, opts, &name, create) {
                     Ok(id) => id,
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -879,9 +1183,10 @@ fn build(shared: &Shared, requests: &mut Vec<Request>, maintenance: bool) -> Bat
                     below,
                 });
                 // Entries appended earlier in this batch are purged too.
-                let (extra, extra_bytes) = b.appended.get(&stream).map_or((0, 0), |a| {
-                    (a.1.len() as u64, a.1.iter().map(Entry::size).sum())
-                });
+                let (extra, extra_bytes) = b
+                    .appended
+                    .get(&stream)
+                    .map_or((0, 0), |a| (a.entries.len() as u64, a.bytes));
                 let (n, bytes) = (s.entries + extra, s.bytes + extra_bytes);
                 b.trims.push((stream, below, n, bytes));
                 b.reply(reply, n);
@@ -901,7 +1206,7 @@ fn build(shared: &Shared, requests: &mut Vec<Request>, maintenance: bool) -> Bat
                     let _ = reply.send(Ok(r.clone()));
                     continue;
                 }
-                let id = match b.stream_id(&state, opts, &stream, opts.auto_create) {
+                let id = match b.stream_id(&state, opts, &stream, Create::auto(opts)) {
                     Ok(id) => id,
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -1003,8 +1308,10 @@ fn persist_dirty(shared: &Shared, state: &State, b: &mut Batch) {
 fn retention(shared: &Shared, state: &State, b: &mut Batch) {
     let now = now_ms();
     let window = shared.options.recovery_window.as_millis() as u64;
+    let dropped_upto = shared.recovery.lock().expect("recovery lock").dropped_upto;
     b.ops.push(Op::ExpireRecovery {
         events_before_ms: now.saturating_sub(window),
+        events_upto_offset: dropped_upto,
         sessions_before_ms: now,
     });
     for (name, s) in &state.streams {
@@ -1051,7 +1358,8 @@ fn retention(shared: &Shared, state: &State, b: &mut Batch) {
 
 /// Updates the in-memory view after a successful commit.
 fn apply(shared: &Shared, b: &mut Batch) {
-    let mut state = shared.state.write().expect("state lock");
+    let mut guard = shared.state.write().expect("state lock");
+    let state = &mut *guard;
     state.next_stream_id = state.next_stream_id.max(b.next_stream_id);
     for (name, (id, config)) in b.created.drain() {
         match state.streams.get_mut(&name) {
@@ -1077,11 +1385,14 @@ fn apply(shared: &Shared, b: &mut Batch) {
         }
     }
     let now = now_ms();
-    for (name, (_, entries)) in b.appended.drain() {
+    let tails = &mut state.tails;
+    for (name, appended) in b.appended.drain() {
         let Some(s) = state.streams.get_mut(&name) else {
             continue;
         };
-        for e in entries {
+        let key: Arc<str> = Arc::from(name);
+        state.disk_bytes += appended.bytes;
+        for e in appended.entries {
             s.last_seq = e.seq;
             s.entries += 1;
             s.bytes += e.size();
@@ -1089,12 +1400,16 @@ fn apply(shared: &Shared, b: &mut Batch) {
                 s.ids.insert(mid.clone(), (e.seq, e.ts_ms));
                 s.id_order.push_back((e.ts_ms, mid.clone()));
             }
-            s.tail_bytes += e.size();
+            let cost = tail_cost(&e);
+            s.tail_bytes += cost;
+            tails.bytes += cost;
+            tails.entries += 1;
+            tails.order.push_back((key.clone(), e.seq));
             s.tail.push_back(e);
         }
         while s.tail.len() > TAIL_ENTRIES || s.tail_bytes > TAIL_BYTES {
-            let old = s.tail.pop_front().expect("non-empty tail");
-            s.tail_bytes -= old.size();
+            tails.bytes -= s.pop_tail();
+            tails.entries -= 1;
         }
         let horizon = now.saturating_sub(s.config.dedupe_window_ms);
         while let Some((ts, _)) = s.id_order.front()
@@ -1113,11 +1428,32 @@ fn apply(shared: &Shared, b: &mut Batch) {
         };
         s.first_seq = s.first_seq.max(below);
         s.entries = s.entries.saturating_sub(n);
+        state.disk_bytes = state.disk_bytes.saturating_sub(bytes.min(s.bytes));
         s.bytes = s.bytes.saturating_sub(bytes);
         while s.tail.front().is_some_and(|e| e.seq < below) {
-            let old = s.tail.pop_front().expect("front checked");
-            s.tail_bytes -= old.size();
+            tails.bytes -= s.pop_tail();
+            tails.entries -= 1;
         }
+    }
+    // The shared budget: the oldest entries of any stream leave memory first (they are read
+    // from disk if a consumer still needs them).
+    while tails.bytes > shared.options.tail_memory_bytes
+        && let Some((name, seq)) = tails.order.pop_front()
+    {
+        if let Some(s) = state.streams.get_mut(&*name)
+            && s.tail.front().is_some_and(|e| e.seq == seq)
+        {
+            tails.bytes -= s.pop_tail();
+            tails.entries -= 1;
+        }
+    }
+    // Markers of entries that left their tail another way: dropped once they outnumber the
+    // entries still held, so the queue stays within twice the tails.
+    if tails.order.len() > 2 * tails.entries + 1024 {
+        let streams = &state.streams;
+        tails
+            .order
+            .retain(|(name, seq)| streams.get(&**name).is_some_and(|s| s.tail_holds(*seq)));
     }
     for (key, record) in b.consumers.drain(..) {
         match record {
@@ -1131,13 +1467,11 @@ fn apply(shared: &Shared, b: &mut Batch) {
     }
     let now = now_ms();
     state.sessions.retain(|_, s| s.expires_ms >= now);
-    drop(state);
+    drop(guard);
     let mut log = shared.recovery.lock().expect("recovery lock");
     if let Some(upto) = b.recovery_upto {
         log.persisted = log.persisted.max(upto);
     }
     let horizon = now.saturating_sub(shared.options.recovery_window.as_millis() as u64);
-    while log.events.front().is_some_and(|e| e.ts_ms < horizon) {
-        log.drop_oldest();
-    }
+    log.enforce(&shared.options, horizon);
 }

@@ -29,6 +29,13 @@ pub struct NewEntry {
     pub id: Option<String>,
 }
 
+impl NewEntry {
+    /// Bytes it will count for once stored, as [`Entry::size`].
+    pub fn size(&self) -> u64 {
+        (self.event.len() + self.data.len() + self.id.as_ref().map_or(0, String::len)) as u64
+    }
+}
+
 /// One stored entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
@@ -74,6 +81,20 @@ pub struct StreamConfig {
     pub dedupe_window_ms: u64,
     /// Where entries go after `max_deliver` failed deliveries; default `<stream>.dlq`.
     pub dead_letter: Option<String>,
+    /// What happens at `max_entries` or `max_bytes`: `old` removes the oldest entries (with the
+    /// next retention pass, within a second), `new` refuses the publish with `storage_full`.
+    pub discard: Discard,
+}
+
+/// What a stream at its `max_entries` or `max_bytes` gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Discard {
+    /// Its oldest entries: the limits are retention.
+    #[default]
+    Old,
+    /// New publishes: the limits are a quota, and nothing confirmed is removed.
+    New,
 }
 
 impl Default for StreamConfig {
@@ -84,6 +105,7 @@ impl Default for StreamConfig {
             max_bytes: 0,
             dedupe_window_ms: 120_000,
             dead_letter: None,
+            discard: Discard::Old,
         }
     }
 }
@@ -225,6 +247,17 @@ pub struct SessionRecord {
     pub expires_ms: u64,
 }
 
+/// Where a kept recovery event is, without its data: what the store indexes at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryMark {
+    /// The event's offset.
+    pub offset: u64,
+    /// When it was emitted (ms since the epoch).
+    pub ts_ms: u64,
+    /// Bytes it takes as stored.
+    pub bytes: u64,
+}
+
 /// A broadcast kept for connection state recovery.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecoveryEvent {
@@ -242,6 +275,18 @@ pub struct RecoveryEvent {
     #[serde(with = "utf8_bytes")]
     pub data: Bytes,
 }
+
+impl RecoveryEvent {
+    /// Bytes the event counts for against the recovery log's bounds: its data and names, and
+    /// what keeping it costs besides.
+    pub fn size(&self) -> u64 {
+        let names: usize = self.rooms.iter().chain(&self.except).map(String::len).sum();
+        (self.data.len() + self.nsp.len() + names + RECOVERY_EVENT_OVERHEAD) as u64
+    }
+}
+
+/// What a kept recovery event costs besides its data and names (the struct, its allocations).
+const RECOVERY_EVENT_OVERHEAD: usize = 128;
 
 /// Serializes JSON text held in `Bytes` as a string.
 mod utf8_bytes {
@@ -274,6 +319,13 @@ pub enum StoreError {
     /// An entry over the size limit.
     #[error("entry of {0} bytes is over the limit of {1}")]
     TooLarge(usize, usize),
+    /// A disk quota (`max_disk_bytes`, or a `discard = "new"` stream's `max_entries` or
+    /// `max_bytes`) would be exceeded; nothing of the publish was kept.
+    #[error("storage full: {0}")]
+    StorageFull(String),
+    /// `max_streams` streams exist already.
+    #[error("too many streams: the limit is {0}")]
+    TooManyStreams(usize),
     /// The disk (or the database) failed; nothing of the operation was kept.
     #[error("storage failure: {0}")]
     Io(String),
@@ -290,6 +342,8 @@ impl StoreError {
             StoreError::ConsumerNotFound(..) => "consumer_not_found",
             StoreError::InvalidName(..) => "invalid_name",
             StoreError::TooLarge(..) => "too_large",
+            StoreError::StorageFull(_) => "storage_full",
+            StoreError::TooManyStreams(_) => "too_many_streams",
             StoreError::Io(_) => "storage_failure",
             StoreError::Closed => "unavailable",
         }

@@ -160,7 +160,7 @@ async fn failed_commit_keeps_dirty_positions_sessions_and_broadcasts(kind: Kind)
     let store = h.restart(store).await;
     assert_eq!(store.consumer("s", "c").unwrap().state, position);
     assert_eq!(store.take_session("pid"), Some(session));
-    let events = store.recoverable_after("/", offset - 1).unwrap();
+    let events = store.recoverable_after("/", offset - 1).await.unwrap();
     assert_eq!(
         events.iter().map(|e| e.offset).collect::<Vec<_>>(),
         [offset]

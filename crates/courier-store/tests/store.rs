@@ -59,6 +59,13 @@ both_backends!(
     recovery_offsets_keep_increasing_after_every_event_expired,
     too_large_entries_are_refused_whole,
     invalid_names_are_refused,
+    stream_tails_share_one_memory_budget,
+    recovery_events_past_the_memory_budget_are_read_from_disk,
+    recovery_events_not_yet_on_disk_are_dropped_past_the_memory_budget,
+    recovery_log_is_bounded_by_bytes,
+    max_disk_bytes_refuses_publishes_whole,
+    max_streams_refuses_new_streams_but_not_dead_letter_streams,
+    discard_new_refuses_publishes_past_the_stream_limits,
 );
 
 async fn publish_assigns_increasing_seqs_from_one(kind: Kind) {
@@ -859,16 +866,22 @@ async fn recovery_log_is_bounded_by_max_events(kind: Kind) {
     store.flush().await.unwrap();
     assert_eq!(store.recovery_offset(), b + 3);
     assert_eq!(
-        offsets(store.recoverable_after("/", b - 1)),
+        offsets(store.recoverable_after("/", b - 1).await),
         Some(vec![b, b + 2])
     );
     assert_eq!(
-        offsets(store.recoverable_after("/chat", b - 1)),
+        offsets(store.recoverable_after("/chat", b - 1).await),
         Some(vec![b + 1])
     );
-    assert_eq!(offsets(store.recoverable_after("/", b)), Some(vec![b + 2]));
-    assert_eq!(offsets(store.recoverable_after("/", b + 2)), Some(vec![]));
-    let third = store.recoverable_after("/", b + 1).unwrap().remove(0);
+    assert_eq!(
+        offsets(store.recoverable_after("/", b).await),
+        Some(vec![b + 2])
+    );
+    assert_eq!(
+        offsets(store.recoverable_after("/", b + 2).await),
+        Some(vec![])
+    );
+    let third = store.recoverable_after("/", b + 1).await.unwrap().remove(0);
     assert_eq!(
         (third.rooms, third.except, &third.data[..]),
         (
@@ -882,23 +895,23 @@ async fn recovery_log_is_bounded_by_max_events(kind: Kind) {
     assert_eq!(log(&store, "/", 5), b + 4);
     store.flush().await.unwrap();
     assert_eq!(
-        store.recoverable_after("/", b - 1),
+        store.recoverable_after("/", b - 1).await,
         None,
         "the first two were dropped"
     );
     assert_eq!(
-        store.recoverable_after("/", b),
+        store.recoverable_after("/", b).await,
         None,
         "the second was dropped"
     );
-    let kept = store.recoverable_after("/", b + 1);
+    let kept = store.recoverable_after("/", b + 1).await;
     assert_eq!(offsets(kept.clone()), Some(vec![b + 2, b + 3, b + 4]));
 
     let store = h.restart(store).await;
     assert!(store.recovery_offset() > b + 4);
-    assert_eq!(store.recoverable_after("/", b - 1), None);
-    assert_eq!(store.recoverable_after("/", b), None);
-    assert_eq!(store.recoverable_after("/", b + 1), kept);
+    assert_eq!(store.recoverable_after("/", b - 1).await, None);
+    assert_eq!(store.recoverable_after("/", b).await, None);
+    assert_eq!(store.recoverable_after("/", b + 1).await, kept);
 }
 
 /// Offsets must grow across restarts even when every event has expired from the disk: a
@@ -918,17 +931,21 @@ async fn recovery_offsets_keep_increasing_after_every_event_expired(kind: Kind) 
         h.backend().load(0).unwrap().recovery.is_empty()
     })
     .await;
-    eventually("the store forgets expired events", || {
-        store.recoverable_after("/", first).is_none()
-    })
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.recoverable_after("/", first).await.is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store forgets expired events"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let store = h.restart(store).await;
     assert!(store.recovery_offset() > second);
     let third = log(&store, "/", 3);
     assert!(third > second);
     assert_eq!(
-        offsets(store.recoverable_after("/", second)),
+        offsets(store.recoverable_after("/", second).await),
         Some(vec![third])
     );
 }
@@ -1029,4 +1046,302 @@ async fn invalid_names_are_refused(kind: Kind) {
     let store = h.restart(store).await;
     assert_eq!(store.streams().len(), 3);
     assert_eq!(store.stream(&longest).unwrap().last_seq, 1);
+}
+
+/// Regression: each stream kept up to 16 MB of recent entries in memory with no bound across
+/// streams, so a client publishing to many auto-created streams grew the hub without limit.
+async fn stream_tails_share_one_memory_budget(kind: Kind) {
+    let data = "x".repeat(1000);
+    let options = StoreOptions {
+        tail_memory_bytes: 20_000,
+        ..Default::default()
+    };
+    let mut h = Harness::new(kind, options);
+    let store = h.open();
+    for round in 0..10 {
+        for s in 0..5 {
+            let id = format!("m{round}-{s}");
+            store
+                .publish_one(&format!("s{s}"), new_entry("ev", &data, Some(&id)))
+                .await
+                .unwrap();
+            let used = store.memory_use();
+            assert!(used.tail_bytes <= 20_000, "tails hold {used:?}");
+        }
+    }
+    let used = store.memory_use();
+    assert!(used.tail_entries > 0 && used.tail_entries < 50, "{used:?}");
+    // Whatever left memory is read from disk: nothing is lost, order is kept.
+    for s in 0..5 {
+        let entries = store.read(&format!("s{s}"), 1, 100).unwrap();
+        assert_eq!(seq_list(&entries), (1..=10).collect::<Vec<_>>());
+        assert!(entries.iter().all(|e| e.data.len() == 1000));
+        assert_eq!(entries[9].id.as_deref(), Some(format!("m9-{s}").as_str()));
+    }
+    let store = h.restart(store).await;
+    assert_eq!(store.memory_use().tail_entries, 0, "tails start empty");
+    store
+        .publish_one("s0", new_entry("ev", &data, None))
+        .await
+        .unwrap();
+    assert_eq!(seq_list(&store.read("s0", 1, 100).unwrap()).len(), 11);
+}
+
+fn logged_size(store: &Store) -> u64 {
+    let before = store.memory_use().recovery_bytes;
+    log(store, "/probe", 0);
+    store.memory_use().recovery_bytes - before
+}
+
+/// A memory budget below the recovery window's events: the older ones are read back from disk
+/// when a client returns for them, also after a restart.
+async fn recovery_events_past_the_memory_budget_are_read_from_disk(kind: Kind) {
+    let probe = Harness::new(kind, StoreOptions::default()).open();
+    let size = logged_size(&probe);
+    let options = StoreOptions {
+        recovery_memory_bytes: 3 * size,
+        ..Default::default()
+    };
+    let mut h = Harness::new(kind, options);
+    let store = h.open();
+    let b = store.recovery_offset();
+    // Committed as they come (events not yet on disk cannot leave memory; see the next test).
+    for n in 0..10 {
+        log(&store, "/", n);
+        store.flush().await.unwrap();
+    }
+    let used = store.memory_use();
+    assert!(used.recovery_events <= 3, "{used:?}");
+    assert_eq!(used.recovery_kept, 10);
+    let all: Vec<u64> = (b..b + 10).collect();
+    assert_eq!(
+        offsets(store.recoverable_after("/", b - 1).await),
+        Some(all.clone())
+    );
+    assert_eq!(
+        offsets(store.recoverable_after("/", b + 4).await),
+        Some(all[5..].to_vec())
+    );
+    let from_disk = store.recoverable_after("/", b - 1).await.unwrap();
+    assert_eq!(&from_disk[0].data[..], b"[\"ev\",0]");
+    assert_eq!(from_disk[0].rooms, vec!["room0".to_owned()]);
+
+    let store = h.restart(store).await;
+    assert!(store.memory_use().recovery_events <= 3);
+    assert_eq!(
+        offsets(store.recoverable_after("/", b - 1).await),
+        Some(all)
+    );
+}
+
+/// Events the writer has not committed yet cannot leave memory for disk: past the budget they
+/// are dropped, oldest first, and a client that missed them is not recovered (never given a
+/// replay with a gap).
+async fn recovery_events_not_yet_on_disk_are_dropped_past_the_memory_budget(kind: Kind) {
+    let probe = Harness::new(kind, StoreOptions::default()).open();
+    let size = logged_size(&probe);
+    let options = StoreOptions {
+        recovery_memory_bytes: 3 * size,
+        ..Default::default()
+    };
+    let h = Harness::faulty(kind, options);
+    h.faults.fail.store(true, Ordering::SeqCst);
+    let store = h.open();
+    let b = store.recovery_offset();
+    for n in 0..10 {
+        log(&store, "/", n);
+    }
+    assert!(store.memory_use().recovery_bytes <= 3 * size);
+    assert_eq!(store.recoverable_after("/", b - 1).await, None);
+    assert_eq!(store.recoverable_after("/", b + 5).await, None);
+    assert_eq!(
+        offsets(store.recoverable_after("/", b + 6).await),
+        Some(vec![b + 7, b + 8, b + 9])
+    );
+}
+
+async fn recovery_log_is_bounded_by_bytes(kind: Kind) {
+    let probe = Harness::new(kind, StoreOptions::default()).open();
+    let size = logged_size(&probe);
+    let options = StoreOptions {
+        max_recovery_bytes: 3 * size,
+        ..Default::default()
+    };
+    let mut h = Harness::new(kind, options);
+    let store = h.open();
+    let b = store.recovery_offset();
+    for n in 0..5 {
+        log(&store, "/", n);
+    }
+    store.flush().await.unwrap();
+    assert_eq!(store.recoverable_after("/", b).await, None);
+    let kept = Some(vec![b + 2, b + 3, b + 4]);
+    assert_eq!(offsets(store.recoverable_after("/", b + 1).await), kept);
+    let store = h.restart(store).await;
+    assert_eq!(store.recoverable_after("/", b).await, None);
+    assert_eq!(offsets(store.recoverable_after("/", b + 1).await), kept);
+}
+
+async fn max_disk_bytes_refuses_publishes_whole(kind: Kind) {
+    let options = StoreOptions {
+        max_disk_bytes: 1000,
+        ..Default::default()
+    };
+    let mut h = Harness::new(kind, options);
+    let store = h.open();
+    let big = "x".repeat(448);
+    // 2 + 448 bytes each.
+    store
+        .publish_one("a", new_entry("ev", &big, None))
+        .await
+        .unwrap();
+    store
+        .publish_one("b", new_entry("ev", &big, None))
+        .await
+        .unwrap();
+    let err = store
+        .publish_one("a", new_entry("ev", &big, None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::StorageFull(_)), "{err:?}");
+    assert_eq!(err.code(), "storage_full");
+    let err = store
+        .publish(
+            "b",
+            vec![new_entry("ev", "1", None), new_entry("ev", &big, None)],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "storage_full");
+    assert_eq!(store.stream("b").unwrap().last_seq, 1, "refused whole");
+    let err = store
+        .publish_one("c", new_entry("ev", &big, None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "storage_full");
+    assert!(
+        store.stream("c").is_none(),
+        "a refused publish creates nothing"
+    );
+    // What fits still goes in, and what was confirmed is all there.
+    store
+        .publish_one("a", new_entry("ev", "small", None))
+        .await
+        .unwrap();
+    assert_eq!(seq_list(&store.read("a", 1, 10).unwrap()), [1, 2]);
+
+    let store = h.restart(store).await;
+    let err = store
+        .publish_one("b", new_entry("ev", &big, None))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        "storage_full",
+        "the quota counts what was there before"
+    );
+    store.purge("b").await.unwrap();
+    store
+        .publish_one("b", new_entry("ev", &big, None))
+        .await
+        .unwrap();
+}
+
+async fn max_streams_refuses_new_streams_but_not_dead_letter_streams(kind: Kind) {
+    let options = StoreOptions {
+        max_streams: 2,
+        ..Default::default()
+    };
+    let mut h = Harness::new(kind, options);
+    let store = h.open();
+    store
+        .publish_one("a", new_entry("ev", "1", None))
+        .await
+        .unwrap();
+    store
+        .create_stream("b", StreamConfig::default())
+        .await
+        .unwrap();
+    let err = store
+        .publish_one("c", new_entry("ev", "1", None))
+        .await
+        .unwrap_err();
+    assert_eq!(err, StoreError::TooManyStreams(2));
+    assert_eq!(err.code(), "too_many_streams");
+    let err = store
+        .create_stream("d", StreamConfig::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "too_many_streams");
+    let err = store
+        .consumer_or_create("e", "c1", ConsumerConfig::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "too_many_streams");
+    store.create_dead_letter_stream("a.dlq").await.unwrap();
+    store
+        .publish_one("a.dlq", new_entry("ev", "1", None))
+        .await
+        .unwrap();
+    // Existing streams keep working, and settings can still be changed.
+    store
+        .publish_one("b", new_entry("ev", "1", None))
+        .await
+        .unwrap();
+    let config = StreamConfig {
+        max_entries: 5,
+        ..Default::default()
+    };
+    store.create_stream("a", config).await.unwrap();
+    let store = h.restart(store).await;
+    let err = store
+        .publish_one("c", new_entry("ev", "1", None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "too_many_streams");
+    assert_eq!(store.streams().len(), 3);
+}
+
+async fn discard_new_refuses_publishes_past_the_stream_limits(kind: Kind) {
+    let h = Harness::new(kind, StoreOptions::default());
+    let store = h.open();
+    let quota = StreamConfig {
+        max_entries: 2,
+        discard: Discard::New,
+        ..Default::default()
+    };
+    store.create_stream("q", quota).await.unwrap();
+    store
+        .publish_one("q", new_entry("ev", "1", None))
+        .await
+        .unwrap();
+    store
+        .publish_one("q", new_entry("ev", "2", None))
+        .await
+        .unwrap();
+    let err = store
+        .publish_one("q", new_entry("ev", "3", None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "storage_full");
+    let bytes = StreamConfig {
+        max_bytes: 10,
+        discard: Discard::New,
+        ..Default::default()
+    };
+    store.create_stream("r", bytes).await.unwrap();
+    store
+        .publish_one("r", new_entry("ev", "123456", None))
+        .await
+        .unwrap();
+    let err = store
+        .publish_one("r", new_entry("ev", "123", None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "storage_full");
+    // Retention runs every second: with discard = new it removes nothing confirmed.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    store.flush().await.unwrap();
+    assert_eq!(seq_list(&store.read("q", 1, 10).unwrap()), [1, 2]);
+    assert_eq!(seq_list(&store.read("r", 1, 10).unwrap()), [1]);
 }

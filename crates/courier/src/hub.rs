@@ -76,6 +76,9 @@ fn handle(rules: &HubSettings, socket: &Socket, mut msg: Message) {
     let _ = msg.ack(&answer);
 }
 
+/// Longest room name a client may join.
+const MAX_ROOM_NAME: usize = 256;
+
 fn rooms_request(rules: &HubSettings, socket: &Socket, msg: &Message) -> Value {
     if !rules.client_rooms {
         return error_answer(
@@ -96,8 +99,32 @@ fn rooms_request(rules: &HubSettings, socket: &Socket, msg: &Message) -> Value {
             );
         }
     };
-    if names.iter().any(|n| n.is_empty()) {
-        return error_answer("bad_request", "room names must not be empty");
+    if names
+        .iter()
+        .any(|n| n.is_empty() || n.len() > MAX_ROOM_NAME)
+    {
+        return error_answer(
+            "bad_request",
+            format!("room names must be 1 to {MAX_ROOM_NAME} bytes"),
+        );
+    }
+    if msg.event == "courier:join" && rules.max_rooms_per_socket > 0 {
+        let mut rooms: std::collections::HashSet<String> = socket
+            .rooms()
+            .into_iter()
+            .filter(|r| **r != **socket.id())
+            .map(|r| r.to_string())
+            .collect();
+        rooms.extend(names.iter().cloned());
+        if rooms.len() > rules.max_rooms_per_socket {
+            return error_answer(
+                "too_many_rooms",
+                format!(
+                    "a socket may be in at most {} rooms",
+                    rules.max_rooms_per_socket
+                ),
+            );
+        }
     }
     for name in names {
         if msg.event == "courier:join" {

@@ -146,9 +146,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     );
 
     let stop = CancellationToken::new();
-    let server = tokio::spawn(courier_server::serve(
+    let server = tokio::spawn(courier_server::serve_with(
         listener,
         app,
+        courier_server::ServeOptions::default().max_connections(settings.server.max_connections),
         stop.clone().cancelled_owned(),
     ));
     shutdown_signal().await;

@@ -34,15 +34,25 @@ pub struct StoreSettings {
     pub sync_interval_ms: u64,
     /// Largest entry a publisher may store (event + data + id), in bytes.
     pub max_entry_bytes: usize,
+    /// Bytes of entries kept across all streams; a publish past it is refused (0 = no limit).
+    pub max_disk_bytes: u64,
+    /// Most streams; creating one more is refused (0 = no limit).
+    pub max_streams: usize,
+    /// Bytes of recent entries kept in memory across all streams for live delivery.
+    pub tail_memory_bytes: u64,
 }
 
 impl Default for StoreSettings {
     fn default() -> Self {
+        let d = courier_server::store::StoreOptions::default();
         StoreSettings {
             backend: "sqlite".into(),
             sync: "always".into(),
             sync_interval_ms: 100,
-            max_entry_bytes: 1_000_000,
+            max_entry_bytes: d.max_entry_bytes,
+            max_disk_bytes: d.max_disk_bytes,
+            max_streams: d.max_streams,
+            tail_memory_bytes: d.tail_memory_bytes,
         }
     }
 }
@@ -56,14 +66,21 @@ pub struct Recovery {
     pub window_ms: u64,
     /// Most broadcasts kept for recovery.
     pub max_events: usize,
+    /// Most bytes of broadcasts kept for recovery, on disk and in memory.
+    pub max_bytes: u64,
+    /// Bytes of the newest broadcasts kept in memory; older ones are read from disk.
+    pub memory_bytes: u64,
 }
 
 impl Default for Recovery {
     fn default() -> Self {
+        let d = courier_server::store::StoreOptions::default();
         Recovery {
             enabled: true,
             window_ms: 120_000,
             max_events: 100_000,
+            max_bytes: d.max_recovery_bytes,
+            memory_bytes: d.recovery_memory_bytes,
         }
     }
 }
@@ -78,6 +95,8 @@ pub struct Streams {
     pub max_entries: u64,
     pub max_bytes: u64,
     pub dedupe_window_ms: u64,
+    /// At `max_entries`/`max_bytes`: `old` drops the oldest entries, `new` refuses publishes.
+    pub discard: courier_server::store::Discard,
 }
 
 impl Default for Streams {
@@ -87,11 +106,15 @@ impl Default for Streams {
             auto_create: true,
             max_age_ms: d.max_age_ms,
             max_entries: d.max_entries,
-            max_bytes: d.max_bytes,
+            max_bytes: AUTO_STREAM_MAX_BYTES,
             dedupe_window_ms: d.dedupe_window_ms,
+            discard: d.discard,
         }
     }
 }
+
+/// `max_bytes` of an auto-created stream: any client may create one, so none is unbounded.
+const AUTO_STREAM_MAX_BYTES: u64 = 1 << 30;
 
 impl Streams {
     pub fn default_config(&self) -> courier_server::store::StreamConfig {
@@ -101,6 +124,7 @@ impl Streams {
             max_bytes: self.max_bytes,
             dedupe_window_ms: self.dedupe_window_ms,
             dead_letter: None,
+            discard: self.discard,
         }
     }
 }
@@ -127,6 +151,9 @@ pub struct Server {
     pub shutdown_grace_ms: u64,
     /// Log filter (tracing `EnvFilter` syntax).
     pub log: String,
+    /// TCP connections open at once (and Engine.IO sessions, counted apart); past it a new
+    /// one is answered 503. 0 = no limit.
+    pub max_connections: usize,
 }
 
 impl Default for Server {
@@ -137,6 +164,7 @@ impl Default for Server {
             path: "/socket.io/".into(),
             shutdown_grace_ms: 5000,
             log: "info".into(),
+            max_connections: 10_000,
         }
     }
 }
@@ -151,6 +179,7 @@ pub struct Engine {
     pub upgrade_timeout_ms: u64,
     pub transports: Vec<String>,
     pub max_buffered_packets: usize,
+    pub max_namespaces_per_connection: usize,
 }
 
 impl Default for Engine {
@@ -164,6 +193,7 @@ impl Default for Engine {
             upgrade_timeout_ms: d.upgrade_timeout.as_millis() as u64,
             transports: vec!["polling".into(), "websocket".into()],
             max_buffered_packets: d.max_buffered_packets,
+            max_namespaces_per_connection: d.max_namespaces_per_connection,
         }
     }
 }
@@ -187,6 +217,8 @@ pub struct Hub {
     pub client_publish: bool,
     /// Clients may subscribe to streams with `courier:subscribe`.
     pub client_subscribe: bool,
+    /// Rooms one socket may be in through `courier:join` (its own id not counted; 0 = no limit).
+    pub max_rooms_per_socket: usize,
 }
 
 impl Default for Hub {
@@ -199,6 +231,7 @@ impl Default for Hub {
             client_relay: true,
             client_publish: true,
             client_subscribe: true,
+            max_rooms_per_socket: 1000,
         }
     }
 }
@@ -316,6 +349,11 @@ impl Settings {
             max_entry_bytes: self.store.max_entry_bytes,
             recovery_window: Duration::from_millis(self.recovery.window_ms),
             max_recovery_events: self.recovery.max_events,
+            max_recovery_bytes: self.recovery.max_bytes,
+            recovery_memory_bytes: self.recovery.memory_bytes,
+            tail_memory_bytes: self.store.tail_memory_bytes,
+            max_disk_bytes: self.store.max_disk_bytes,
+            max_streams: self.store.max_streams,
             sync_interval: (self.store.sync == "interval")
                 .then(|| Duration::from_millis(self.store.sync_interval_ms)),
         }
@@ -336,6 +374,8 @@ impl Settings {
             websocket: e.transports.iter().any(|t| t == "websocket"),
             max_buffered_packets: e.max_buffered_packets,
             recovery: self.recovery.enabled,
+            max_sessions: self.server.max_connections,
+            max_namespaces_per_connection: e.max_namespaces_per_connection,
             cors: courier_server::Cors {
                 origins: self.cors.origins.clone(),
                 credentials: self.cors.credentials,

@@ -39,6 +39,9 @@ pub enum EngineError {
     /// A body over `max_payload`.
     #[error("Payload too large")]
     PayloadTooLarge,
+    /// A handshake while `max_sessions` sessions are open.
+    #[error("Too many connections")]
+    TooManySessions,
 }
 
 impl EngineError {
@@ -48,6 +51,8 @@ impl EngineError {
             EngineError::UnknownSid => 1,
             EngineError::BadHandshakeMethod => 2,
             EngineError::BadRequest | EngineError::PayloadTooLarge => 3,
+            // The reference server's code for a handshake its `allowRequest` refuses.
+            EngineError::TooManySessions => 4,
             EngineError::UnsupportedProtocolVersion => 5,
         }
     }
@@ -55,6 +60,7 @@ impl EngineError {
     pub(crate) fn response(self) -> Response<Full<Bytes>> {
         let status = match self {
             EngineError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            EngineError::TooManySessions => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
         let body = serde_json::json!({"code": self.code(), "message": self.to_string()});
@@ -156,6 +162,11 @@ impl<H: Handler> Engine<H> {
                 }
                 if q.eio != Some("4") {
                     return Err(EngineError::UnsupportedProtocolVersion);
+                }
+                let max = config.max_sessions;
+                if max > 0 && self.inner.sessions.len() >= max {
+                    tracing::debug!(max, "handshake refused: max_sessions sessions are open");
+                    return Err(EngineError::TooManySessions);
                 }
                 match transport {
                     Transport::WebSocket if is_upgrade => self.upgrade_websocket(req, None),

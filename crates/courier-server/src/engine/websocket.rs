@@ -21,6 +21,7 @@ use tokio_websockets::{
 use super::http::{EngineError, HttpResponse};
 use super::session::Outq;
 use super::{CloseReason, Engine, Entry, Handler, Outbound, Transport};
+use crate::serve::ConnectionSlot;
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -59,9 +60,11 @@ impl<H: Handler> Engine<H> {
     async fn websocket_task(
         self,
         on_upgrade: OnUpgrade,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         existing: Option<Entry<H::Conn>>,
     ) {
+        // The connection's slot under `max_connections` lives as long as the WebSocket.
+        let _slot = parts.extensions.remove::<ConnectionSlot>();
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {

@@ -159,6 +159,17 @@ impl Conn {
             tracing::debug!(nsp, "CONNECT to a namespace already joined: ignored");
             return;
         }
+        let max = self.io.config.max_namespaces_per_connection;
+        if max > 0 && self.sockets.lock().expect("sockets lock").len() >= max {
+            tracing::debug!(
+                nsp,
+                max,
+                "CONNECT refused: too many namespaces on one connection"
+            );
+            let err = serde_json::json!({"message": "Too many namespaces"});
+            self.send(Packet::new(PacketType::ConnectError, nsp, Some(err)));
+            return;
+        }
         let Some(ns) = self.io.namespace_for(&nsp) else {
             let err = serde_json::json!({"message": "Invalid namespace"});
             self.send(Packet::new(PacketType::ConnectError, nsp, Some(err)));
@@ -167,14 +178,19 @@ impl Conn {
         let mut auth = packet
             .data
             .unwrap_or_else(|| Value::Object(Default::default()));
-        let (restore, replay) = match self.restore(&nsp, &mut auth) {
-            Some((r, replay)) => (Some(r), Some(replay)),
-            None => (None, None),
-        };
-        let recovered = restore.is_some();
-        let socket = Socket::new(ns.clone(), self.clone(), auth, restore);
+        let attempt = self.recovery_attempt(&nsp, &mut auth);
         let conn = self.clone();
         self.run(async move {
+            let restored = match attempt {
+                Some(attempt) => conn.restore(&nsp, attempt).await,
+                None => None,
+            };
+            let (restore, replay) = match restored {
+                Some((r, replay)) => (Some(r), Some(replay)),
+                None => (None, None),
+            };
+            let recovered = restore.is_some();
+            let socket = Socket::new(ns.clone(), conn.clone(), auth, restore);
             // A recovered session passed the middlewares when it first connected.
             if !recovered {
                 for m in ns.middlewares() {
@@ -223,9 +239,8 @@ impl Conn {
     }
 
     /// With recovery on, takes `pid` and `offset` out of the auth payload and, if they name a
-    /// live session of this namespace whose missed broadcasts are all still kept, returns what to
-    /// restore.
-    fn restore(&self, nsp: &str, auth: &mut Value) -> Option<(Restore, Replay)> {
+    /// live session of this namespace, takes that session.
+    fn recovery_attempt(&self, nsp: &str, auth: &mut Value) -> Option<RecoveryAttempt> {
         let store = self.io.recovery.as_ref()?;
         let obj = auth.as_object_mut()?;
         let pid = obj.remove("pid");
@@ -245,12 +260,42 @@ impl Conn {
             Some(o) => o.parse::<u64>().ok()?,
             None => session.since.saturating_sub(1),
         };
-        let missed = store
-            .recoverable_after(nsp, after)?
+        Some(RecoveryAttempt {
+            pid,
+            session,
+            after,
+        })
+    }
+
+    /// What to restore for `attempt`, if every broadcast it missed is still kept (older ones
+    /// are read from disk) and they fit in its outbound queue.
+    async fn restore(&self, nsp: &str, attempt: RecoveryAttempt) -> Option<(Restore, Replay)> {
+        let store = self.io.recovery.as_ref()?;
+        let RecoveryAttempt {
+            pid,
+            session,
+            after,
+        } = attempt;
+        let missed: Vec<bytes::Bytes> = store
+            .recoverable_after(nsp, after)
+            .await?
             .iter()
             .filter(|e| recovery::was_for(e, &session.sid, &session.rooms))
             .map(|e| recovery::with_offset(nsp, &e.data, e.offset))
             .collect();
+        // Queued all at once behind the CONNECT answer: more than half the queue would make
+        // the client a slow client before it has read anything. It starts afresh instead, and
+        // knows it (`socket.recovered` is false).
+        let room = self.io.config.max_buffered_packets / 2;
+        if missed.len() > room {
+            tracing::info!(
+                sid = session.sid,
+                missed = missed.len(),
+                room,
+                "not recovered: too many missed broadcasts"
+            );
+            return None;
+        }
         let restore = Restore {
             sid: session.sid.as_str().into(),
             pid: pid.into(),
@@ -277,6 +322,13 @@ impl Conn {
             s.close(DisconnectReason::Connection(reason));
         }
     }
+}
+
+/// A CONNECT that names a recoverable session.
+struct RecoveryAttempt {
+    pid: String,
+    session: courier_store::SessionRecord,
+    after: u64,
 }
 
 /// What a recovered socket gets back after its CONNECT answer.

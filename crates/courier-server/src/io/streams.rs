@@ -484,7 +484,12 @@ impl Runner {
                 continue;
             };
             if deliveries >= config.max_deliver {
-                self.dead_letter(&entry, deliveries).await;
+                if !self.dead_letter(&entry, deliveries).await {
+                    // Kept pending (not lost, not sent again) and tried again later.
+                    let later = Instant::now() + Duration::from_millis(config.ack_wait_ms);
+                    flights.insert(seq, None, later);
+                    continue;
+                }
                 flights.remove(seq);
                 state.pending.remove(&seq);
                 state.dead_lettered += 1;
@@ -512,7 +517,8 @@ impl Runner {
         changed
     }
 
-    async fn dead_letter(&self, entry: &Entry, deliveries: u32) {
+    /// Moves `entry` to the dead-letter stream; false if it could not be stored there.
+    async fn dead_letter(&self, entry: &Entry, deliveries: u32) -> bool {
         let (stream, consumer) = &self.key;
         let target = self.store().stream(stream).map_or_else(
             || format!("{stream}.dlq"),
@@ -526,12 +532,10 @@ impl Runner {
             "deliveries": deliveries,
             "data": serde_json::from_slice::<Value>(&entry.data).unwrap_or(Value::Null),
         });
-        // The dead-letter stream exists whatever `auto_create` says: losing the entry is worse.
+        // The dead-letter stream exists whatever `auto_create` and `max_streams` say: losing
+        // the entry is worse.
         if self.store().stream(&target).is_none()
-            && let Err(e) = self
-                .store()
-                .create_stream(&target, Default::default())
-                .await
+            && let Err(e) = self.store().create_dead_letter_stream(&target).await
         {
             tracing::error!(stream = target, error = %e, "creating the dead-letter stream failed");
         }
@@ -541,8 +545,12 @@ impl Runner {
             // Dedupe makes a repeated dead-lettering (after a crash) harmless.
             id: Some(format!("{stream}:{consumer}:{}", entry.seq)),
         };
-        if let Err(e) = self.store().publish_one(&target, dead).await {
-            tracing::error!(stream, seq = entry.seq, error = %e, "dead-lettering failed");
+        match self.store().publish_one(&target, dead).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(stream, seq = entry.seq, error = %e, "dead-lettering failed; the entry stays pending");
+                false
+            }
         }
     }
 
