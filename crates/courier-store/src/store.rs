@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use crate::backend::{Backend, Op, StreamId};
 use crate::memory::MemoryBackend;
@@ -49,6 +49,9 @@ pub struct StoreOptions {
     /// Most streams (0 = no limit); creating one more is refused with `too_many_streams`.
     /// Dead-letter streams are created whatever it says. Default 10,000.
     pub max_streams: usize,
+    /// Bytes of entries that publishes waiting for their commit may hold; past it a publisher
+    /// waits (its connection stops reading) until earlier ones are committed. Default 64 MiB.
+    pub max_queued_bytes: u64,
     /// With the `interval` sync policy, how often the store makes commits durable.
     pub sync_interval: Option<Duration>,
 }
@@ -66,6 +69,7 @@ impl Default for StoreOptions {
             tail_memory_bytes: 64 << 20,
             max_disk_bytes: 8 << 30,
             max_streams: 10_000,
+            max_queued_bytes: 64 << 20,
             sync_interval: None,
         }
     }
@@ -107,6 +111,12 @@ pub struct Store {
 struct Inner {
     tx: mpsc::Sender<Request>,
     shared: Arc<Shared>,
+    /// `max_queued_bytes`, in KiB: what publishes waiting for their commit may hold.
+    queued: Arc<Semaphore>,
+}
+
+fn queue_capacity(options: &StoreOptions) -> u32 {
+    (options.max_queued_bytes / 1024).clamp(1, u64::from(u32::MAX >> 4)) as u32
 }
 
 struct Shared {
@@ -392,9 +402,10 @@ impl Store {
             wake: Notify::new(),
         });
         let (tx, rx) = mpsc::channel(MAX_BATCH);
+        let queued = Arc::new(Semaphore::new(queue_capacity(&shared.options) as usize));
         tokio::spawn(writer(shared.clone(), rx));
         Ok(Store {
-            inner: Arc::new(Inner { tx, shared }),
+            inner: Arc::new(Inner { tx, shared, queued }),
         })
     }
 
@@ -493,15 +504,32 @@ impl Store {
         entries: Vec<NewEntry>,
     ) -> Result<Vec<Appended>, StoreError> {
         self.check_publish(stream, &entries)?;
+        let units = self.queue_units(&entries);
+        let permit = self
+            .inner
+            .queued
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .map_err(|_| StoreError::Closed)?;
         let stream = stream.to_owned();
         self.request(|tx| Request::Publish {
             stream,
             entries,
             reply: Box::new(move |r| {
+                drop(permit);
                 let _ = tx.send(r);
             }),
         })
         .await
+    }
+
+    /// The share of `max_queued_bytes` (in KiB) that `entries` take while queued; an entry
+    /// larger than the whole budget takes all of it and goes alone.
+    fn queue_units(&self, entries: &[NewEntry]) -> u32 {
+        let bytes: u64 = entries.iter().map(NewEntry::size).sum();
+        let units = bytes.div_ceil(1024).max(1);
+        units.min(u64::from(queue_capacity(&self.inner.shared.options))) as u32
     }
 
     /// Appends entries to `stream` and calls `done` once they are durable, with no task waiting:
@@ -517,10 +545,41 @@ impl Store {
             done(Err(e));
             return None;
         }
+        let units = self.queue_units(&entries);
+        let queued = self.inner.queued.clone();
+        let hold = move |permit: OwnedSemaphorePermit| -> PublishCallback {
+            Box::new(move |r| {
+                drop(permit);
+                done(r);
+            })
+        };
+        let permit = match queued.clone().try_acquire_many_owned(units) {
+            Ok(p) => p,
+            Err(_) => {
+                // Over the queue's byte budget: the caller waits (and its connection slows
+                // down) until earlier publishes are committed.
+                let (tx, stream) = (self.inner.tx.clone(), stream.to_owned());
+                return Some(Box::pin(async move {
+                    let Ok(permit) = queued.acquire_many_owned(units).await else {
+                        return;
+                    };
+                    let req = Request::Publish {
+                        stream,
+                        entries,
+                        reply: hold(permit),
+                    };
+                    if let Err(mpsc::error::SendError(Request::Publish { reply, .. })) =
+                        tx.send(req).await
+                    {
+                        reply(Err(StoreError::Closed));
+                    }
+                }));
+            }
+        };
         let req = Request::Publish {
             stream: stream.to_owned(),
             entries,
-            reply: done,
+            reply: hold(permit),
         };
         match self.inner.tx.try_send(req) {
             Ok(()) => None,

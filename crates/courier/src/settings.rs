@@ -40,6 +40,8 @@ pub struct StoreSettings {
     pub max_streams: usize,
     /// Bytes of recent entries kept in memory across all streams for live delivery.
     pub tail_memory_bytes: u64,
+    /// Bytes of publishes waiting for their commit; past it publishers wait.
+    pub max_queued_bytes: u64,
 }
 
 impl Default for StoreSettings {
@@ -53,6 +55,7 @@ impl Default for StoreSettings {
             max_disk_bytes: d.max_disk_bytes,
             max_streams: d.max_streams,
             tail_memory_bytes: d.tail_memory_bytes,
+            max_queued_bytes: d.max_queued_bytes,
         }
     }
 }
@@ -354,6 +357,7 @@ impl Settings {
             tail_memory_bytes: self.store.tail_memory_bytes,
             max_disk_bytes: self.store.max_disk_bytes,
             max_streams: self.store.max_streams,
+            max_queued_bytes: self.store.max_queued_bytes,
             sync_interval: (self.store.sync == "interval")
                 .then(|| Duration::from_millis(self.store.sync_interval_ms)),
         }
