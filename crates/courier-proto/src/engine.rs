@@ -165,7 +165,10 @@ pub fn decode_payload(payload: Bytes) -> Result<Vec<Packet>, DecodeError> {
     }
 }
 
-fn decode_record(record: Bytes) -> Result<Packet, DecodeError> {
+/// Decodes one record of a long-polling payload: a text packet, or `b` + base64 for a binary
+/// message. The caller splits the payload at [`SEPARATOR`] and has checked that it is UTF-8, as
+/// [`decode_payload`] does; decoding record by record lets it act on the packets before a bad one.
+pub fn decode_record(record: Bytes) -> Result<Packet, DecodeError> {
     if record.first() == Some(&b'b') {
         let bin = BASE64
             .decode(&record[1..])

@@ -3,7 +3,7 @@
 //! `cargo run --release --example conformance -- socketio` (or `-- engineio`), optionally with
 //! `--listen ADDR` (default `[::]:3000`, which also accepts IPv4). Settings follow the reference
 //! test server: pingInterval 300 ms, pingTimeout 200 ms, maxPayload 1000000, connectTimeout
-//! 1000 ms, CORS origin `*`.
+//! 1000 ms, upgradeTimeout 1000 ms, CORS origin `*`.
 //!
 //! - `socketio`: namespaces `/` and `/custom`; on connect emits `auth` with the handshake's auth
 //!   payload; `message` is answered with `message-back` and the same arguments;
@@ -25,6 +25,7 @@ fn config(path: &str) -> Config {
         ping_timeout: Duration::from_millis(200),
         max_payload: 1_000_000,
         connect_timeout: Duration::from_millis(1000),
+        upgrade_timeout: Duration::from_millis(1000),
         cors: Cors {
             origins: vec!["*".into()],
             credentials: false,

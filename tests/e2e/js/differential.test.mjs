@@ -1,10 +1,11 @@
 // Differential tests: the same raw-protocol scenario is played against the reference Node server
 // (npm socket.io / engine.io 4.8, tests/e2e/reference/conformance.mjs) and against Courier's
 // `conformance` example, both configured alike (pingInterval 300, pingTimeout 200, maxPayload 1e6,
-// connectTimeout 1000, CORS origin "*"). Each scenario reduces what a client can observe (status
-// codes, bodies, packets, order, rough timings) to a plain value with session ids normalized; the
-// test requires Courier's value to equal the reference's, and the reference's to equal what the
-// protocol says (so that a scenario that stopped exercising anything fails too).
+// connectTimeout 1000, upgradeTimeout 1000, CORS origin "*"). Each scenario reduces what a client
+// can observe (status codes, bodies, packets, order, rough timings, websocket close codes) to a
+// plain value with session ids normalized; the test requires Courier's value to equal the
+// reference's, and the reference's to equal what the protocol says (so that a scenario that
+// stopped exercising anything fails too).
 //
 // Not compared, on purpose (implementation details no client relies on):
 // - response header order, `Date`, `Connection`/`Keep-Alive`, chunked vs Content-Length framing;
@@ -12,26 +13,36 @@
 //   clients read the body as text whatever it says) and of error bodies;
 // - the length and alphabet of session ids (the reference uses 20 base64url characters);
 // - the CORS preflight's list of allowed methods and headers;
-// - which packet ends a pending GET when the client itself closes the session: the reference
-//   answers a noop `6`, another server could answer a close `1`; both end the poll for a client;
-// - the body of the 400 that refuses an overlapping GET (the reference sends an empty body);
-// - the HTTP body of a refused WebSocket upgrade (clients only see the failed upgrade), and
-//   whether a websocket the server will not use is refused at the HTTP upgrade or accepted and
-//   closed at once (the reference does the latter for a second upgrade of the same session);
+// - the body of the 400 that refuses an overlapping GET or a binary (application/octet-stream)
+//   POST body (the reference sends an empty body, Courier its usual JSON error);
+// - the HTTP body of a refused WebSocket upgrade (clients only see the failed upgrade);
+// - a websocket opened with the sid of a session that began on a websocket: the reference starts
+//   an upgrade from that websocket to the new one (it waits for a probe, up to upgradeTimeout),
+//   Courier closes the new one at once as it does for any session that has a websocket; no client
+//   upgrades a websocket;
+// - how a POST body that is not UTF-8 is read: the reference replaces the bad bytes with U+FFFD
+//   and goes on, Courier ends the session as for any undecodable packet;
+// - `b` packets whose base64 is not canonical: the reference decodes leniently (it skips
+//   characters outside the alphabet, takes base64url too, needs no padding, and a `b` with
+//   nothing decodable is an empty binary message), Courier takes standard padded base64 only (what
+//   every client sends) and ends the session on anything else;
+// - data after the type of an upgrade or noop packet (`5x`, `6x`): the reference ignores it,
+//   Courier ends the session; `1x` ends the session on both, for the reference as the client's
+//   close (a noop to the pending GET), for Courier as a bad packet (a close packet);
+// - a non-pong packet that arrives while a pong is awaited: the reference restarts the ping
+//   timeout once, Courier waits for the pong only (the difference shows only in timings of
+//   ~pingTimeout, too fine to compare here);
 // - noop packets (`6`) on a websocket: Courier may send one right after an upgrade, the reference
 //   does not; clients ignore noops;
 // - how binary placeholders are numbered in a re-encoded packet (the reference renumbers them in
 //   argument order): the arguments rebuilt from them are compared instead;
 // - event names that are numbers: the reference's parser accepts `42[1,"a"]` and dispatches it as
 //   event "1"; Courier follows the protocol text (the first element is the event name, a string)
-//   and closes the connection;
-// - the answer to a POST carrying an undecodable Engine.IO packet (reference 200 `ok`, Courier 400
-//   with {"code":3,"message":"Bad request"}): only a misbehaving client sees it, and the session
-//   ends either way.
+//   and closes the connection.
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { sleep, startConformance, startReference } from "./harness.mjs";
+import { sleep, startConformance, startReference, waitFor } from "./harness.mjs";
 import { eioUrl, normalizeIds, PollingSession, request, splitPayload, WsConn, wsUrl } from "./raw.mjs";
 
 const SIDES = ["reference", "courier"];
@@ -141,6 +152,23 @@ async function closeAfterPost(session, packets) {
   if (seen.includes("1")) return { post: post.status, packets: seen, end: errorShape(await session.get()) };
   const rest = await pollUntilEnd(session, 3000);
   return { post: post.status, packets: [...seen, ...rest.packets], end: rest.end };
+}
+
+/**
+ * Opens a websocket with `url` and reports what became of it within a second: refused at the
+ * HTTP upgrade (with its status), or opened and then closed by the server (with the close code
+ * and what it received first), or still open.
+ */
+async function websocketFate(url) {
+  let ws;
+  try {
+    ws = await WsConn.open(url);
+  } catch (err) {
+    return { opened: false, status: err.status ?? err.message };
+  }
+  const closed = await Promise.race([ws.closed, sleep(1000).then(() => null)]);
+  ws.terminate();
+  return { opened: true, closeCode: closed ? closed.code : "still open", messages: ws.queue };
 }
 
 /**
@@ -361,27 +389,121 @@ describe("Engine.IO (conformance engineio, echo server at /engine.io/)", () => {
     },
   );
 
-  // The reference accepts the second websocket and closes it at once; refusing the upgrade outright
-  // leaves the client in the same place, so both count as "rejected".
+  // A websocket for a session that has one, or is being upgraded by one, completes its handshake
+  // and is closed at once (a close frame without a status: 1005), and the first one goes on.
+  for (const stage of ["upgraded", "upgrading"]) {
+    scenario(
+      s,
+      `a second websocket for a session that is ${stage} is opened and closed at once`,
+      async (srv) => {
+        const session = new PollingSession(srv.url, EP);
+        await session.handshake();
+        const ws = await WsConn.open(wsUrl(srv.url, EP, { sid: session.sid }));
+        ws.send("2probe");
+        const probe = await ws.next();
+        if (stage === "upgraded") {
+          ws.send("5");
+          ws.send("4upgraded");
+          await ws.next(); // the echo: the upgrade is done
+        }
+        const second = await websocketFate(wsUrl(srv.url, EP, { sid: session.sid }));
+        if (stage === "upgrading") ws.send("5");
+        ws.send("4first still works");
+        const echo = await ws.next();
+        ws.close();
+        return { probe, second, echo };
+      },
+      { probe: "3probe", second: { opened: true, closeCode: 1005, messages: [] }, echo: "4first still works" },
+    );
+  }
+
+  // upgradeTimeout is 1000 ms on both servers.
   scenario(
     s,
-    "after an upgrade, a second websocket for the same session is rejected",
+    "upgrade timeout: a websocket that probes but never sends 5 is closed, and polling goes on",
+    async (srv) => {
+      const session = new PollingSession(srv.url, EP);
+      await session.handshake();
+      const ws = await WsConn.open(wsUrl(srv.url, EP, { sid: session.sid }));
+      const opened = Date.now();
+      ws.send("2probe");
+      const probe = await ws.next();
+      // keep the session alive meanwhile, as a client does
+      const polled = session.receive(1, { timeoutMs: 4000 });
+      const closed = await Promise.race([ws.closed, sleep(4000).then(() => ({ code: "still open" }))]);
+      const ms = Date.now() - opened;
+      await session.post("4via polling");
+      return { probe, code: closed.code, onTime: ms >= 700 && ms <= 2500 ? true : ms, packets: await polled };
+    },
+    { probe: "3probe", code: 1005, onTime: true, packets: ["4via polling"] },
+  );
+
+  scenario(
+    s,
+    "after an upgrade the heartbeat goes on over the websocket",
+    async (srv) => {
+      const session = new PollingSession(srv.url, EP);
+      await session.handshake();
+      const ws = await WsConn.open(wsUrl(srv.url, EP, { sid: session.sid }), { autoPong: true });
+      ws.send("2probe");
+      await ws.next();
+      ws.send("5");
+      await sleep(1300); // pings at ~300 ms intervals, each answered
+      const open = ws.closedAt === null;
+      ws.send("4still here");
+      const echo = await ws.next();
+      ws.autoPong = false;
+      const closed = await Promise.race([ws.closed, sleep(3000).then(() => ({ code: "still open" }))]);
+      return { open, enoughPings: ws.pings >= 3 ? true : ws.pings, echo, unansweredCloses: closed.code };
+    },
+    { open: true, enoughPings: true, echo: "4still here", unansweredCloses: 1005 },
+  );
+
+  scenario(
+    s,
+    "closing the websocket after an upgrade ends the session",
     async (srv) => {
       const session = new PollingSession(srv.url, EP);
       await session.handshake();
       const ws = await WsConn.open(wsUrl(srv.url, EP, { sid: session.sid }));
       ws.send("2probe");
-      const probe = await ws.next();
+      await ws.next();
       ws.send("5");
-      await sleep(50);
-      const second = await tryWebsocket(wsUrl(srv.url, EP, { sid: session.sid }), "2probe");
-      ws.send("4first still works");
-      const echo = await ws.next();
+      ws.send("4upgraded");
+      await ws.next();
       ws.close();
-      return { probe, second, echo };
+      await ws.closed;
+      // Polling on an upgraded session is refused with "Bad request" until the session is gone.
+      const gone = await waitFor(
+        async () => {
+          const res = await session.get(1000);
+          return res.json?.code === 1 ? errorShape(res) : null;
+        },
+        { ms: 1000, every: 20, what: "the session to end" },
+      ).catch(() => "still there");
+      return gone;
     },
-    { probe: "3probe", second: "rejected", echo: "4first still works" },
+    UNKNOWN_SID,
   );
+
+  for (const [label, frame] of [
+    ["an undecodable text frame", "9nonsense"],
+    ["a ping from the client", "2"],
+  ]) {
+    scenario(
+      s,
+      `websocket: ${label} ends the session`,
+      async (srv) => {
+        const ws = await WsConn.open(wsUrl(srv.url, EP));
+        const sid = JSON.parse((await ws.next()).slice(1)).sid;
+        ws.send(frame);
+        const closed = await Promise.race([ws.closed, sleep(3000).then(() => ({ code: "still open" }))]);
+        const poll = await request(eioUrl(srv.url, EP, { EIO: "4", transport: "polling", sid }));
+        return { code: closed.code, leftover: ws.queue, poll: errorShape(poll) };
+      },
+      { code: 1005, leftover: [], poll: UNKNOWN_SID },
+    );
+  }
 
   scenario(
     s,
@@ -431,16 +553,17 @@ describe("Engine.IO (conformance engineio, echo server at /engine.io/)", () => {
       await ws.next(); // open packet
       const ping = await ws.next(2000);
       const pingAt = Date.now() - opened;
-      await ws.closed;
+      const { code } = await ws.closed;
       const closeAt = ws.closedAt - opened;
       return {
         ping,
+        code,
         pingOnTime: pingAt >= 200 && pingAt <= 800 ? true : pingAt,
         closedOnTime: closeAt >= 400 && closeAt <= 1300 ? true : closeAt,
         leftover: ws.queue,
       };
     },
-    { ping: "2", pingOnTime: true, closedOnTime: true, leftover: [] },
+    { ping: "2", code: 1005, pingOnTime: true, closedOnTime: true, leftover: [] },
   );
 
   scenario(
@@ -471,15 +594,16 @@ describe("Engine.IO (conformance engineio, echo server at /engine.io/)", () => {
   // for the next GET; see the Socket.IO scenarios).
   scenario(
     s,
-    "ping timeout while no GET is pending: the next GET finds the session gone",
+    "ping timeout while no GET is pending: the next GET and POST find the session gone",
     async (srv) => {
       const session = new PollingSession(srv.url, EP);
       await session.handshake();
       await sleep(900); // ping at ~300 ms, unanswered, timeout at ~500 ms
-      const next = await session.get();
-      return errorShape(next);
+      const post = await session.post("4too late");
+      const get = await session.get();
+      return { post: errorShape(post), get: errorShape(get) };
     },
-    UNKNOWN_SID,
+    { post: UNKNOWN_SID, get: UNKNOWN_SID },
   );
 
   scenario(
@@ -518,9 +642,10 @@ describe("Engine.IO (conformance engineio, echo server at /engine.io/)", () => {
     { second: 400, first: { status: 200, body: "1" }, after: UNKNOWN_SID },
   );
 
+  // The reference answers the poll a client releases by closing with a noop, not a close packet.
   scenario(
     s,
-    "client close packet ends the pending GET and the session",
+    "client close packet: the pending GET gets a noop and the session is gone",
     async (srv) => {
       const session = new PollingSession(srv.url, EP);
       await session.handshake();
@@ -528,30 +653,144 @@ describe("Engine.IO (conformance engineio, echo server at /engine.io/)", () => {
       await sleep(50);
       const post = await session.post("1");
       const pendingRes = await pending;
-      const after = await session.get();
+      const get = await session.get();
+      const postAfter = await session.post("4too late");
       return {
         post: post.status,
-        pendingEnded: pendingRes.status === 200 && ["6", "1"].includes(pendingRes.text) ? true : pendingRes.text,
-        after: errorShape(after),
+        pending: { status: pendingRes.status, body: pendingRes.text },
+        get: errorShape(get),
+        post2: errorShape(postAfter),
       };
     },
-    { post: 200, pendingEnded: true, after: UNKNOWN_SID },
+    { post: 200, pending: { status: 200, body: "6" }, get: UNKNOWN_SID, post2: UNKNOWN_SID },
   );
 
-  // An undecodable packet ends the session on both servers. Not compared: the reference answers
-  // the POST itself `ok` and then closes the session (sending `1` to the pending GET), Courier
-  // answers the POST with 400; a stock client never sends such a packet, and either way it loses
-  // the session.
   scenario(
     s,
-    "an undecodable Engine.IO packet ends the session",
+    "client close packet followed by more packets in the same POST: nothing after it is handled",
     async (srv) => {
       const session = new PollingSession(srv.url, EP);
       await session.handshake();
-      const { end } = await closeAfterPost(session, "9nonsense");
-      return { end };
+      return await closeAfterPost(session, ["1", "4after the close"]);
     },
-    { end: UNKNOWN_SID },
+    // the noop is filtered out by closeAfterPost: no message is echoed
+    { post: 200, packets: [], end: UNKNOWN_SID },
+  );
+
+  // A POST body read in full is answered `ok` by the reference whatever it carries; a packet that
+  // does not decode ends the session at once (the close packet reaches the pending GET, the sid is
+  // unknown afterwards). A ping from the client breaks the v4 heartbeat direction and ends it too.
+  for (const [label, body] of [
+    ["an unknown packet type", "9nonsense"],
+    ["an empty body", ""],
+    ["a ping from the client", "2"],
+    ["a probe outside an upgrade", "2probe"],
+  ]) {
+    scenario(
+      s,
+      `a POST with ${label} ends the session`,
+      async (srv) => {
+        const session = new PollingSession(srv.url, EP);
+        await session.handshake();
+        return await closeAfterPost(session, body);
+      },
+      { post: 200, packets: ["1"], end: UNKNOWN_SID },
+    );
+  }
+
+  // The packets before the bad one are handled: the echo reaches the pending GET, which then
+  // carries no close packet (the session ended while nothing was polling), and the sid is unknown.
+  for (const [label, body] of [
+    ["a bad packet after a good one", ["4before", "9nonsense"]],
+    ["a trailing separator (an empty packet)", ["4before", ""]],
+  ]) {
+    scenario(
+      s,
+      `a POST with ${label}: the good packet is handled, then the session ends`,
+      async (srv) => {
+        const session = new PollingSession(srv.url, EP);
+        await session.handshake();
+        return await closeAfterPost(session, body);
+      },
+      { post: 200, packets: ["4before"], end: UNKNOWN_SID },
+    );
+  }
+
+  scenario(
+    s,
+    "a POST with a binary body (application/octet-stream) is refused and ends the session",
+    async (srv) => {
+      const session = new PollingSession(srv.url, EP);
+      await session.handshake();
+      const post = await session.post("4hello", { headers: { "content-type": "application/octet-stream" } });
+      const after = await session.get();
+      // the reference's 400 has an empty body, Courier's the usual JSON error: not compared
+      return { post: post.status, after: errorShape(after) };
+    },
+    { post: 400, after: UNKNOWN_SID },
+  );
+
+  scenario(
+    s,
+    "open, upgrade and noop packets from the client are ignored",
+    async (srv) => {
+      const session = new PollingSession(srv.url, EP);
+      await session.handshake();
+      const post = await session.post(["0", "5", "6", "4still open"]);
+      const packets = await session.receive(1);
+      return { post: post.status, packets };
+    },
+    { post: 200, packets: ["4still open"] },
+  );
+
+  scenario(
+    s,
+    "a pong with a payload answers the ping",
+    async (srv) => {
+      const session = new PollingSession(srv.url, EP);
+      await session.handshake();
+      const pings = [];
+      for (let i = 0; i < 3; i++) {
+        const res = await session.get(2000);
+        pings.push(res.text);
+        await session.post("3with a payload");
+      }
+      await session.post("4still open");
+      const packets = await session.receive(1);
+      return { pings, packets };
+    },
+    { pings: ["2", "2", "2"], packets: ["4still open"] },
+  );
+
+  scenario(
+    s,
+    "a pending GET aborted by the client ends the session",
+    async (srv) => {
+      const session = new PollingSession(srv.url, EP);
+      await session.handshake();
+      const opened = Date.now();
+      const abort = new AbortController();
+      const pending = fetch(session.url(), { signal: abort.signal }).then(
+        (res) => `answered ${res.status}`,
+        () => "aborted",
+      );
+      await sleep(50);
+      abort.abort();
+      const aborted = await pending;
+      // The server learns of the abort from the closed connection, shortly after. A POST (noop)
+      // is answered at once either way; it must find the session gone well before the ping
+      // timeout (~500 ms after the handshake) could end it instead.
+      const gone = await waitFor(
+        async () => {
+          const res = await session.post("6");
+          return res.status === 400 ? errorShape(res) : null;
+        },
+        { ms: 1000, every: 20, what: "the session to end" },
+      ).catch(() => "still open");
+      const ms = Date.now() - opened;
+      return { aborted, gone, beforePingTimeout: ms < 450 ? true : ms };
+    },
+    { aborted: "aborted", gone: UNKNOWN_SID, beforePingTimeout: true },
   );
 
   scenario(

@@ -22,6 +22,7 @@ const PING_INTERVAL = 300;
 const PING_TIMEOUT = 200;
 const MAX_PAYLOAD = 1_000_000;
 const CONNECT_TIMEOUT = 1000;
+const UPGRADE_TIMEOUT = 1000;
 
 function parseArgs(argv) {
   let mode = "socketio";
@@ -58,6 +59,7 @@ function serveSocketIo(httpServer) {
     pingTimeout: PING_TIMEOUT,
     maxHttpBufferSize: MAX_PAYLOAD,
     connectTimeout: CONNECT_TIMEOUT,
+    upgradeTimeout: UPGRADE_TIMEOUT,
     cors: { origin: "*" },
   });
   const onConnection = (socket) => {
@@ -82,6 +84,7 @@ function serveEngineIo(httpServer) {
     pingInterval: PING_INTERVAL,
     pingTimeout: PING_TIMEOUT,
     maxHttpBufferSize: MAX_PAYLOAD,
+    upgradeTimeout: UPGRADE_TIMEOUT,
     cors: { origin: "*" },
   });
   eio.attach(httpServer, { path: "/engine.io/" });

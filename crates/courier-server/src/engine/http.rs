@@ -142,9 +142,11 @@ impl<H: Handler> Engine<H> {
             Some(sid) => {
                 let entry = self.entry(sid).ok_or(EngineError::UnknownSid)?;
                 if transport == Transport::WebSocket {
-                    if !is_upgrade || entry.session.transport() != Transport::Polling {
+                    if !is_upgrade {
                         return Err(EngineError::BadRequest);
                     }
+                    // A session that has a websocket already is the upgrade's business too: the
+                    // new one is accepted and closed, not refused here.
                     return self.upgrade_websocket(req, Some(entry));
                 }
                 if entry.session.transport() != Transport::Polling {

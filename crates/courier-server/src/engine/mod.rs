@@ -128,8 +128,13 @@ impl<H: Handler> Engine<H> {
         }
     }
 
+    /// The session a request names. A closed session stays in the map until its driver removes
+    /// it, but only one still owing a long-polling client its close packet is found: as with the
+    /// reference server, a session that ended is unknown at once.
     fn entry(&self, sid: &str) -> Option<Entry<H::Conn>> {
-        self.inner.sessions.get(sid).map(|e| e.clone())
+        let entry = self.inner.sessions.get(sid).map(|e| e.clone())?;
+        let s = &entry.session;
+        (!s.is_closed() || s.lingers()).then_some(entry)
     }
 
     /// Opens a session and starts its driver.
@@ -200,7 +205,7 @@ impl<H: Handler> Engine<H> {
             }
             tokio::select! {
                 _ = session.pong.notified() => {}
-                _ = tokio::time::sleep(timeout) => session.close(CloseReason::PingTimeout),
+                _ = tokio::time::sleep(timeout) => session.abort(CloseReason::PingTimeout),
                 _ = session.closed() => break,
             }
         }
@@ -209,13 +214,10 @@ impl<H: Handler> Engine<H> {
             .unwrap_or(CloseReason::TransportClose);
         tracing::debug!(sid = %session.sid(), reason = reason.as_str(), "engine session closed");
         self.inner.handler.on_close(&entry.conn, reason);
-        // A long-polling client closed by the server learns it from the close packet its next
-        // GET receives, so the session stays findable until then (its GET comes right away).
-        let server_side = !matches!(
-            reason,
-            CloseReason::TransportClose | CloseReason::TransportError | CloseReason::PingTimeout
-        );
-        if server_side && session.transport() == Transport::Polling {
+        // A long-polling client closed gracefully by the server learns it from the close packet
+        // its next GET receives, so the session stays findable until then (its GET comes right
+        // away).
+        if session.lingers() {
             let _ = tokio::time::timeout(CLOSE_LINGER, session.close_delivered.notified()).await;
         }
         self.inner.sessions.remove(session.sid());
@@ -254,11 +256,14 @@ impl<H: Handler> Engine<H> {
         use courier_proto::engine::Packet;
         match packet {
             Packet::Message(data) => self.inner.handler.on_message(&entry.conn, data),
+            // Any payload is allowed: a pong answers the last ping whatever it carries.
             Packet::Pong(_) => entry.session.pong.notify_one(),
-            Packet::Close => entry.session.close(CloseReason::TransportClose),
-            // A client never needs to send these outside an upgrade; they are harmless.
-            Packet::Ping(_) | Packet::Noop | Packet::Upgrade => {}
-            Packet::Open(_) => entry.session.close(CloseReason::ParseError),
+            Packet::Close => entry.session.abort(CloseReason::TransportClose),
+            // In v4 only the server pings (`2probe` belongs to the upgrade, which reads it itself):
+            // the reference server ends the session on a ping from the client.
+            Packet::Ping(_) => entry.session.abort(CloseReason::TransportError),
+            // Meaningless from a client, and ignored by the reference server.
+            Packet::Open(_) | Packet::Noop | Packet::Upgrade => {}
         }
     }
 }

@@ -8,7 +8,7 @@ use http::Request;
 use http_body_util::{BodyExt, Limited};
 
 use super::http::{EngineError, HttpResponse, text_response};
-use super::{CloseReason, Engine, Entry, Handler, Outbound, Transport};
+use super::{CloseReason, Engine, Entry, Handler, Outbound, Session, Transport};
 
 const TEXT: &str = "text/plain; charset=UTF-8";
 /// A GET answer stops taking packets once it is this large; the rest waits for the next GET.
@@ -30,12 +30,18 @@ impl<H: Handler> Engine<H> {
         // (During an upgrade the WebSocket task may hold the queue: refuse without closing.)
         let Ok(mut rx) = session.rx.try_lock() else {
             if !session.upgrading.load(Ordering::Acquire) {
-                session.close(CloseReason::TransportError);
+                session.abort(CloseReason::TransportError);
             }
             return EngineError::BadRequest.response();
         };
+        // hyper drops this future when the client goes away while it waits: that ends the
+        // session, as the reference server does for a poll closed prematurely.
+        let abandoned = AbortOnDrop(session);
         let mut out = BytesMut::new();
+        // Biased: what was queued before a close is delivered first. After an abrupt close
+        // (`Session::abort`) that is all this GET carries, as the sid is unknown from then on.
         let first = tokio::select! {
+            biased;
             item = rx.recv() => item,
             _ = session.closed() => None,
         };
@@ -62,10 +68,18 @@ impl<H: Handler> Engine<H> {
                 if !out.is_empty() {
                     out.put_u8(SEPARATOR);
                 }
-                out.put_u8(b'1');
-                session.close_delivered.notify_one();
+                // A client that closed the session itself only needs its poll released: the
+                // reference answers it with a noop, and a close packet otherwise.
+                let last = if session.close_reason() == Some(CloseReason::TransportClose) {
+                    b'6'
+                } else {
+                    b'1'
+                };
+                out.put_u8(last);
+                session.note_close_sent();
             }
         }
+        std::mem::forget(abandoned);
         session.note_drained();
         text_response(out.freeze(), TEXT)
     }
@@ -84,7 +98,21 @@ impl<H: Handler> Engine<H> {
             return Err(EngineError::BadRequest);
         }
         if session.post_busy.swap(true, Ordering::AcqRel) {
-            session.close(CloseReason::TransportError);
+            session.abort(CloseReason::TransportError);
+            return Err(EngineError::BadRequest);
+        }
+        // EIO 4 payloads are text; binary travels as `b` + base64. The reference server refuses
+        // a binary body and ends the session.
+        let binary_body = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| {
+                v.as_bytes()
+                    .eq_ignore_ascii_case(b"application/octet-stream")
+            });
+        if binary_body {
+            session.post_busy.store(false, Ordering::Release);
+            session.abort(CloseReason::TransportError);
             return Err(EngineError::BadRequest);
         }
         let body = Limited::new(req.into_body(), self.inner.config.max_payload)
@@ -98,31 +126,70 @@ impl<H: Handler> Engine<H> {
             }
             Err(e) => {
                 tracing::debug!(sid = %session.sid(), error = %e, "polling body read failed");
-                session.close(CloseReason::TransportError);
+                session.abort(CloseReason::TransportError);
                 return Err(EngineError::BadRequest);
             }
         };
-        match engine::decode_payload(body) {
-            Ok(packets) => {
-                for p in packets {
-                    self.on_packet(&entry, p);
-                    // Back-pressure: the rest of this POST (and the client's next one, which
-                    // waits for this answer) is read once the session can take more.
-                    if let Some(ready) = self.wait_ready(&entry) {
-                        tokio::select! {
-                            _ = ready => {}
-                            _ = session.closed() => break,
-                        }
-                    }
+        // A body read in full is answered `ok` whatever it carries, as by the reference server:
+        // the packets before a bad one are handled, the bad one ends the session, and the client
+        // learns that from its poll.
+        if let Err(e) = self.take_payload(&entry, body).await {
+            tracing::info!(sid = %session.sid(), error = %e, "closing session: bad polling payload");
+            session.abort(CloseReason::ParseError);
+        }
+        Ok(text_response(Bytes::from_static(b"ok"), "text/html"))
+    }
+
+    /// Hands the packets of one POST body to the session in order, until the first one that
+    /// does not decode or until the session closes.
+    async fn take_payload(
+        &self,
+        entry: &Entry<H::Conn>,
+        body: Bytes,
+    ) -> Result<(), engine::DecodeError> {
+        let session = &entry.session;
+        if std::str::from_utf8(&body).is_err() {
+            return Err(engine::DecodeError::InvalidUtf8);
+        }
+        // An empty body is one empty record, which is no packet.
+        let mut rest = body;
+        loop {
+            let end = rest.iter().position(|&b| b == SEPARATOR);
+            let record = match end {
+                Some(i) => {
+                    let record = rest.slice(..i);
+                    rest = rest.slice(i + 1..);
+                    record
                 }
-                Ok(text_response(Bytes::from_static(b"ok"), "text/html"))
+                None => std::mem::take(&mut rest),
+            };
+            self.on_packet(entry, engine::decode_record(record)?);
+            if session.is_closed() {
+                // Nothing after a close packet (or whatever closed it) reaches the handler.
+                return Ok(());
             }
-            Err(e) => {
-                tracing::info!(sid = %session.sid(), error = %e, "closing session: bad polling payload");
-                session.close(CloseReason::ParseError);
-                Err(EngineError::BadRequest)
+            // Back-pressure: the rest of this POST (and the client's next one, which waits for
+            // this answer) is read once the session can take more.
+            if let Some(ready) = self.wait_ready(entry) {
+                tokio::select! {
+                    _ = ready => {}
+                    _ = session.closed() => return Ok(()),
+                }
+            }
+            if end.is_none() {
+                return Ok(());
             }
         }
+    }
+}
+
+/// Ends the session if a pending GET is dropped before it answered (the client went away).
+/// Defused with `mem::forget` once the answer is ready.
+struct AbortOnDrop<'a>(&'a Session);
+
+impl Drop for AbortOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.abort(CloseReason::TransportError);
     }
 }
 

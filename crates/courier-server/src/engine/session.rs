@@ -123,6 +123,10 @@ pub struct Session {
     pub(crate) pong: Notify,
     /// Signalled when a long-polling GET has carried the close packet.
     pub(crate) close_delivered: Notify,
+    /// Set once a long-polling GET has carried the close packet: the sid is unknown from then on.
+    close_sent: AtomicBool,
+    /// Set by [`Session::abort`], before `closed` is cancelled.
+    aborted: AtomicBool,
     /// Signalled when the writer has taken items from the queue and someone asked for it
     /// (`want_drained`): most writes happen with nobody waiting, and skip the notify's lock.
     drained: Notify,
@@ -146,6 +150,8 @@ impl Session {
             post_busy: AtomicBool::new(false),
             pong: Notify::new(),
             close_delivered: Notify::new(),
+            close_sent: AtomicBool::new(false),
+            aborted: AtomicBool::new(false),
             drained: Notify::new(),
             drain_wanted: AtomicBool::new(false),
             closed: CancellationToken::new(),
@@ -204,16 +210,62 @@ impl Session {
     }
 
     /// Closes the session. The first reason given wins; later calls do nothing.
+    ///
+    /// What is queued is still written, and a long-polling client that is between two GETs
+    /// receives the close packet on its next one (see [`Session::lingers`]).
     pub fn close(&self, reason: CloseReason) {
+        self.close_as(reason, false);
+    }
+
+    /// Ends the session at once, as a broken transport does: a long-polling GET pending at this
+    /// moment receives the close packet, and from now on the sid is unknown. The engine uses it
+    /// for everything the reference server treats as the transport's end (the client's close
+    /// packet, a bad packet, a ping timeout, an aborted request).
+    pub(crate) fn abort(&self, reason: CloseReason) {
+        self.close_as(reason, true);
+    }
+
+    fn close_as(&self, reason: CloseReason, abort: bool) {
         {
-            let mut r = self.reason.lock().expect("reason lock");
+            // The guard is only ever held for this assignment; a poisoned lock still holds a
+            // valid Option.
+            let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
             if r.is_some() {
                 return;
             }
             *r = Some(reason);
         }
+        // Before `is_closed`: whoever sees the session closed also sees how.
+        self.aborted.store(abort, Ordering::Release);
         self.is_closed.store(true, Ordering::Release);
         self.closed.cancel();
+    }
+
+    /// Whether a closed session still waits for a long-polling GET to carry its close packet:
+    /// closed gracefully by the server, polling, and not yet told. Such a session answers a GET
+    /// with the close packet; any other closed session is unknown to new requests.
+    pub(crate) fn lingers(&self) -> bool {
+        if !self.is_closed() {
+            return false;
+        }
+        let graceful = !matches!(
+            self.close_reason(),
+            None | Some(
+                CloseReason::TransportClose
+                    | CloseReason::TransportError
+                    | CloseReason::PingTimeout
+            )
+        );
+        graceful
+            && !self.aborted.load(Ordering::Acquire)
+            && self.transport() == Transport::Polling
+            && !self.close_sent.load(Ordering::Acquire)
+    }
+
+    /// Called by the long-polling GET that carried the close packet.
+    pub(crate) fn note_close_sent(&self) {
+        self.close_sent.store(true, Ordering::Release);
+        self.close_delivered.notify_one();
     }
 
     /// Whether the session is closed.
@@ -223,7 +275,7 @@ impl Session {
 
     /// Why the session closed, once it has.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        *self.reason.lock().expect("reason lock")
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Resolves when the session closes.

@@ -5,6 +5,7 @@
 //! costs one write system call instead of one per packet.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -28,6 +29,20 @@ type Ws = WebSocketStream<TokioIo<Upgraded>>;
 /// Most queued items written before one flush.
 const BATCH: usize = 128;
 const PROBE_PING: &str = "2probe";
+/// How long a websocket the server closes may take to answer the close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// What a websocket request for an existing session turns into.
+enum Join<C> {
+    /// A fresh session (no sid).
+    Open,
+    /// The upgrade of a polling session.
+    Upgrade(Entry<C>),
+    /// The session has a websocket already, or one is upgrading it: this one is accepted and
+    /// closed at once, as by the reference server, so the client sees a closed websocket rather
+    /// than a failed handshake, and the session is not touched.
+    Refuse,
+}
 
 impl<H: Handler> Engine<H> {
     pub(super) fn upgrade_websocket<B>(
@@ -40,14 +55,21 @@ impl<H: Handler> Engine<H> {
             .get(header::SEC_WEBSOCKET_KEY)
             .ok_or(EngineError::BadRequest)?;
         let accept = accept_key(key.as_bytes());
-        if let Some(entry) = &existing
-            && entry.session.upgrading.swap(true, Ordering::AcqRel)
-        {
-            return Err(EngineError::BadRequest);
-        }
+        let join = match existing {
+            None => Join::Open,
+            Some(entry) => {
+                let taken = entry.session.transport() != Transport::Polling
+                    || entry.session.upgrading.swap(true, Ordering::AcqRel);
+                if taken {
+                    Join::Refuse
+                } else {
+                    Join::Upgrade(entry)
+                }
+            }
+        };
         let on_upgrade = hyper::upgrade::on(&mut req);
         let (parts, _) = req.into_parts();
-        tokio::spawn(self.clone().websocket_task(on_upgrade, parts, existing));
+        tokio::spawn(self.clone().websocket_task(on_upgrade, parts, join));
         Ok(Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header(header::UPGRADE, HeaderValue::from_static("websocket"))
@@ -61,7 +83,7 @@ impl<H: Handler> Engine<H> {
         self,
         on_upgrade: OnUpgrade,
         mut parts: http::request::Parts,
-        existing: Option<Entry<H::Conn>>,
+        join: Join<H::Conn>,
     ) {
         // The connection's slot under `max_connections` lives as long as the WebSocket.
         let _slot = parts.extensions.remove::<ConnectionSlot>();
@@ -69,7 +91,7 @@ impl<H: Handler> Engine<H> {
             Ok(u) => u,
             Err(e) => {
                 tracing::debug!(error = %e, "websocket upgrade failed");
-                if let Some(entry) = existing {
+                if let Join::Upgrade(entry) = join {
                     entry.session.upgrading.store(false, Ordering::Release);
                 }
                 return;
@@ -80,8 +102,13 @@ impl<H: Handler> Engine<H> {
             .limits(Limits::default().max_payload_len(Some(max)))
             .config(WsConfig::default().flush_threshold(64 * 1024))
             .serve(TokioIo::new(upgraded));
-        let entry = match existing {
-            None => {
+        let entry = match join {
+            Join::Refuse => {
+                tracing::debug!("websocket for a session that has one already: closed");
+                close_ws(&mut ws, None).await;
+                return;
+            }
+            Join::Open => {
                 let entry = self.open(Transport::WebSocket, &parts);
                 // The request's headers point into hyper's read buffer: let it go now rather
                 // than keep it for the life of the connection.
@@ -93,14 +120,16 @@ impl<H: Handler> Engine<H> {
                 }
                 entry
             }
-            Some(entry) => {
+            Join::Upgrade(entry) => {
                 drop(parts);
                 let upgraded =
                     tokio::time::timeout(self.inner.config.upgrade_timeout, probe(&mut ws, &entry))
                         .await;
                 if upgraded != Ok(true) {
+                    // The session goes on polling; only this websocket ends.
                     tracing::debug!(sid = %entry.session.sid(), "websocket upgrade abandoned");
                     entry.session.upgrading.store(false, Ordering::Release);
+                    close_ws(&mut ws, None).await;
                     return;
                 }
                 entry
@@ -113,13 +142,25 @@ impl<H: Handler> Engine<H> {
         };
         session.set_transport(Transport::WebSocket);
         session.upgrading.store(false, Ordering::Release);
-        let reason = self.pump(&mut ws, &mut rx, &entry).await;
+        let (reason, settled) = self.pump(&mut ws, &mut rx, &entry).await;
         session.close(reason);
-        let _ = ws.close().await;
+        if settled {
+            // Flush the answer to the client's close frame, if there was one.
+            let _ = tokio::time::timeout(CLOSE_WAIT, ws.close()).await;
+        } else {
+            close_ws(&mut ws, None).await;
+        }
     }
 
-    /// Moves frames both ways until the connection ends; returns why it ended.
-    async fn pump(&self, ws: &mut Ws, rx: &mut Outq, entry: &Entry<H::Conn>) -> CloseReason {
+    /// Moves frames both ways until the connection ends; returns why it ended and whether the
+    /// closing is settled (the client closed, the connection broke, or the server's close frame
+    /// is sent already) or the server still owes its close frame.
+    async fn pump(
+        &self,
+        ws: &mut Ws,
+        rx: &mut Outq,
+        entry: &Entry<H::Conn>,
+    ) -> (CloseReason, bool) {
         let session = &entry.session;
         let mut batch = Vec::with_capacity(16);
         let mut throttle: Option<futures_util::future::BoxFuture<'static, ()>> = None;
@@ -130,25 +171,25 @@ impl<H: Handler> Engine<H> {
                 }
                 n = rx.recv_many(&mut batch, BATCH) => {
                     if n == 0 {
-                        return CloseReason::TransportClose;
+                        return (CloseReason::TransportClose, false);
                     }
                     if write_batch(ws, &mut batch).await.is_err() {
-                        return CloseReason::TransportError;
+                        return (CloseReason::TransportError, true);
                     }
                     session.note_drained();
                 }
                 msg = ws.next(), if throttle.is_none() => match msg {
                     Some(Ok(msg)) => {
                         if let Err(reason) = self.on_frame(entry, msg) {
-                            return reason;
+                            return (reason, reason == CloseReason::TransportClose);
                         }
                         throttle = self.wait_ready(entry);
                     }
                     Some(Err(e)) => {
                         tracing::debug!(sid = %session.sid(), error = %e, "websocket error");
-                        return CloseReason::TransportError;
+                        return (CloseReason::TransportError, true);
                     }
-                    None => return CloseReason::TransportClose,
+                    None => return (CloseReason::TransportClose, true),
                 },
                 _ = session.closed() => {
                     // Flush what was queued before the close (a DISCONNECT packet, say).
@@ -156,13 +197,12 @@ impl<H: Handler> Engine<H> {
                         batch.push(item);
                     }
                     let _ = write_batch(ws, &mut batch).await;
-                    let code = if session.close_reason() == Some(CloseReason::ServerShutdown) {
-                        CloseCode::GOING_AWAY
-                    } else {
-                        CloseCode::NORMAL_CLOSURE
-                    };
-                    let _ = ws.send(Message::close(Some(code), "")).await;
-                    return CloseReason::ForcedClose;
+                    // Like the reference server, a close frame without a status, except at
+                    // shutdown, which says so.
+                    let code = (session.close_reason() == Some(CloseReason::ServerShutdown))
+                        .then_some(CloseCode::GOING_AWAY);
+                    close_ws(ws, code).await;
+                    return (CloseReason::ForcedClose, true);
                 }
             }
         }
@@ -206,6 +246,13 @@ async fn probe<C>(ws: &mut Ws, entry: &Entry<C>) -> bool {
         }
     }
     false
+}
+
+/// Sends the server's close frame and waits, up to [`CLOSE_WAIT`], for the client's answer.
+async fn close_ws(ws: &mut Ws, code: Option<CloseCode>) {
+    if ws.send(Message::close(code, "")).await.is_ok() {
+        let _ = tokio::time::timeout(CLOSE_WAIT, ws.close()).await;
+    }
 }
 
 async fn write_batch(
