@@ -5,6 +5,7 @@
 //! - `api`: the HTTP API backends use (health, emit, disconnect, sockets).
 //! - `cli`: the client commands (emit, publish, listen, streams), on `courier-client`.
 
+mod alloc;
 mod api;
 mod cli;
 mod hub;
@@ -59,6 +60,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    alloc::tune();
     let cli = Cli::parse();
     match cli.command {
         Command::Bench(args) => courier_bench::run(args),
