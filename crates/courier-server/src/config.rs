@@ -39,6 +39,9 @@ pub struct Config {
     /// Namespaces one connection may join at once (0 = no limit); a CONNECT past it gets
     /// CONNECT_ERROR `{"message":"Too many namespaces"}`. Default 32.
     pub max_namespaces_per_connection: usize,
+    /// Namespaces in all (0 = no limit): past it no namespace is created from a dynamic
+    /// pattern, and a CONNECT to a new one gets `Invalid namespace`. Default 10,000.
+    pub max_namespaces: usize,
 }
 
 impl Default for Config {
@@ -58,6 +61,7 @@ impl Default for Config {
             recovery: false,
             max_sessions: 0,
             max_namespaces_per_connection: 32,
+            max_namespaces: 10_000,
         }
     }
 }

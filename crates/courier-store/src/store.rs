@@ -49,6 +49,9 @@ pub struct StoreOptions {
     /// Most streams (0 = no limit); creating one more is refused with `too_many_streams`.
     /// Dead-letter streams are created whatever it says. Default 10,000.
     pub max_streams: usize,
+    /// Most consumers across all streams (0 = no limit); creating one more is refused with
+    /// `too_many_consumers`. Default 100,000.
+    pub max_consumers: usize,
     /// Bytes of entries that publishes waiting for their commit may hold; past it a publisher
     /// waits (its connection stops reading) until earlier ones are committed. Default 64 MiB.
     pub max_queued_bytes: u64,
@@ -69,6 +72,7 @@ impl Default for StoreOptions {
             tail_memory_bytes: 64 << 20,
             max_disk_bytes: 8 << 30,
             max_streams: 10_000,
+            max_consumers: 100_000,
             max_queued_bytes: 64 << 20,
             sync_interval: None,
         }
@@ -1263,6 +1267,12 @@ fn build(shared: &Shared, requests: &mut Vec<Request>, maintenance: bool) -> Bat
                 }
                 if let Some((_, Some(r))) = b.consumers.iter().find(|(k, _)| *k == key) {
                     let _ = reply.send(Ok(r.clone()));
+                    continue;
+                }
+                let creating = b.consumers.iter().filter(|(_, r)| r.is_some()).count();
+                if opts.max_consumers > 0 && state.consumers.len() + creating >= opts.max_consumers
+                {
+                    let _ = reply.send(Err(StoreError::TooManyConsumers(opts.max_consumers)));
                     continue;
                 }
                 let id = match b.stream_id(&state, opts, &stream, Create::auto(opts)) {

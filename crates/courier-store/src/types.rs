@@ -326,6 +326,9 @@ pub enum StoreError {
     /// `max_streams` streams exist already.
     #[error("too many streams: the limit is {0}")]
     TooManyStreams(usize),
+    /// `max_consumers` consumers exist already.
+    #[error("too many consumers: the limit is {0}")]
+    TooManyConsumers(usize),
     /// The disk (or the database) failed; nothing of the operation was kept.
     #[error("storage failure: {0}")]
     Io(String),
@@ -344,6 +347,7 @@ impl StoreError {
             StoreError::TooLarge(..) => "too_large",
             StoreError::StorageFull(_) => "storage_full",
             StoreError::TooManyStreams(_) => "too_many_streams",
+            StoreError::TooManyConsumers(_) => "too_many_consumers",
             StoreError::Io(_) => "storage_failure",
             StoreError::Closed => "unavailable",
         }

@@ -66,6 +66,7 @@ both_backends!(
     max_disk_bytes_refuses_publishes_whole,
     max_streams_refuses_new_streams_but_not_dead_letter_streams,
     discard_new_refuses_publishes_past_the_stream_limits,
+    max_consumers_refuses_new_consumers_only,
 );
 
 async fn publish_assigns_increasing_seqs_from_one(kind: Kind) {
@@ -1344,4 +1345,28 @@ async fn discard_new_refuses_publishes_past_the_stream_limits(kind: Kind) {
     store.flush().await.unwrap();
     assert_eq!(seq_list(&store.read("q", 1, 10).unwrap()), [1, 2]);
     assert_eq!(seq_list(&store.read("r", 1, 10).unwrap()), [1]);
+}
+
+async fn max_consumers_refuses_new_consumers_only(kind: Kind) {
+    let options = StoreOptions {
+        max_consumers: 2,
+        ..Default::default()
+    };
+    let mut h = Harness::new(kind, options);
+    let store = h.open();
+    let c = ConsumerConfig::default();
+    store.consumer_or_create("s", "a", c.clone()).await.unwrap();
+    store.consumer_or_create("s", "b", c.clone()).await.unwrap();
+    let err = store
+        .consumer_or_create("s", "c", c.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err, StoreError::TooManyConsumers(2));
+    assert_eq!(err.code(), "too_many_consumers");
+    store.consumer_or_create("s", "a", c.clone()).await.unwrap();
+    assert!(store.delete_consumer("s", "b").await.unwrap());
+    store.consumer_or_create("s", "c", c.clone()).await.unwrap();
+    let store = h.restart(store).await;
+    let err = store.consumer_or_create("t", "d", c).await.unwrap_err();
+    assert_eq!(err.code(), "too_many_consumers");
 }

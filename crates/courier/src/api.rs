@@ -254,7 +254,9 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidName(..) => StatusCode::BAD_REQUEST,
             StoreError::TooLarge(..) => StatusCode::PAYLOAD_TOO_LARGE,
             StoreError::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
-            StoreError::TooManyStreams(_) => StatusCode::TOO_MANY_REQUESTS,
+            StoreError::TooManyStreams(_) | StoreError::TooManyConsumers(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError {

@@ -42,6 +42,8 @@ pub struct StoreSettings {
     pub tail_memory_bytes: u64,
     /// Bytes of publishes waiting for their commit; past it publishers wait.
     pub max_queued_bytes: u64,
+    /// Most consumers across all streams; creating one more is refused (0 = no limit).
+    pub max_consumers: usize,
 }
 
 impl Default for StoreSettings {
@@ -56,6 +58,7 @@ impl Default for StoreSettings {
             max_streams: d.max_streams,
             tail_memory_bytes: d.tail_memory_bytes,
             max_queued_bytes: d.max_queued_bytes,
+            max_consumers: d.max_consumers,
         }
     }
 }
@@ -183,6 +186,7 @@ pub struct Engine {
     pub transports: Vec<String>,
     pub max_buffered_packets: usize,
     pub max_namespaces_per_connection: usize,
+    pub max_namespaces: usize,
 }
 
 impl Default for Engine {
@@ -197,6 +201,7 @@ impl Default for Engine {
             transports: vec!["polling".into(), "websocket".into()],
             max_buffered_packets: d.max_buffered_packets,
             max_namespaces_per_connection: d.max_namespaces_per_connection,
+            max_namespaces: d.max_namespaces,
         }
     }
 }
@@ -358,6 +363,7 @@ impl Settings {
             max_disk_bytes: self.store.max_disk_bytes,
             max_streams: self.store.max_streams,
             max_queued_bytes: self.store.max_queued_bytes,
+            max_consumers: self.store.max_consumers,
             sync_interval: (self.store.sync == "interval")
                 .then(|| Duration::from_millis(self.store.sync_interval_ms)),
         }
@@ -380,6 +386,7 @@ impl Settings {
             recovery: self.recovery.enabled,
             max_sessions: self.server.max_connections,
             max_namespaces_per_connection: e.max_namespaces_per_connection,
+            max_namespaces: e.max_namespaces,
             cors: courier_server::Cors {
                 origins: self.cors.origins.clone(),
                 credentials: self.cors.credentials,

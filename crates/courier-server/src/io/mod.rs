@@ -137,10 +137,22 @@ impl Shared {
             .find(|d| (d.matcher)(name))
             .map(|d| d.handlers.clone())?;
         let mut map = self.namespaces.write().expect("ns lock");
-        let ns = map
-            .entry(name.to_owned())
-            .or_insert_with(|| Namespace::new(name, handlers, self.recovery.clone()));
-        Some(ns.clone())
+        if let Some(ns) = map.get(name) {
+            return Some(ns.clone());
+        }
+        // Dynamic namespaces are kept once created: their number is what bounds their memory.
+        let max = self.config.max_namespaces;
+        if max > 0 && map.len() >= max {
+            tracing::warn!(
+                nsp = name,
+                max,
+                "namespace not created: max_namespaces reached"
+            );
+            return None;
+        }
+        let ns = Namespace::new(name, handlers, self.recovery.clone());
+        map.insert(name.to_owned(), ns.clone());
+        Some(ns)
     }
 }
 
