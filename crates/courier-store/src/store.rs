@@ -104,6 +104,8 @@ pub struct MemoryUse {
     pub recovery_events: usize,
     /// Recovery broadcasts kept, on disk and in memory.
     pub recovery_kept: usize,
+    /// Recovery broadcasts not yet committed to disk.
+    pub recovery_unpersisted: usize,
 }
 
 /// Durable streams, consumers and recovery state. Cheap to clone.
@@ -445,6 +447,12 @@ impl Store {
             recovery_bytes: log.mem_bytes,
             recovery_events: log.events.len(),
             recovery_kept: log.kept.len(),
+            recovery_unpersisted: log
+                .events
+                .iter()
+                .rev()
+                .take_while(|e| e.offset >= log.persisted)
+                .count(),
         }
     }
 

@@ -129,7 +129,19 @@ fn parse<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
 }
 
 async fn health(State(api): State<Api>) -> Json<Value> {
-    Json(json!({"status": "ok", "connections": api.io.connection_count()}))
+    let mut body = json!({"status": "ok", "connections": api.io.connection_count()});
+    if let Some(streams) = api.io.streams() {
+        let m = streams.store().memory_use();
+        body["memory"] = json!({
+            "tail_bytes": m.tail_bytes,
+            "tail_entries": m.tail_entries,
+            "recovery_bytes": m.recovery_bytes,
+            "recovery_events": m.recovery_events,
+            "recovery_kept": m.recovery_kept,
+            "recovery_unpersisted": m.recovery_unpersisted,
+        });
+    }
+    Json(body)
 }
 
 fn default_ns() -> String {

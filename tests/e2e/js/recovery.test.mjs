@@ -289,6 +289,40 @@ describe("recovered", () => {
     assert.deepEqual(seqsOf(got), [1, 2, 3]);
   });
 
+  test("past [recovery] memory_bytes: the older missed broadcasts come back from disk, also after a restart", async (t) => {
+    // About eight 1 KB broadcasts fit in memory; the drop misses thirty.
+    const dataDir = makeDataDir(t);
+    let server = await startHub(t, { dataDir, config: { recovery: { memory_bytes: 9000 } } });
+    const socket = await connect(t, server.url, "/", { transports: ["websocket"] });
+    await joinRoom(socket, "news");
+    const got = record(socket, "news");
+    await emit(server, ["news"], "news", 0);
+    await waitCount(got, 1, 5000, "broadcasts");
+    const id = socket.id;
+    await drop(server, socket);
+    const health = async () => (await api(server, "GET", "/health")).body.memory;
+    const pad = "p".repeat(1000);
+    for (let n = 1; n <= 30; n++) {
+      assert.equal(await emit(server, ["news"], "news", { n, pad }), 0);
+      // One at a time onto disk: a broadcast leaves memory only once it is there, and one the
+      // store has not written yet is dropped past the budget (tested in the store's own tests).
+      await waitFor(async () => (await health()).recovery_unpersisted === 0, { what: "the broadcast on disk" });
+    }
+    const memory = await health();
+    assert.ok(memory.recovery_events < 20 && memory.recovery_kept >= 31, JSON.stringify(memory));
+    assert.ok(memory.recovery_bytes <= 9000, JSON.stringify(memory));
+
+    server = await restartCourier(server, { t, signal: "SIGTERM" });
+    socket.connect();
+    await waitConnected(socket);
+    assert.equal(socket.recovered, true);
+    assert.equal(socket.id, id);
+    await waitCount(got, 31, 8000, "broadcasts");
+    await sleep(200);
+    const data = dataWithOffsets(got);
+    assert.deepEqual(data.slice(1).map((d) => d.n), Array.from({ length: 30 }, (_, i) => i + 1));
+  });
+
   test("stream subscriptions come back with the session; what was unacked comes again", async (t) => {
     const server = await startHub(t);
     const socket = await connect(t, server.url, "/", { ...RECONNECTING, transports: ["websocket"] });
