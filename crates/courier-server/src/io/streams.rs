@@ -28,6 +28,10 @@ use crate::engine::{Outbound, Sid};
 
 /// Entries read from the store at a time.
 const READ_BATCH: usize = 256;
+/// Most entries a runner sends before it lets other tasks run: a consumer catching up on a
+/// backlog takes turns with every connection instead of holding a worker thread for a whole
+/// window of `max_ack_pending` deliveries.
+const DELIVER_TURN: usize = 64;
 /// How long a runner waits before it reads the disk again after a failed read.
 const READ_RETRY: Duration = Duration::from_secs(1);
 /// Commands a runner may have waiting: room for an ack of every delivery in flight (at most
@@ -418,6 +422,7 @@ impl Runner {
                     )
                     .await;
                 let last = *tail.borrow_and_update();
+                let mut budget = DELIVER_TURN;
                 dirty |= !disk.redelivery_waits
                     && self.deliver(
                         &config,
@@ -427,7 +432,14 @@ impl Runner {
                         &mut turn,
                         &mut disk,
                         last,
+                        &mut budget,
                     );
+                if budget == 0 {
+                    // More is ready: send it after the others had a turn. Acks are taken
+                    // first on the way round.
+                    tokio::task::yield_now().await;
+                    continue;
+                }
             }
             let idle = subscribers.is_empty();
             // Saved at once when nothing else waits (so that the API shows it), at most every
@@ -563,11 +575,14 @@ impl Runner {
         turn: &mut usize,
         disk: &mut Disk,
         last: Seq,
+        budget: &mut usize,
     ) -> bool {
         let (stream, _) = &self.key;
         let mut moved = false;
-        while state.next <= last {
-            let room = (config.max_ack_pending as usize).saturating_sub(state.pending.len());
+        while state.next <= last && *budget > 0 {
+            let room = (config.max_ack_pending as usize)
+                .saturating_sub(state.pending.len())
+                .min(*budget);
             if room == 0 {
                 break;
             }
@@ -607,6 +622,7 @@ impl Runner {
                 state.pending.insert(entry.seq, 1);
                 flights.insert(entry.seq, Some(socket.id().clone()), due);
                 state.next = entry.seq + 1;
+                *budget -= 1;
                 moved = true;
             }
         }
