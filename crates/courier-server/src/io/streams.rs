@@ -410,6 +410,7 @@ impl Runner {
                 dirty |= on_command(cmd, &mut state, &mut flights, &mut subscribers);
             }
             subscribers.retain(Socket::connected);
+            let mut more_ready = false;
             if !subscribers.is_empty() {
                 dirty |= self
                     .redeliver(
@@ -434,12 +435,7 @@ impl Runner {
                         last,
                         &mut budget,
                     );
-                if budget == 0 {
-                    // More is ready: send it after the others had a turn. Acks are taken
-                    // first on the way round.
-                    tokio::task::yield_now().await;
-                    continue;
-                }
+                more_ready = budget == 0;
             }
             let idle = subscribers.is_empty();
             // Saved at once when nothing else waits (so that the API shows it), at most every
@@ -449,6 +445,12 @@ impl Runner {
                     .save_consumer(&stream, &consumer, state.clone());
                 dirty = false;
                 saved_at = Instant::now();
+            }
+            if more_ready {
+                // Send the rest after the other tasks had a turn; acks are taken first on the
+                // way round.
+                tokio::task::yield_now().await;
+                continue;
             }
             if idle && self.retire_if_idle() {
                 return;
