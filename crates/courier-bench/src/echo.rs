@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
+use tokio::time::Instant;
 
 use crate::hist::Hist;
 use crate::procstat::{BusyMeter, CpuMeter};
@@ -51,18 +52,58 @@ pub async fn run(a: EchoArgs) -> anyhow::Result<Metrics> {
         w.failed
     );
     anyhow::ensure!(w.ready > 0, "no client could connect");
-    w.send(&json!({"cmd": "run", "warmup": a.warmup, "secs": a.secs}))
+    let r = echo_round(&mut w, a.common.pid, a.warmup, a.secs).await?;
+    w.stop().await;
+
+    say!("echo: {:.0} round trips/s", r.per_sec);
+    let mut m = Metrics::new();
+    m.insert("round_trips_per_s".into(), round(r.per_sec, 0));
+    m.insert("latency_p50_ms".into(), ms(r.hist.quantile(0.5)));
+    m.insert("latency_p99_ms".into(), ms(r.hist.quantile(0.99)));
+    cpu_metrics(
+        &mut m,
+        "round_trip",
+        r.total,
+        r.server_cpu,
+        Some(r.client_cpu),
+        r.busy,
+    );
+    m.insert("clients".into(), json!(r.clients));
+    Ok(m)
+}
+
+/// What one echo run measured.
+pub struct EchoRound {
+    pub per_sec: f64,
+    pub total: f64,
+    pub hist: Hist,
+    pub server_cpu: Option<f64>,
+    pub client_cpu: f64,
+    pub busy: Option<f64>,
+    pub clients: usize,
+    /// When the measurement began (after the warm-up).
+    pub measured_from: Instant,
+}
+
+/// Runs the echo clients of `w` once: `warmup` seconds, then `secs` measured. A worker's
+/// clients run once; a second round needs new workers.
+pub async fn echo_round(
+    w: &mut Workers,
+    pid: Option<u32>,
+    warmup: f64,
+    secs: f64,
+) -> anyhow::Result<EchoRound> {
+    w.send(&json!({"cmd": "run", "warmup": warmup, "secs": secs}))
         .await?;
-    tokio::time::sleep(Duration::from_secs_f64(a.warmup)).await;
-    let cpu = CpuMeter::start(a.common.pid);
+    tokio::time::sleep(Duration::from_secs_f64(warmup)).await;
+    let measured_from = Instant::now();
+    let cpu = CpuMeter::start(pid);
     let busy = BusyMeter::start();
     let reports = w
-        .gather("count", Duration::from_secs_f64(a.secs + 60.0))
+        .gather("count", Duration::from_secs_f64(secs + 60.0))
         .await?;
-    let cpu = cpu.used();
+    let server_cpu = cpu.used();
     let busy = busy.percent();
-    let clients = w.ready;
-    w.stop().await;
 
     let mut hist = Hist::default();
     let (mut per_sec, mut total) = (0.0, 0.0);
@@ -73,12 +114,14 @@ pub async fn run(a: EchoArgs) -> anyhow::Result<Metrics> {
         total += count;
         hist.merge(&Hist::from_json(&r["hist"]));
     }
-    say!("echo: {per_sec:.0} round trips/s");
-    let mut m = Metrics::new();
-    m.insert("round_trips_per_s".into(), round(per_sec, 0));
-    m.insert("latency_p50_ms".into(), ms(hist.quantile(0.5)));
-    m.insert("latency_p99_ms".into(), ms(hist.quantile(0.99)));
-    cpu_metrics(&mut m, "round_trip", total, cpu, Some(client_cpu), busy);
-    m.insert("clients".into(), json!(clients));
-    Ok(m)
+    Ok(EchoRound {
+        per_sec,
+        total,
+        hist,
+        server_cpu,
+        client_cpu,
+        busy,
+        clients: w.ready,
+        measured_from,
+    })
 }

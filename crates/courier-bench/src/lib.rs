@@ -6,7 +6,8 @@
 //!   own loopback address, driven over stdin/stdout by JSON lines.
 //! - `fanout`, `echo`, `idle`: Socket.IO (or raw WebSocket) scenarios; `durable`, `replay`:
 //!   durable streams against Courier (`courier:publish`, `courier:subscribe`) or Redis Streams
-//!   (`resp` is a minimal RESP client).
+//!   (`resp` is a minimal RESP client); `backlog`: echo latency while a consumer replays a
+//!   backlog from disk (Courier only).
 //! - `hub`: the bench protocol served by the Courier library: `echo` is acknowledged with its
 //!   own arguments, `broadcast` sends `message` with the payload to every client; durable
 //!   streams in SQLite.
@@ -16,6 +17,7 @@
 //! its progress on stderr; `bench/run` starts the servers and collects these.
 #![warn(missing_docs)]
 
+mod backlog;
 pub mod client;
 mod durable;
 mod echo;
@@ -79,6 +81,8 @@ enum Mode {
     Durable(durable::DurableArgs),
     /// A consumer that missed many entries comes back: entries delivered and acked per second.
     Replay(replay::ReplayArgs),
+    /// Echo latency with and without a consumer replaying a large backlog from disk.
+    Backlog(backlog::BacklogArgs),
     /// One process's share of the clients of a scenario (started by the scenarios).
     #[command(hide = true)]
     Worker(worker::WorkerArgs),
@@ -115,6 +119,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Mode::Idle(a) => ("idle", local.block_on(&rt, idle::run(a))?),
         Mode::Durable(a) => ("durable", local.block_on(&rt, durable::run(a))?),
         Mode::Replay(a) => ("replay", local.block_on(&rt, replay::run(a))?),
+        Mode::Backlog(a) => ("backlog", local.block_on(&rt, backlog::run(a))?),
     };
     println!("{}", json!({"scenario": scenario, "metrics": metrics}));
     Ok(())

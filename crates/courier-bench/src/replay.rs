@@ -5,6 +5,7 @@
 //! request, acknowledged at once. Redis: a consumer group read with `XREADGROUP ... COUNT`,
 //! acknowledged with `XACK`, the next read pipelined behind each acknowledgement.
 
+use std::cell::Cell;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -50,7 +51,7 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<Metrics> {
     match target.proto {
         Proto::SocketIo => {
             let mut ws = client::connect(&target, &target.builder()?, None).await?;
-            let pending = subscribe(&mut ws, a.max_ack_pending).await?;
+            let pending = subscribe(&mut ws, STREAM, a.max_ack_pending).await?;
             anyhow::ensure!(pending == 0, "the stream is not empty ({pending} pending)");
             let _ = ws.close().await;
         }
@@ -82,7 +83,8 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<Metrics> {
         Some(conn) => tokio::time::timeout(limit, redis_consume(conn, n, a.batch)).await,
         None => {
             let ws = client::connect(&target, &target.builder()?, None).await?;
-            tokio::time::timeout(limit, sio_consume(ws, n, a.max_ack_pending)).await
+            let got = Cell::new(0);
+            tokio::time::timeout(limit, sio_consume(ws, STREAM, n, a.max_ack_pending, &got)).await
         }
     };
     let got = got.context("the consumer did not catch up in time")??;
@@ -100,15 +102,16 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<Metrics> {
     Ok(m)
 }
 
-fn subscribe_packet(max_ack_pending: u64) -> tokio_websockets::Message {
-    let req = json!({"stream": STREAM, "consumer": CONSUMER, "from": "new",
+fn subscribe_packet(stream: &str, max_ack_pending: u64) -> tokio_websockets::Message {
+    let req = json!({"stream": stream, "consumer": CONSUMER, "from": "new",
         "max_ack_pending": max_ack_pending});
     client::sio_event("courier:subscribe", req, Some(0))
 }
 
-/// Subscribes and returns what the ack says is pending.
-async fn subscribe(ws: &mut Ws, max_ack_pending: u64) -> anyhow::Result<u64> {
-    ws.send(subscribe_packet(max_ack_pending)).await?;
+/// Subscribes consumer `bench` of `stream` (`from: "new"` when it is created) and returns what
+/// the ack says is pending.
+pub async fn subscribe(ws: &mut Ws, stream: &str, max_ack_pending: u64) -> anyhow::Result<u64> {
+    ws.send(subscribe_packet(stream, max_ack_pending)).await?;
     while let Some(m) = ws.next().await {
         let m = m?;
         match client::classify(Proto::SocketIo, m.as_payload()) {
@@ -128,10 +131,17 @@ fn pending_of(ack_body: &[u8]) -> anyhow::Result<u64> {
     v[0]["pending"].as_u64().context("no pending count")
 }
 
-async fn sio_consume(mut ws: Ws, n: u64, max_ack_pending: u64) -> anyhow::Result<u64> {
-    ws.send(subscribe_packet(max_ack_pending)).await?;
-    let mut got = 0u64;
-    while got < n {
+/// Subscribes consumer `bench` of `stream` and acknowledges each delivery until `n` came;
+/// `got` counts them as they come.
+pub async fn sio_consume(
+    mut ws: Ws,
+    stream: &str,
+    n: u64,
+    max_ack_pending: u64,
+    got: &Cell<u64>,
+) -> anyhow::Result<u64> {
+    ws.send(subscribe_packet(stream, max_ack_pending)).await?;
+    while got.get() < n {
         let mut msg = ws.next().await;
         loop {
             let m = match msg {
@@ -141,7 +151,7 @@ async fn sio_consume(mut ws: Ws, n: u64, max_ack_pending: u64) -> anyhow::Result
             };
             match client::classify(Proto::SocketIo, m.as_payload()) {
                 Incoming::Event(Some(id), _) => {
-                    got += 1;
+                    got.set(got.get() + 1);
                     ws.feed(client::sio_empty_ack(id)).await?;
                 }
                 Incoming::Ack(0, body) => {
@@ -159,7 +169,7 @@ async fn sio_consume(mut ws: Ws, n: u64, max_ack_pending: u64) -> anyhow::Result
         }
         ws.flush().await?;
     }
-    Ok(got)
+    Ok(got.get())
 }
 
 fn xreadgroup(conn: &mut resp::Conn, batch: usize) {

@@ -111,7 +111,8 @@ pub struct Snapshot {
     pub sessions: Vec<(String, SessionRecord)>,
 }
 
-/// A persistence engine. Methods block; the store calls `commit` from its writer thread only.
+/// A persistence engine. Methods block: the store calls them from its writer thread or tokio's
+/// blocking pool, never from an async thread (`commit` from the writer only).
 pub trait Backend: Send + Sync + 'static {
     /// Loads what the store keeps in memory; ids of entries older than `ids_since_ms` may be
     /// left out.
@@ -126,11 +127,15 @@ pub trait Backend: Send + Sync + 'static {
     /// The first sequence number of an entry stored at or after `ts_ms`.
     fn first_seq_since(&self, stream: StreamId, ts_ms: u64) -> Result<Option<Seq>, StoreError>;
 
-    /// The smallest sequence number `s` such that the entries from `s` on fit in `max_bytes`.
-    fn first_seq_within_bytes(
+    /// Where a cut of at least `bytes` from the oldest end leaves `stream`: removing the entries
+    /// from `from` on, oldest first, until their sizes add up to `bytes` or more, the sequence
+    /// number of the first entry left; `None` if none would be left. Reads only what it removes
+    /// (and one entry more).
+    fn first_seq_after_bytes(
         &self,
         stream: StreamId,
-        max_bytes: u64,
+        from: Seq,
+        bytes: u64,
     ) -> Result<Option<Seq>, StoreError>;
 
     /// Number and bytes of the entries with `from <= seq < below`.

@@ -184,25 +184,24 @@ impl Backend for MemoryBackend {
             .and_then(|s| s.entries.values().find(|e| e.ts_ms >= ts_ms).map(|e| e.seq)))
     }
 
-    fn first_seq_within_bytes(
+    fn first_seq_after_bytes(
         &self,
         stream: StreamId,
-        max_bytes: u64,
+        from: Seq,
+        bytes: u64,
     ) -> Result<Option<Seq>, StoreError> {
         let d = self.data();
         let Some(s) = d.streams.get(&stream) else {
             return Ok(None);
         };
-        let mut total = 0;
-        let mut first = None;
-        for e in s.entries.values().rev() {
-            total += e.size();
-            if total > max_bytes {
-                break;
+        let mut removed = 0;
+        for e in s.entries.range(from..).map(|(_, e)| e) {
+            if removed >= bytes {
+                return Ok(Some(e.seq));
             }
-            first = Some(e.seq);
+            removed += e.size();
         }
-        Ok(first)
+        Ok(None)
     }
 
     fn range_stats(

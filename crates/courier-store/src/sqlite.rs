@@ -1,7 +1,7 @@
 //! The default backend: one SQLite database in WAL mode. The schema is described in
 //! docs/storage.md.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -57,11 +57,45 @@ CREATE TABLE IF NOT EXISTS recovery(
 );
 ";
 
+/// Read connections kept open while not in use.
+const IDLE_READERS: usize = 4;
+
 /// A SQLite database file.
 pub struct SqliteBackend {
     // std mutexes: SQLite calls block and never run on an async task's stack across an await.
     writer: Mutex<Connection>,
-    reader: Mutex<Connection>,
+    /// Read connections not in use. Each read takes one (opening one when none is free), so
+    /// reads on several blocking threads run side by side and beside the writer, as WAL allows.
+    /// The lock is held only to take or give back a connection.
+    readers: Mutex<Vec<Connection>>,
+    path: PathBuf,
+}
+
+/// A read connection, given back to the idle ones when dropped.
+struct Reader<'a> {
+    backend: &'a SqliteBackend,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+            .as_ref()
+            .expect("a reader holds its connection until dropped")
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let mut idle = self.backend.idle_readers();
+            if idle.len() < IDLE_READERS {
+                idle.push(conn);
+            }
+        }
+    }
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -105,16 +139,37 @@ impl SqliteBackend {
                 )));
             }
         }
-        let reader = Connection::open(path)?;
-        reader.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(SqliteBackend {
+        let backend = SqliteBackend {
             writer: Mutex::new(writer),
-            reader: Mutex::new(reader),
-        })
+            readers: Mutex::new(Vec::with_capacity(IDLE_READERS)),
+            path: path.to_owned(),
+        };
+        // One reader at once, so that a database that cannot be read fails here.
+        drop(backend.reader()?);
+        Ok(backend)
     }
 
-    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.reader.lock().expect("sqlite reader lock")
+    fn idle_readers(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+        // Only pushes and pops happen under this lock: a panic cannot leave the list half-changed.
+        self.readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn reader(&self) -> Result<Reader<'_>, StoreError> {
+        let idle = self.idle_readers().pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open(&self.path)?;
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                conn
+            }
+        };
+        Ok(Reader {
+            backend: self,
+            conn: Some(conn),
+        })
     }
 
     fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
@@ -209,7 +264,7 @@ impl Backend for SqliteBackend {
     fn load(&self, ids_since_ms: u64) -> Result<Snapshot, StoreError> {
         // Sizes here and below are bytes, as in `Entry::size`: `length()` of TEXT counts
         // characters, which made non-ASCII event names and ids count less after a restart.
-        let db = self.reader();
+        let db = self.reader()?;
         let mut snap = Snapshot::default();
         let mut stmt = db.prepare(
             "SELECT s.id, s.name, s.config, s.last_seq,
@@ -299,7 +354,7 @@ impl Backend for SqliteBackend {
     }
 
     fn read(&self, stream: StreamId, from: Seq, limit: usize) -> Result<Vec<Entry>, StoreError> {
-        let db = self.reader();
+        let db = self.reader()?;
         let mut stmt = db.prepare_cached(
             "SELECT seq, ts, msg_id, event, data FROM entries
              WHERE stream = ?1 AND seq >= ?2 ORDER BY seq LIMIT ?3",
@@ -312,7 +367,7 @@ impl Backend for SqliteBackend {
     }
 
     fn first_seq_since(&self, stream: StreamId, ts_ms: u64) -> Result<Option<Seq>, StoreError> {
-        let db = self.reader();
+        let db = self.reader()?;
         let seq: Option<i64> = db
             .prepare_cached(
                 "SELECT seq FROM entries WHERE stream = ?1 AND ts >= ?2 ORDER BY seq LIMIT 1",
@@ -322,27 +377,26 @@ impl Backend for SqliteBackend {
         Ok(seq.map(|s| s as u64))
     }
 
-    fn first_seq_within_bytes(
+    fn first_seq_after_bytes(
         &self,
         stream: StreamId,
-        max_bytes: u64,
+        from: Seq,
+        bytes: u64,
     ) -> Result<Option<Seq>, StoreError> {
-        let db = self.reader();
+        let db = self.reader()?;
         let mut stmt = db.prepare_cached(
             "SELECT seq, octet_length(event) + length(data) + coalesce(octet_length(msg_id), 0)
-             FROM entries WHERE stream = ?1 ORDER BY seq DESC",
+             FROM entries WHERE stream = ?1 AND seq >= ?2 ORDER BY seq",
         )?;
-        let mut rows = stmt.query([stream as i64])?;
-        let mut total = 0u64;
-        let mut first = None;
+        let mut rows = stmt.query(params![stream as i64, from as i64])?;
+        let mut removed = 0u64;
         while let Some(r) = rows.next()? {
-            total += r.get::<_, i64>(1)? as u64;
-            if total > max_bytes {
-                break;
+            if removed >= bytes {
+                return Ok(Some(r.get::<_, i64>(0)? as u64));
             }
-            first = Some(r.get::<_, i64>(0)? as u64);
+            removed += r.get::<_, i64>(1)? as u64;
         }
-        Ok(first)
+        Ok(None)
     }
 
     fn range_stats(
@@ -351,7 +405,7 @@ impl Backend for SqliteBackend {
         from: Seq,
         below: Seq,
     ) -> Result<(u64, u64), StoreError> {
-        let db = self.reader();
+        let db = self.reader()?;
         let (n, b): (i64, i64) = db
             .prepare_cached(
                 "SELECT count(*), coalesce(sum(octet_length(event) + length(data) + coalesce(octet_length(msg_id), 0)), 0)
@@ -376,7 +430,7 @@ impl Backend for SqliteBackend {
     }
 
     fn session(&self, pid: &str) -> Result<Option<SessionRecord>, StoreError> {
-        let db = self.reader();
+        let db = self.reader()?;
         let record: Option<String> = db
             .prepare_cached("SELECT record FROM sessions WHERE pid = ?1")?
             .query_row([pid], |r| r.get(0))

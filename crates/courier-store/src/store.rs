@@ -457,7 +457,12 @@ impl Store {
     }
 
     fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.inner.shared.state.read().expect("state lock")
+        // A panic while the lock was held leaves numbers that are at worst stale; readers go on.
+        self.inner
+            .shared
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn request<T>(
@@ -668,23 +673,57 @@ impl Store {
             .map(|s| s.watch.subscribe())
     }
 
-    /// Up to `limit` committed entries of `stream` from `from` on.
-    pub fn read(&self, stream: &str, from: Seq, limit: usize) -> Result<Vec<Entry>, StoreError> {
-        let id = {
-            let state = self.state();
-            let s = state
-                .streams
-                .get(stream)
-                .ok_or_else(|| StoreError::StreamNotFound(stream.to_owned()))?;
-            if let Some(front) = s.tail.front()
-                && from >= front.seq
-            {
-                let skip = (from - front.seq) as usize;
-                return Ok(s.tail.iter().skip(skip).take(limit).cloned().collect());
-            }
-            s.id
+    /// Up to `limit` committed entries of `stream` from `from` on, if the in-memory tail holds
+    /// `from`; `None` when they are only on disk (then see [`Store::read`]). Never blocks on
+    /// the backend.
+    pub fn read_cached(
+        &self,
+        stream: &str,
+        from: Seq,
+        limit: usize,
+    ) -> Result<Option<Vec<Entry>>, StoreError> {
+        Ok(self.cached_or_id(stream, from, limit)?.ok())
+    }
+
+    /// Up to `limit` committed entries of `stream` from `from` on. Served from the in-memory
+    /// tail when it holds `from` (no thread hop); otherwise the backend is read on tokio's
+    /// blocking pool, so a backlog on disk never stalls the async threads.
+    pub async fn read(
+        &self,
+        stream: &str,
+        from: Seq,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let id = match self.cached_or_id(stream, from, limit)? {
+            Ok(entries) => return Ok(entries),
+            Err(id) => id,
         };
-        self.inner.shared.backend.read(id, from, limit)
+        let backend = self.inner.shared.backend.clone();
+        tokio::task::spawn_blocking(move || backend.read(id, from, limit))
+            .await
+            .map_err(|e| StoreError::Io(format!("reading stream {stream:?} from disk: {e}")))?
+    }
+
+    /// The tail's entries from `from` on, or the stream's backend id when the tail does not
+    /// hold `from`.
+    fn cached_or_id(
+        &self,
+        stream: &str,
+        from: Seq,
+        limit: usize,
+    ) -> Result<Result<Vec<Entry>, StreamId>, StoreError> {
+        let state = self.state();
+        let s = state
+            .streams
+            .get(stream)
+            .ok_or_else(|| StoreError::StreamNotFound(stream.to_owned()))?;
+        if let Some(front) = s.tail.front()
+            && from >= front.seq
+        {
+            let skip = (from - front.seq) as usize;
+            return Ok(Ok(s.tail.iter().skip(skip).take(limit).cloned().collect()));
+        }
+        Ok(Err(s.id))
     }
 
     /// Gets consumer `name` of `stream`, creating it (and, if allowed, the stream) first.
@@ -1337,8 +1376,13 @@ fn build(shared: &Shared, requests: &mut Vec<Request>, maintenance: bool) -> Bat
         }
     }
     persist_dirty(shared, &state, &mut b);
-    if maintenance {
-        retention(shared, &state, &mut b);
+    // Retention asks the backend, so it works on a copy of the numbers it needs: the state
+    // lock used to be held across those scans, and every `save_consumer` or `put_session` on
+    // an async thread waited behind them.
+    let streams = maintenance.then(|| retention_view(&state));
+    drop(state);
+    if let Some(streams) = streams {
+        retention(shared, &streams, &mut b);
     }
     b
 }
@@ -1382,7 +1426,40 @@ fn persist_dirty(shared: &Shared, state: &State, b: &mut Batch) {
     }
 }
 
-fn retention(shared: &Shared, state: &State, b: &mut Batch) {
+/// What retention needs to know of one stream, copied out of the state.
+struct RetentionView {
+    name: String,
+    id: StreamId,
+    config: StreamConfig,
+    first_seq: Seq,
+    last_seq: Seq,
+    entries: u64,
+    bytes: u64,
+}
+
+/// The streams that have a retention limit and entries. Only the writer changes these numbers,
+/// so the copy stays true while the writer builds its batch.
+fn retention_view(state: &State) -> Vec<RetentionView> {
+    state
+        .streams
+        .iter()
+        .filter(|(_, s)| {
+            let c = &s.config;
+            s.entries > 0 && (c.max_entries > 0 || c.max_age_ms > 0 || c.max_bytes > 0)
+        })
+        .map(|(name, s)| RetentionView {
+            name: name.clone(),
+            id: s.id,
+            config: s.config.clone(),
+            first_seq: s.first_seq,
+            last_seq: s.last_seq,
+            entries: s.entries,
+            bytes: s.bytes,
+        })
+        .collect()
+}
+
+fn retention(shared: &Shared, streams: &[RetentionView], b: &mut Batch) {
     let now = now_ms();
     let window = shared.options.recovery_window.as_millis() as u64;
     let dropped_upto = shared.recovery.lock().expect("recovery lock").dropped_upto;
@@ -1391,11 +1468,8 @@ fn retention(shared: &Shared, state: &State, b: &mut Batch) {
         events_upto_offset: dropped_upto,
         sessions_before_ms: now,
     });
-    for (name, s) in &state.streams {
-        let c = &s.config;
-        if s.entries == 0 || (c.max_entries == 0 && c.max_age_ms == 0 && c.max_bytes == 0) {
-            continue;
-        }
+    for s in streams {
+        let (name, c) = (&s.name, &s.config);
         // A purge earlier in this batch already removed what retention sees here; counting
         // both left the stream with fewer entries (often none) than it kept.
         if b.trims.iter().any(|(n, ..)| n == name) {
@@ -1412,8 +1486,10 @@ fn retention(shared: &Shared, state: &State, b: &mut Batch) {
                 Err(e) => tracing::warn!(stream = name, error = %e, "retention by age skipped"),
             }
         }
+        // Cut from the oldest end: the work is what is removed, not the whole stream (it used
+        // to walk every kept entry newest first, every second, once over the limit).
         if c.max_bytes > 0 && s.bytes > c.max_bytes {
-            match backend.first_seq_within_bytes(s.id, c.max_bytes) {
+            match backend.first_seq_after_bytes(s.id, s.first_seq, s.bytes - c.max_bytes) {
                 Ok(first) => below = below.max(first.unwrap_or(s.last_seq + 1)),
                 Err(e) => tracing::warn!(stream = name, error = %e, "retention by size skipped"),
             }

@@ -96,17 +96,17 @@ async fn failed_commit_answers_every_waiter_and_leaves_no_trace(kind: Kind) {
     h.faults.fail.store(false, Ordering::SeqCst);
     assert!(h.faults.failed.load(Ordering::SeqCst) >= 1);
 
-    let check = |store: &Store| {
+    async fn check(store: &Store) {
         let info = store.stream("s").unwrap();
         assert_eq!((info.first_seq, info.last_seq, info.entries), (1, 2, 2));
         assert_eq!(info.consumers, ["existing"]);
         assert!(store.stream("s2").is_none());
         assert!(store.stream("other").is_some());
-        assert_eq!(store.read("s", 0, 10).unwrap().len(), 2);
-    };
-    check(&store);
+        assert_eq!(store.read("s", 0, 10).await.unwrap().len(), 2);
+    }
+    check(&store).await;
     let store = h.restart(store).await;
-    check(&store);
+    check(&store).await;
 
     // Seqs go on from the last committed one; the failed batch's ids were never seen.
     let a = store
@@ -213,7 +213,7 @@ async fn purge_and_retention_in_one_batch_count_entries_once(kind: Kind) {
     assert_eq!(one.await.unwrap().unwrap().seq, 11);
 
     let info = store.stream("s").unwrap();
-    let kept = store.read("s", 0, 100).unwrap();
+    let kept = store.read("s", 0, 100).await.unwrap();
     assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), [11]);
     assert_eq!(
         (info.entries, info.bytes, info.first_seq, info.last_seq),

@@ -239,7 +239,7 @@ async fn step(h: &mut Harness, store: Store, model: &mut Model, action: &Action)
             assert_eq!(got, Ok(existed));
         }
         Action::Read(s, from, limit) => {
-            let got = store.read(STREAMS[*s], *from, *limit);
+            let got = store.read(STREAMS[*s], *from, *limit).await;
             match model.streams.get(STREAMS[*s]) {
                 Some(m) => assert_eq!(
                     kept(&got.unwrap()),
@@ -352,7 +352,7 @@ async fn failing(h: &Harness, store: &Store, model: &mut Model, action: &Action)
 }
 
 /// Checks everything the store tells about its streams and consumers against the model.
-fn check(store: &Store, model: &Model, after: &Action) {
+async fn check(store: &Store, model: &Model, after: &Action) {
     for name in STREAMS {
         let Some(m) = model.streams.get(name) else {
             assert!(store.stream(name).is_none(), "{name} after {after:?}");
@@ -374,7 +374,7 @@ fn check(store: &Store, model: &Model, after: &Action) {
             .collect();
         assert_eq!(store.consumers(name), consumers, "{name} after {after:?}");
         assert_eq!(
-            kept(&store.read(name, 0, usize::MAX).unwrap()),
+            kept(&store.read(name, 0, usize::MAX).await.unwrap()),
             model_read(m, 0, usize::MAX),
             "{name} after {after:?}"
         );
@@ -393,11 +393,11 @@ fn run(kind: Kind, actions: &[Action]) {
         let mut model = Model::default();
         for action in actions {
             store = step(&mut h, store, &mut model, action).await;
-            check(&store, &model, action);
+            check(&store, &model, action).await;
         }
         // Whatever happened, a final restart keeps exactly the model.
         let store = h.restart(store).await;
-        check(&store, &model, &Action::Restart);
+        check(&store, &model, &Action::Restart).await;
     });
 }
 
@@ -416,5 +416,72 @@ proptest! {
     #[test]
     fn sqlite_store_follows_the_model(actions in actions()) {
         run(Kind::Sqlite, &actions);
+    }
+}
+
+/// Where a size cut from the oldest end leaves a stream, by the definition: remove entries from
+/// `from` on, oldest first, until `bytes` are removed; the first entry left.
+fn model_cut(entries: &[Entry], from: Seq, bytes: u64) -> Option<Seq> {
+    let mut removed = 0;
+    for e in entries.iter().filter(|e| e.seq >= from) {
+        if removed >= bytes {
+            return Some(e.seq);
+        }
+        removed += e.size();
+    }
+    None
+}
+
+/// `Backend::first_seq_after_bytes` on both backends against [`model_cut`], after appends and
+/// a trim, from anywhere in (and around) the stream.
+fn check_cut(kind: Kind, sizes: &[usize], trim: Seq, cuts: &[(Seq, u64)]) {
+    let h = Harness::new(kind, StoreOptions::default());
+    let backend = h.backend();
+    let mut ops = vec![backend::Op::PutStream {
+        id: 1,
+        name: "s".into(),
+        config: StreamConfig::default(),
+    }];
+    let mut entries = Vec::new();
+    for (i, &n) in sizes.iter().enumerate() {
+        let e = Entry {
+            seq: i as Seq + 1,
+            ts_ms: 1,
+            id: (n % 3 == 0).then(|| format!("ïd{n}")),
+            event: "é".into(),
+            data: vec![b'x'; n].into(),
+        };
+        ops.push(backend::Op::Append {
+            stream: 1,
+            entry: e.clone(),
+        });
+        entries.push(e);
+    }
+    ops.push(backend::Op::Trim {
+        stream: 1,
+        below: trim,
+    });
+    backend.commit(&ops).unwrap();
+    entries.retain(|e| e.seq >= trim);
+    for &(from, bytes) in cuts {
+        assert_eq!(
+            backend.first_seq_after_bytes(1, from, bytes).unwrap(),
+            model_cut(&entries, from, bytes),
+            "{kind:?}: cut of {bytes} bytes from {from}"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn size_cuts_follow_the_model(
+        sizes in prop::collection::vec(0..40usize, 0..30),
+        trim in 0..12u64,
+        cuts in prop::collection::vec((0..34u64, 0..600u64), 1..8),
+    ) {
+        check_cut(Kind::Memory, &sizes, trim, &cuts);
+        check_cut(Kind::Sqlite, &sizes, trim, &cuts);
     }
 }

@@ -94,7 +94,7 @@ async fn publish_assigns_increasing_seqs_from_one(kind: Kind) {
 
     let info = store.stream("orders").unwrap();
     assert_eq!((info.first_seq, info.last_seq, info.entries), (1, 6, 6));
-    let stored = store.read("orders", 1, 100).unwrap();
+    let stored = store.read("orders", 1, 100).await.unwrap();
     assert_eq!(seq_list(&stored), [1, 2, 3, 4, 5, 6]);
     assert_eq!(info.bytes, stored.iter().map(Entry::size).sum::<u64>());
     let last = &stored[5];
@@ -132,13 +132,13 @@ async fn publish_is_confirmed_only_after_commit(kind: Kind) {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(!publish.is_finished(), "answered before its commit");
     assert_eq!(store.stream("s").unwrap().last_seq, 1);
-    assert_eq!(seq_list(&store.read("s", 1, 10).unwrap()), [1]);
+    assert_eq!(seq_list(&store.read("s", 1, 10).await.unwrap()), [1]);
 
     h.faults.release();
     assert_eq!(publish.await.unwrap().unwrap(), fresh(2));
     assert!(h.faults.committed.load(Ordering::SeqCst) >= 2);
     assert_eq!(store.stream("s").unwrap().last_seq, 2);
-    assert_eq!(seq_list(&store.read("s", 1, 10).unwrap()), [1, 2]);
+    assert_eq!(seq_list(&store.read("s", 1, 10).await.unwrap()), [1, 2]);
 }
 
 async fn watch_sees_the_last_committed_seq(kind: Kind) {
@@ -203,7 +203,7 @@ async fn duplicate_ids_answer_the_original_seq(kind: Kind) {
         .unwrap();
     assert_eq!(seqs(&batch), [(3, false), (3, true), (4, false), (3, true)]);
 
-    let stored = store.read("d", 1, 100).unwrap();
+    let stored = store.read("d", 1, 100).await.unwrap();
     assert_eq!(seq_list(&stored), [1, 2, 3, 4]);
     assert_eq!(&stored[0].data[..], b"first", "the original is kept");
     assert_eq!(&stored[2].data[..], b"x1");
@@ -370,7 +370,7 @@ async fn auto_creation_off_answers_stream_not_found(kind: Kind) {
         StoreError::StreamNotFound("nope".into())
     );
     assert_eq!(
-        store.read("nope", 1, 10).unwrap_err(),
+        store.read("nope", 1, 10).await.unwrap_err(),
         StoreError::StreamNotFound("nope".into())
     );
     assert!(store.stream("nope").is_none());
@@ -447,8 +447,8 @@ async fn reads_from_tail_and_backend_agree(kind: Kind) {
     let direct = h.backend().read(id, 1, 100).unwrap();
     assert_eq!(seq_list(&direct), (1..=12).collect::<Vec<_>>());
     // From 1 on the store answers from its tail; from 0 (before the tail) from the backend.
-    assert_eq!(store.read("r", 1, 100).unwrap(), direct);
-    assert_eq!(store.read("r", 0, 100).unwrap(), direct);
+    assert_eq!(store.read("r", 1, 100).await.unwrap(), direct);
+    assert_eq!(store.read("r", 0, 100).await.unwrap(), direct);
     for from in 0..=14 {
         for limit in [0, 1, 3, 100] {
             let want: Vec<Entry> = direct
@@ -458,7 +458,7 @@ async fn reads_from_tail_and_backend_agree(kind: Kind) {
                 .cloned()
                 .collect();
             assert_eq!(
-                store.read("r", from, limit).unwrap(),
+                store.read("r", from, limit).await.unwrap(),
                 want,
                 "from {from} limit {limit}"
             );
@@ -467,7 +467,7 @@ async fn reads_from_tail_and_backend_agree(kind: Kind) {
 
     let store = h.restart(store).await;
     assert_eq!(
-        store.read("r", 1, 100).unwrap(),
+        store.read("r", 1, 100).await.unwrap(),
         direct,
         "after a restart, from the backend"
     );
@@ -475,10 +475,13 @@ async fn reads_from_tail_and_backend_agree(kind: Kind) {
         .publish_one("r", new_entry("e", "13", None))
         .await
         .unwrap();
-    let tail = store.read("r", 13, 10).unwrap();
+    let tail = store.read("r", 13, 10).await.unwrap();
     let id = stream_id(h.backend(), "r");
     assert_eq!(tail, h.backend().read(id, 13, 10).unwrap());
-    assert_eq!(seq_list(&store.read("r", 11, 10).unwrap()), [11, 12, 13]);
+    assert_eq!(
+        seq_list(&store.read("r", 11, 10).await.unwrap()),
+        [11, 12, 13]
+    );
 }
 
 async fn consumer_start_positions(kind: Kind) {
@@ -659,8 +662,8 @@ async fn purge_empties_the_stream_and_seqs_go_on(kind: Kind) {
         (info.entries, info.bytes, info.first_seq, info.last_seq),
         (0, 0, 6, 5)
     );
-    assert!(store.read("p", 1, 10).unwrap().is_empty());
-    assert!(store.read("p", 0, 10).unwrap().is_empty());
+    assert!(store.read("p", 1, 10).await.unwrap().is_empty());
+    assert!(store.read("p", 0, 10).await.unwrap().is_empty());
     assert_eq!(*store.watch("p").unwrap().borrow(), 5);
 
     let a = store
@@ -681,7 +684,7 @@ async fn purge_empties_the_stream_and_seqs_go_on(kind: Kind) {
     assert_eq!(a, fresh(7));
     let info = store.stream("p").unwrap();
     assert_eq!((info.entries, info.first_seq, info.last_seq), (1, 7, 7));
-    assert_eq!(seq_list(&store.read("p", 0, 10).unwrap()), [7]);
+    assert_eq!(seq_list(&store.read("p", 0, 10).await.unwrap()), [7]);
     assert_eq!(
         store.purge("missing").await.unwrap_err(),
         StoreError::StreamNotFound("missing".into())
@@ -704,7 +707,7 @@ async fn retention_by_max_entries(kind: Kind) {
         store.stream("r").unwrap().entries == 3
     })
     .await;
-    let kept = store.read("r", 0, 100).unwrap();
+    let kept = store.read("r", 0, 100).await.unwrap();
     assert_eq!(seq_list(&kept), [8, 9, 10]);
     let info = store.stream("r").unwrap();
     assert_eq!((info.first_seq, info.last_seq), (8, 10));
@@ -713,7 +716,7 @@ async fn retention_by_max_entries(kind: Kind) {
     let store = h.restart(store).await;
     let after = store.stream("r").unwrap();
     assert_eq!(after, info);
-    assert_eq!(store.read("r", 0, 100).unwrap(), kept);
+    assert_eq!(store.read("r", 0, 100).await.unwrap(), kept);
 }
 
 async fn retention_by_max_age(kind: Kind) {
@@ -734,13 +737,13 @@ async fn retention_by_max_age(kind: Kind) {
     .await;
     let info = store.stream("age").unwrap();
     assert_eq!((info.first_seq, info.last_seq, info.bytes), (4, 3, 0));
-    assert!(store.read("age", 0, 10).unwrap().is_empty());
+    assert!(store.read("age", 0, 10).await.unwrap().is_empty());
     let a = store
         .publish_one("age", new_entry("e", "4", None))
         .await
         .unwrap();
     assert_eq!(a, fresh(4));
-    assert_eq!(seq_list(&store.read("age", 0, 10).unwrap()), [4]);
+    assert_eq!(seq_list(&store.read("age", 0, 10).await.unwrap()), [4]);
 }
 
 async fn retention_by_max_bytes(kind: Kind) {

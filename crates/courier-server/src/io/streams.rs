@@ -8,7 +8,9 @@
 //! flight; the backlog of an offline or slow consumer stays on disk. Several sockets on one
 //! consumer share its entries (a work queue); one socket per consumer is fan-out.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +28,12 @@ use crate::engine::{Outbound, Sid};
 
 /// Entries read from the store at a time.
 const READ_BATCH: usize = 256;
+/// Most entries a runner sends before it lets other tasks run: a consumer catching up on a
+/// backlog takes turns with every connection instead of holding a worker thread for a whole
+/// window of `max_ack_pending` deliveries.
+const DELIVER_TURN: usize = 64;
+/// How long a runner waits before it reads the disk again after a failed read.
+const READ_RETRY: Duration = Duration::from_secs(1);
 /// Commands a runner may have waiting: room for an ack of every delivery in flight (at most
 /// `max_ack_pending`, capped at 100,000) plus attaches and detaches. Tokio allocates channel
 /// blocks as they fill, so the bound costs nothing while unused.
@@ -307,6 +315,59 @@ impl Flights {
     }
 }
 
+/// Why a read of the disk was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// New entries from `next` on (or right after what `ahead` holds).
+    Deliver,
+    /// Pending entries that are due again and are no longer in the store's memory.
+    Redeliver,
+}
+
+/// A finished read.
+struct Read {
+    purpose: Purpose,
+    from: Seq,
+    limit: usize,
+    result: Result<Vec<Entry>, StoreError>,
+}
+
+/// A read in flight. The runner goes on taking acks, attaches and detaches meanwhile.
+type Reading = Pin<Box<dyn Future<Output = Read> + Send>>;
+
+/// A runner's reads of what is only on disk: at most one in flight.
+#[derive(Default)]
+struct Disk {
+    /// Entries read from disk and not yet delivered, in order. They start at the runner's
+    /// `next`, or after a gap that retention removed: everything the stream held from `next`
+    /// to the last of them is here.
+    ahead: VecDeque<Entry>,
+    /// The last read for delivery was full: more may follow `ahead` on disk.
+    more: bool,
+    /// Pending entries read for redelivery; `None`: removed by retention.
+    found: HashMap<Seq, Option<Entry>>,
+    reading: Option<Reading>,
+    /// Entries due again wait for the disk: new ones are not sent before them.
+    redelivery_waits: bool,
+    /// After a failed read, no new one before this.
+    retry_at: Option<Instant>,
+}
+
+impl Disk {
+    /// True while the runner waits for the disk: a read is in flight, or one failed recently.
+    fn waiting(&self) -> bool {
+        self.reading.is_some() || self.retry_at.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// The read in flight; never ready when there is none.
+    async fn finished(&mut self) -> Read {
+        match self.reading.as_mut() {
+            Some(r) => r.await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// How often a busy consumer's position is handed to the store. A crash can lose at most this
 /// much of its acks, which are then delivered again: at least once still holds.
 const SAVE_EVERY: Duration = Duration::from_millis(50);
@@ -336,6 +397,7 @@ impl Runner {
         for &seq in state.pending.keys() {
             flights.insert(seq, None, now);
         }
+        let mut disk = Disk::default();
         let mut dirty = false;
         let mut saved_at = Instant::now() - SAVE_EVERY;
         loop {
@@ -348,19 +410,32 @@ impl Runner {
                 dirty |= on_command(cmd, &mut state, &mut flights, &mut subscribers);
             }
             subscribers.retain(Socket::connected);
+            let mut more_ready = false;
             if !subscribers.is_empty() {
                 dirty |= self
-                    .redeliver(&config, &mut state, &mut flights, &subscribers, &mut turn)
+                    .redeliver(
+                        &config,
+                        &mut state,
+                        &mut flights,
+                        &subscribers,
+                        &mut turn,
+                        &mut disk,
+                    )
                     .await;
                 let last = *tail.borrow_and_update();
-                dirty |= self.deliver(
-                    &config,
-                    &mut state,
-                    &mut flights,
-                    &subscribers,
-                    &mut turn,
-                    last,
-                );
+                let mut budget = DELIVER_TURN;
+                dirty |= !disk.redelivery_waits
+                    && self.deliver(
+                        &config,
+                        &mut state,
+                        &mut flights,
+                        &subscribers,
+                        &mut turn,
+                        &mut disk,
+                        last,
+                        &mut budget,
+                    );
+                more_ready = budget == 0;
             }
             let idle = subscribers.is_empty();
             // Saved at once when nothing else waits (so that the API shows it), at most every
@@ -371,15 +446,25 @@ impl Runner {
                 dirty = false;
                 saved_at = Instant::now();
             }
+            if more_ready {
+                // Send the rest after the other tasks had a turn; acks are taken first on the
+                // way round.
+                tokio::task::yield_now().await;
+                continue;
+            }
             if idle && self.retire_if_idle() {
                 return;
             }
-            let next_due = if idle { None } else { flights.next_due() };
-            let save_due = dirty.then_some(saved_at + SAVE_EVERY);
-            let wake = match (next_due, save_due) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
+            // While the disk is awaited, what is due waits for it too: the entries still due
+            // after `redeliver` are the ones it reads (a timer would only spin).
+            let next_due = if idle || disk.waiting() {
+                None
+            } else {
+                flights.next_due()
             };
+            let save_due = dirty.then_some(saved_at + SAVE_EVERY);
+            let retry_due = disk.retry_at.filter(|t| *t > Instant::now());
+            let wake = [next_due, save_due, retry_due].into_iter().flatten().min();
             let room = state.pending.len() < config.max_ack_pending as usize;
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
@@ -390,6 +475,11 @@ impl Runner {
                     Some(cmd) => dirty |= on_command(cmd, &mut state, &mut flights, &mut subscribers),
                     None => return,
                 },
+                read = disk.finished() => {
+                    disk.reading = None;
+                    let last = *tail.borrow();
+                    dirty |= self.on_read(read, &mut state, &mut disk, last);
+                }
                 changed = tail.changed(), if room && !idle => {
                     if changed.is_err() {
                         return;
@@ -400,7 +490,84 @@ impl Runner {
         }
     }
 
-    /// Sends new entries while there is room; true if the position moved.
+    /// Starts reading `limit` entries from `from` on, unless a read is in flight or one failed
+    /// a moment ago. Entries still in the store's memory come back without a thread hop.
+    fn start_read(&self, disk: &mut Disk, purpose: Purpose, from: Seq, limit: usize) {
+        if disk.waiting() {
+            return;
+        }
+        let store = self.store().clone();
+        let stream = self.key.0.clone();
+        disk.reading = Some(Box::pin(async move {
+            let result = store.read(&stream, from, limit).await;
+            Read {
+                purpose,
+                from,
+                limit,
+                result,
+            }
+        }));
+    }
+
+    /// Takes in a finished read; true if the position moved.
+    fn on_read(&self, read: Read, state: &mut ConsumerState, disk: &mut Disk, last: Seq) -> bool {
+        let (stream, _) = &self.key;
+        let entries = match read.result {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(stream, from = read.from, error = %e, "reading entries failed");
+                disk.retry_at = Some(Instant::now() + READ_RETRY);
+                return false;
+            }
+        };
+        disk.retry_at = None;
+        match read.purpose {
+            Purpose::Redeliver => {
+                // A pending entry in the range read that did not come back was removed.
+                let full = entries.len() == read.limit;
+                let covered = match entries.last() {
+                    Some(e) if full => e.seq,
+                    _ => Seq::MAX,
+                };
+                for e in entries {
+                    if state.pending.contains_key(&e.seq) {
+                        disk.found.insert(e.seq, Some(e));
+                    }
+                }
+                for (&seq, _) in state.pending.range(read.from..=covered) {
+                    disk.found.entry(seq).or_insert(None);
+                }
+                false
+            }
+            Purpose::Deliver => {
+                disk.more = entries.len() == read.limit;
+                if entries.is_empty() && disk.ahead.is_empty() && read.from == state.next {
+                    if state.next > last {
+                        return false;
+                    }
+                    // Everything from `next` on was removed by retention.
+                    let first = self
+                        .store()
+                        .stream(stream)
+                        .map_or(last + 1, |s| s.first_seq);
+                    let next = state.next.max(first.min(last + 1));
+                    let moved = next != state.next;
+                    state.next = next;
+                    return moved;
+                }
+                // What was delivered from memory while the read was out is dropped. The read
+                // began right after `ahead` (or at `next`), so the rest follows on.
+                disk.ahead
+                    .extend(entries.into_iter().filter(|e| e.seq >= state.next));
+                false
+            }
+        }
+    }
+
+    /// Sends new entries while there is room; true if the position moved. Entries come from
+    /// what was read ahead from disk, then from the store's memory; when only the disk has
+    /// them, a read starts and delivery goes on once it is back.
+    #[allow(clippy::too_many_arguments)]
     fn deliver(
         &self,
         config: &ConsumerConfig,
@@ -408,54 +575,71 @@ impl Runner {
         flights: &mut Flights,
         subscribers: &[Socket],
         turn: &mut usize,
+        disk: &mut Disk,
         last: Seq,
+        budget: &mut usize,
     ) -> bool {
         let (stream, _) = &self.key;
         let mut moved = false;
-        while state.next <= last {
-            let room = (config.max_ack_pending as usize).saturating_sub(state.pending.len());
+        while state.next <= last && *budget > 0 {
+            let room = (config.max_ack_pending as usize)
+                .saturating_sub(state.pending.len())
+                .min(*budget);
             if room == 0 {
                 break;
             }
-            let entries = match self.store().read(stream, state.next, room.min(READ_BATCH)) {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::warn!(stream, error = %e, "reading entries failed");
-                    break;
-                }
-            };
-            let Some(first) = entries.first() else {
-                // Everything from `next` on was removed by retention.
-                let first = self
+            let mut entries: VecDeque<Entry> = if disk.ahead.is_empty() {
+                match self
                     .store()
-                    .stream(stream)
-                    .map_or(last + 1, |s| s.first_seq);
-                state.next = state.next.max(first.min(last + 1));
-                moved = true;
-                if state.next <= last && first > last {
-                    break;
+                    .read_cached(stream, state.next, room.min(READ_BATCH))
+                {
+                    Ok(Some(e)) => e.into(),
+                    Ok(None) => {
+                        self.start_read(disk, Purpose::Deliver, state.next, READ_BATCH);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(stream, error = %e, "reading entries failed");
+                        break;
+                    }
                 }
-                continue;
+            } else {
+                let n = room.min(disk.ahead.len());
+                disk.ahead.drain(..n).collect()
             };
-            if first.seq > state.next {
-                state.next = first.seq;
+            if entries.is_empty() {
+                break;
             }
-            for entry in entries {
+            while let Some(entry) = entries.pop_front() {
                 let Some(socket) = pick(subscribers, turn) else {
-                    break;
+                    // Kept for the next round, in order.
+                    entries.push_front(entry);
+                    while let Some(e) = entries.pop_back() {
+                        disk.ahead.push_front(e);
+                    }
+                    return moved;
                 };
                 let due = Instant::now() + Duration::from_millis(config.ack_wait_ms);
                 self.send_entry(&socket, &entry, 1);
                 state.pending.insert(entry.seq, 1);
                 flights.insert(entry.seq, Some(socket.id().clone()), due);
                 state.next = entry.seq + 1;
+                *budget -= 1;
                 moved = true;
             }
+        }
+        // Read ahead while the entries already read are being delivered, so that a backlog
+        // keeps flowing instead of waiting for each read in turn.
+        let from = disk.ahead.back().map_or(state.next, |e| e.seq + 1);
+        if disk.more && disk.ahead.len() < READ_BATCH && from <= last {
+            self.start_read(disk, Purpose::Deliver, from, READ_BATCH);
         }
         moved
     }
 
-    /// Sends again what waited too long, or dead-letters it; true if the state changed.
+    /// Sends again what waited too long, or dead-letters it; true if the state changed. An
+    /// entry no longer in the store's memory is read from disk first and sent once it is back.
+    #[allow(clippy::too_many_arguments)]
     async fn redeliver(
         &self,
         config: &ConsumerConfig,
@@ -463,17 +647,29 @@ impl Runner {
         flights: &mut Flights,
         subscribers: &[Socket],
         turn: &mut usize,
+        disk: &mut Disk,
     ) -> bool {
+        disk.found.retain(|seq, _| state.pending.contains_key(seq));
         let due = flights.due(Instant::now());
         let mut changed = false;
+        // The lowest and highest due entries that only the disk has.
+        let mut missing: Option<(Seq, Seq)> = None;
         let (stream, consumer) = &self.key;
         for seq in due {
-            let entry = match self.store().read(stream, seq, 1) {
-                Ok(v) => v.into_iter().next().filter(|e| e.seq == seq),
-                Err(e) => {
-                    tracing::warn!(stream, seq, error = %e, "reading a pending entry failed");
-                    continue;
-                }
+            let entry = match disk.found.remove(&seq) {
+                Some(found) => found,
+                None => match self.store().read_cached(stream, seq, 1) {
+                    Ok(Some(v)) => v.into_iter().next().filter(|e| e.seq == seq),
+                    Ok(None) => {
+                        missing =
+                            Some(missing.map_or((seq, seq), |(lo, hi)| (lo.min(seq), hi.max(seq))));
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(stream, seq, error = %e, "reading a pending entry failed");
+                        continue;
+                    }
+                },
             };
             let deliveries = state.pending.get(&seq).copied().unwrap_or(0);
             let Some(entry) = entry else {
@@ -513,6 +709,11 @@ impl Runner {
             let due = Instant::now() + config.redelivery_wait(attempt);
             flights.insert(seq, Some(socket.id().clone()), due);
             changed = true;
+        }
+        disk.redelivery_waits = missing.is_some();
+        if let Some((lo, hi)) = missing {
+            let span = (hi - lo).saturating_add(1).min(READ_BATCH as u64) as usize;
+            self.start_read(disk, Purpose::Redeliver, lo, span);
         }
         changed
     }

@@ -76,6 +76,10 @@ pub struct Faults {
     pub hold_only: Mutex<Option<OpFilter>>,
     held: Mutex<bool>,
     released: Condvar,
+    /// Reads (`read`, and retention's `first_seq_*` and `range_stats`) waiting at their gate.
+    pub reads_waiting: AtomicUsize,
+    reads_held: Mutex<bool>,
+    reads_released: Condvar,
 }
 
 impl Faults {
@@ -94,6 +98,28 @@ impl Faults {
     pub fn release(&self) {
         *self.held.lock().unwrap() = false;
         self.released.notify_all();
+    }
+
+    /// From now on, reads wait at their gate before they reach the wrapped backend.
+    pub fn hold_reads(&self) {
+        *self.reads_held.lock().unwrap() = true;
+    }
+
+    /// Lets held reads (and later ones) through.
+    pub fn release_reads(&self) {
+        *self.reads_held.lock().unwrap() = false;
+        self.reads_released.notify_all();
+    }
+
+    fn pass_read_gate(&self) {
+        let mut held = self.reads_held.lock().unwrap();
+        if *held {
+            self.reads_waiting.fetch_add(1, Ordering::SeqCst);
+            while *held {
+                held = self.reads_released.wait(held).unwrap();
+            }
+            self.reads_waiting.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     fn pass_gate(&self, ops: &[Op]) {
@@ -138,19 +164,23 @@ impl Backend for Faulty {
     }
 
     fn read(&self, stream: StreamId, from: Seq, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        self.faults.pass_read_gate();
         self.inner.read(stream, from, limit)
     }
 
     fn first_seq_since(&self, stream: StreamId, ts_ms: u64) -> Result<Option<Seq>, StoreError> {
+        self.faults.pass_read_gate();
         self.inner.first_seq_since(stream, ts_ms)
     }
 
-    fn first_seq_within_bytes(
+    fn first_seq_after_bytes(
         &self,
         stream: StreamId,
-        max_bytes: u64,
+        from: Seq,
+        bytes: u64,
     ) -> Result<Option<Seq>, StoreError> {
-        self.inner.first_seq_within_bytes(stream, max_bytes)
+        self.faults.pass_read_gate();
+        self.inner.first_seq_after_bytes(stream, from, bytes)
     }
 
     fn range_stats(
@@ -159,6 +189,7 @@ impl Backend for Faulty {
         from: Seq,
         below: Seq,
     ) -> Result<(u64, u64), StoreError> {
+        self.faults.pass_read_gate();
         self.inner.range_stats(stream, from, below)
     }
 
