@@ -418,7 +418,7 @@ impl Backend for SqliteBackend {
     }
 
     fn recovery_between(&self, after: u64, below: u64) -> Result<Vec<RecoveryEvent>, StoreError> {
-        let db = self.reader();
+        let db = self.reader()?;
         let mut stmt = db.prepare_cached(
             "SELECT record FROM recovery WHERE offset > ?1 AND offset < ?2 ORDER BY offset",
         )?;

@@ -1476,7 +1476,10 @@ fn retention(shared: &Shared, streams: &[RetentionView], b: &mut Batch) {
             continue;
         }
         let mut below = s.first_seq;
-        if c.max_entries > 0 && s.entries > c.max_entries {
+        // With `discard = "new"` the limits refuse publishes instead: nothing confirmed is
+        // removed for them, also after they were lowered.
+        let limits = c.discard == Discard::Old;
+        if limits && c.max_entries > 0 && s.entries > c.max_entries {
             below = below.max(s.last_seq + 1 - c.max_entries);
         }
         let backend = &shared.backend;
@@ -1488,7 +1491,7 @@ fn retention(shared: &Shared, streams: &[RetentionView], b: &mut Batch) {
         }
         // Cut from the oldest end: the work is what is removed, not the whole stream (it used
         // to walk every kept entry newest first, every second, once over the limit).
-        if c.max_bytes > 0 && s.bytes > c.max_bytes {
+        if limits && c.max_bytes > 0 && s.bytes > c.max_bytes {
             match backend.first_seq_after_bytes(s.id, s.first_seq, s.bytes - c.max_bytes) {
                 Ok(first) => below = below.max(first.unwrap_or(s.last_seq + 1)),
                 Err(e) => tracing::warn!(stream = name, error = %e, "retention by size skipped"),

@@ -1077,7 +1077,7 @@ async fn stream_tails_share_one_memory_budget(kind: Kind) {
     assert!(used.tail_entries > 0 && used.tail_entries < 50, "{used:?}");
     // Whatever left memory is read from disk: nothing is lost, order is kept.
     for s in 0..5 {
-        let entries = store.read(&format!("s{s}"), 1, 100).unwrap();
+        let entries = store.read(&format!("s{s}"), 1, 100).await.unwrap();
         assert_eq!(seq_list(&entries), (1..=10).collect::<Vec<_>>());
         assert!(entries.iter().all(|e| e.data.len() == 1000));
         assert_eq!(entries[9].id.as_deref(), Some(format!("m9-{s}").as_str()));
@@ -1088,7 +1088,7 @@ async fn stream_tails_share_one_memory_budget(kind: Kind) {
         .publish_one("s0", new_entry("ev", &data, None))
         .await
         .unwrap();
-    assert_eq!(seq_list(&store.read("s0", 1, 100).unwrap()).len(), 11);
+    assert_eq!(seq_list(&store.read("s0", 1, 100).await.unwrap()).len(), 11);
 }
 
 fn logged_size(store: &Store) -> u64 {
@@ -1232,7 +1232,7 @@ async fn max_disk_bytes_refuses_publishes_whole(kind: Kind) {
         .publish_one("a", new_entry("ev", "small", None))
         .await
         .unwrap();
-    assert_eq!(seq_list(&store.read("a", 1, 10).unwrap()), [1, 2]);
+    assert_eq!(seq_list(&store.read("a", 1, 10).await.unwrap()), [1, 2]);
 
     let store = h.restart(store).await;
     let err = store
@@ -1346,8 +1346,18 @@ async fn discard_new_refuses_publishes_past_the_stream_limits(kind: Kind) {
     // Retention runs every second: with discard = new it removes nothing confirmed.
     tokio::time::sleep(Duration::from_millis(1300)).await;
     store.flush().await.unwrap();
-    assert_eq!(seq_list(&store.read("q", 1, 10).unwrap()), [1, 2]);
-    assert_eq!(seq_list(&store.read("r", 1, 10).unwrap()), [1]);
+    assert_eq!(seq_list(&store.read("q", 1, 10).await.unwrap()), [1, 2]);
+    assert_eq!(seq_list(&store.read("r", 1, 10).await.unwrap()), [1]);
+    // Lowering the limit of a discard = new stream removes nothing either.
+    let lowered = StreamConfig {
+        max_entries: 1,
+        discard: Discard::New,
+        ..Default::default()
+    };
+    store.create_stream("q", lowered).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    store.flush().await.unwrap();
+    assert_eq!(seq_list(&store.read("q", 1, 10).await.unwrap()), [1, 2]);
 }
 
 async fn max_consumers_refuses_new_consumers_only(kind: Kind) {
