@@ -3,7 +3,7 @@
 //!
 //! HTTP/1.1 over plain TCP with keep-alive; idle connections are kept for the next request.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
@@ -28,7 +28,7 @@ pub struct ApiClient {
     base: String,
     authority: String,
     token: Option<String>,
-    // std mutex: a push or pop, never held across an await.
+    // A blocking mutex (parking_lot): a push or pop, never held across an await.
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
 }
 
@@ -328,7 +328,7 @@ impl ApiClient {
             reason,
         };
         // A kept connection may have been closed by the server meanwhile: then try a fresh one.
-        let mut reused = self.idle.lock().expect("idle").pop();
+        let mut reused = self.idle.lock().pop();
         loop {
             let was_reused = reused.is_some();
             let mut sender = match reused.take() {
@@ -367,7 +367,7 @@ impl ApiClient {
                 .await
                 .map_err(|e| http_err(e.to_string()))?
                 .to_bytes();
-            let mut idle = self.idle.lock().expect("idle");
+            let mut idle = self.idle.lock();
             if idle.len() < IDLE_MAX && !sender.is_closed() {
                 idle.push(sender);
             }

@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use courier_proto::engine::{Data, Packet as EnginePacket};
 use courier_proto::socket::{Complete, PacketType, Reassembler};
@@ -53,7 +55,7 @@ pub(crate) struct Link {
 pub(crate) struct Shared {
     config: Config,
     endpoint: Endpoint,
-    // std mutexes: held for map and field access only, never across an await.
+    // Blocking mutexes (parking_lot): held for map and field access only, never across an await.
     sockets: Mutex<HashMap<String, Arc<SocketInner>>>,
     link: Mutex<Option<Link>>,
     generation: AtomicU64,
@@ -156,7 +158,6 @@ impl Client {
             .shared()
             .sockets
             .lock()
-            .expect("sockets")
             .entry(nsp.clone())
             .or_insert_with(|| {
                 Arc::new(SocketInner::new(
@@ -180,7 +181,7 @@ impl Client {
     /// Leaves every namespace, closes the connection and stops reconnecting.
     pub async fn close(&self) {
         self.shared().closing.cancel();
-        let task = self.handle.task.lock().expect("task").take();
+        let task = self.handle.task.lock().take();
         if let Some(task) = task {
             let _ = task.await;
         }
@@ -191,7 +192,7 @@ impl Client {
     }
 
     fn link(&self) -> Option<Link> {
-        self.shared().link.lock().expect("link").clone()
+        self.shared().link.lock().clone()
     }
 
     /// Asks the connection task to send a socket's CONNECT, if there is a connection; otherwise
@@ -224,19 +225,18 @@ impl Shared {
     fn sockets(&self) -> Vec<Arc<SocketInner>> {
         self.sockets
             .lock()
-            .expect("sockets")
             .values()
             .cloned()
             .collect()
     }
 
     fn socket(&self, nsp: &str) -> Option<Arc<SocketInner>> {
-        self.sockets.lock().expect("sockets").get(nsp).cloned()
+        self.sockets.lock().get(nsp).cloned()
     }
 
     /// The connection is gone: every socket learns why.
     fn lost(&self, reason: DisconnectReason) {
-        *self.link.lock().expect("link") = None;
+        *self.link.lock() = None;
         for s in self.sockets() {
             s.on_disconnect(reason);
         }
@@ -312,7 +312,7 @@ const WRITE_BATCH: usize = 128;
 async fn drive(shared: &Arc<Shared>, mut t: Transport) -> DisconnectReason {
     let generation = shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
     let (tx, mut rx) = mpsc::channel(shared.config.queue_capacity.max(1));
-    *shared.link.lock().expect("link") = Some(Link {
+    *shared.link.lock() = Some(Link {
         tx: tx.clone(),
         max_payload: t.handshake.max_payload,
     });

@@ -3,7 +3,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -116,7 +118,7 @@ pub(crate) struct SocketInner {
     pub(crate) nsp: String,
     buffer_capacity: usize,
     pub(crate) subscription_capacity: usize,
-    // std mutexes here and below: held for a few field updates, never across an await.
+    // Blocking mutexes (parking_lot) here and below: held for a few field updates, never across an await.
     state: Mutex<State>,
     handlers: Mutex<Handlers>,
     acks: Mutex<HashMap<u64, oneshot::Sender<Payload>>>,
@@ -165,7 +167,7 @@ impl AckHandle {
             text: packet.encode_message(),
             attachments: payload.attachments,
         };
-        let st = self.socket.state.lock().expect("socket state");
+        let st = self.socket.state.lock();
         match &st.conn {
             Some((generation, tx)) if *generation == self.generation => {
                 tx.try_send(Out::Frame(frame)).map_err(|e| match e {
@@ -255,8 +257,8 @@ impl SocketInner {
         }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("socket state")
+    fn state(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     pub(crate) fn is_connected(&self) -> bool {
@@ -353,7 +355,6 @@ impl SocketInner {
         let requests: Vec<(String, Value)> = self
             .subs
             .lock()
-            .expect("subscriptions")
             .iter()
             .map(|(stream, s)| (stream.clone(), s.request.clone()))
             .collect();
@@ -361,7 +362,7 @@ impl SocketInner {
         for (stream, request) in requests {
             let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
-            self.acks.lock().expect("acks").insert(id, tx);
+            self.acks.lock().insert(id, tx);
             frames.push(event_frame(
                 &self.nsp,
                 "courier:subscribe",
@@ -407,7 +408,7 @@ impl SocketInner {
         let buffered: Vec<Option<u64>> = st.buffer.drain(..).map(|(_, id)| id).collect();
         drop(st);
         {
-            let mut acks = self.acks.lock().expect("acks");
+            let mut acks = self.acks.lock();
             for id in buffered.into_iter().flatten() {
                 acks.remove(&id);
             }
@@ -446,7 +447,6 @@ impl SocketInner {
         drop(st);
         self.acks
             .lock()
-            .expect("acks")
             .retain(|id, _| keep.contains(id));
         for w in waiters {
             let err = if reason == DisconnectReason::ClientDisconnect {
@@ -505,7 +505,6 @@ impl SocketInner {
             let tx = self
                 .subs
                 .lock()
-                .expect("subscriptions")
                 .get(&meta.stream)
                 .map(|s| s.tx.clone());
             if let Some(tx) = tx {
@@ -533,7 +532,7 @@ impl SocketInner {
             }
         }
         let handler = {
-            let h = self.handlers.lock().expect("handlers");
+            let h = self.handlers.lock();
             h.by_name.get(&name).or(h.any.as_ref()).cloned()
         };
         let Some(handler) = handler else {
@@ -555,7 +554,7 @@ impl SocketInner {
     /// An ACK for one of our emits.
     pub(crate) fn on_ack(&self, packet: Packet, attachments: Vec<Bytes>) {
         let Some(id) = packet.id else { return };
-        let Some(tx) = self.acks.lock().expect("acks").remove(&id) else {
+        let Some(tx) = self.acks.lock().remove(&id) else {
             tracing::debug!(nsp = self.nsp, id, "acknowledgement for no pending emit");
             return;
         };
@@ -629,7 +628,6 @@ impl Socket {
         self.inner
             .handlers
             .lock()
-            .expect("handlers")
             .by_name
             .insert(event.to_owned(), Arc::new(f));
         self
@@ -640,7 +638,7 @@ impl Socket {
     where
         F: Fn(Event) + Send + Sync + 'static,
     {
-        self.inner.handlers.lock().expect("handlers").any = Some(Arc::new(f));
+        self.inner.handlers.lock().any = Some(Arc::new(f));
         self
     }
 
@@ -649,7 +647,6 @@ impl Socket {
         self.inner
             .handlers
             .lock()
-            .expect("handlers")
             .by_name
             .remove(event);
         self
@@ -735,14 +732,14 @@ impl Socket {
         let frame = event_frame(&self.inner.nsp, event, payload, Some(id));
         let (tx, rx) = oneshot::channel();
         if let Err(e) = self.send(frame, Some((id, tx))).await {
-            self.inner.acks.lock().expect("acks").remove(&id);
+            self.inner.acks.lock().remove(&id);
             return Err(e);
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(p)) => Ok(p),
             Ok(Err(_)) => Err(Error::Disconnected),
             Err(_) => {
-                self.inner.acks.lock().expect("acks").remove(&id);
+                self.inner.acks.lock().remove(&id);
                 Err(Error::Timeout("an acknowledgement"))
             }
         }
@@ -761,7 +758,7 @@ impl Socket {
             // Registered under the state lock, so that a lost connection either sees the ack
             // as buffered or as sent and lost.
             let id = ack.map(|(id, tx)| {
-                self.inner.acks.lock().expect("acks").insert(id, tx);
+                self.inner.acks.lock().insert(id, tx);
                 id
             });
             match &st.conn {

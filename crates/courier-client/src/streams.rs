@@ -227,7 +227,7 @@ impl Socket {
         let (tx, rx) = mpsc::channel(self.inner.subscription_capacity.max(1));
         {
             // Registered first: deliveries may arrive before the answer.
-            let mut subs = self.inner.subs.lock().expect("subscriptions");
+            let mut subs = self.inner.subs.lock();
             if let Some(s) = subs.get(stream) {
                 return Err(Error::AlreadySubscribed {
                     stream: stream.to_owned(),
@@ -250,7 +250,6 @@ impl Socket {
                 self.inner
                     .subs
                     .lock()
-                    .expect("subscriptions")
                     .remove(stream);
                 return Err(e);
             }
@@ -269,7 +268,6 @@ impl Socket {
         self.inner
             .subs
             .lock()
-            .expect("subscriptions")
             .remove(stream);
         self.reserved("courier:unsubscribe", json!({"stream": stream}))
             .await

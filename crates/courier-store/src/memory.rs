@@ -2,7 +2,7 @@
 //! [`crate::Store`] on the same `MemoryBackend` behaves like a restart.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use crate::backend::{Backend, Op, Snapshot, StreamId, StreamSnapshot};
 use crate::types::{
@@ -39,8 +39,8 @@ impl MemoryBackend {
         Self::default()
     }
 
-    fn data(&self) -> std::sync::MutexGuard<'_, Data> {
-        self.data.lock().expect("memory backend lock")
+    fn data(&self) -> parking_lot::MutexGuard<'_, Data> {
+        self.data.lock()
     }
 }
 
@@ -97,7 +97,7 @@ impl Backend for MemoryBackend {
                     known.insert(*id);
                 }
                 Op::Append { stream, .. } if !known.contains(stream) => {
-                    return Err(StoreError::Io(format!(
+                    return Err(StoreError::io(format!(
                         "append to unknown stream id {stream}"
                     )));
                 }

@@ -2,7 +2,7 @@
 //! docs/storage.md.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -62,7 +62,7 @@ const IDLE_READERS: usize = 4;
 
 /// A SQLite database file.
 pub struct SqliteBackend {
-    // std mutexes: SQLite calls block and never run on an async task's stack across an await.
+    // Blocking mutexes (parking_lot: a panic elsewhere does not poison them): SQLite calls block and never run on an async task's stack across an await.
     writer: Mutex<Connection>,
     /// Read connections not in use. Each read takes one (opening one when none is free), so
     /// reads on several blocking threads run side by side and beside the writer, as WAL allows.
@@ -103,7 +103,7 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
-    serde_json::from_str(s).map_err(|e| StoreError::Io(format!("corrupt record: {e}")))
+    serde_json::from_str(s).map_err(|e| StoreError::io_from("corrupt record", e))
 }
 
 impl SqliteBackend {
@@ -134,7 +134,7 @@ impl SqliteBackend {
             }
             Some(SCHEMA_VERSION) => {}
             Some(v) => {
-                return Err(StoreError::Io(format!(
+                return Err(StoreError::io(format!(
                     "database schema version {v} is not supported (expected {SCHEMA_VERSION})"
                 )));
             }
@@ -149,11 +149,8 @@ impl SqliteBackend {
         Ok(backend)
     }
 
-    fn idle_readers(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
-        // Only pushes and pops happen under this lock: a panic cannot leave the list half-changed.
-        self.readers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn idle_readers(&self) -> parking_lot::MutexGuard<'_, Vec<Connection>> {
+        self.readers.lock()
     }
 
     fn reader(&self) -> Result<Reader<'_>, StoreError> {
@@ -344,7 +341,7 @@ impl Backend for SqliteBackend {
     }
 
     fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
-        let mut db = self.writer.lock().expect("sqlite writer lock");
+        let mut db = self.writer.lock();
         let tx = db.transaction()?;
         for op in ops {
             Self::apply(&tx, op)?;
@@ -439,7 +436,7 @@ impl Backend for SqliteBackend {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        let db = self.writer.lock().expect("sqlite writer lock");
+        let db = self.writer.lock();
         db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
         Ok(())
     }

@@ -11,7 +11,9 @@
 //! next batch. Nothing queues without bound.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
@@ -128,7 +130,7 @@ fn queue_capacity(options: &StoreOptions) -> u32 {
 struct Shared {
     backend: Arc<dyn Backend>,
     options: StoreOptions,
-    // std locks: short critical sections, never held across an await.
+    // Blocking locks (parking_lot: a panic elsewhere does not poison them): short critical sections, never held across an await.
     state: RwLock<State>,
     recovery: Mutex<RecoveryLog>,
     dirty: Mutex<Dirty>,
@@ -440,7 +442,7 @@ impl Store {
             let state = self.state();
             (state.tails.bytes, state.tails.entries)
         };
-        let log = self.inner.shared.recovery.lock().expect("recovery lock");
+        let log = self.inner.shared.recovery.lock();
         MemoryUse {
             tail_bytes,
             tail_entries,
@@ -456,13 +458,11 @@ impl Store {
         }
     }
 
-    fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        // A panic while the lock was held leaves numbers that are at worst stale; readers go on.
+    fn state(&self) -> parking_lot::RwLockReadGuard<'_, State> {
         self.inner
             .shared
             .state
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn request<T>(
@@ -701,7 +701,7 @@ impl Store {
         let backend = self.inner.shared.backend.clone();
         tokio::task::spawn_blocking(move || backend.read(id, from, limit))
             .await
-            .map_err(|e| StoreError::Io(format!("reading stream {stream:?} from disk: {e}")))?
+            .map_err(|e| StoreError::io_from(format!("reading stream {stream:?} from disk"), e))?
     }
 
     /// The tail's entries from `from` on, or the stream's backend id when the tail does not
@@ -770,7 +770,7 @@ impl Store {
     pub fn save_consumer(&self, stream: &str, name: &str, state: ConsumerState) {
         let key = (stream.to_owned(), name.to_owned());
         {
-            let mut st = self.inner.shared.state.write().expect("state lock");
+            let mut st = self.inner.shared.state.write();
             let Some(r) = st.consumers.get_mut(&key) else {
                 return;
             };
@@ -780,7 +780,6 @@ impl Store {
             .shared
             .dirty
             .lock()
-            .expect("dirty lock")
             .consumers
             .insert(key);
         self.inner.shared.wake.notify_one();
@@ -803,7 +802,6 @@ impl Store {
             .shared
             .state
             .write()
-            .expect("state lock")
             .sessions
             .insert(pid.to_owned(), record);
         self.mark_session(pid);
@@ -816,7 +814,6 @@ impl Store {
             .shared
             .state
             .write()
-            .expect("state lock")
             .sessions
             .remove(pid)?;
         self.mark_session(pid);
@@ -828,7 +825,6 @@ impl Store {
             .shared
             .dirty
             .lock()
-            .expect("dirty lock")
             .sessions
             .insert(pid.to_owned());
         self.inner.shared.wake.notify_one();
@@ -844,7 +840,7 @@ impl Store {
         except: Vec<String>,
         data: bytes::Bytes,
     ) -> u64 {
-        let mut log = self.inner.shared.recovery.lock().expect("recovery lock");
+        let mut log = self.inner.shared.recovery.lock();
         let offset = log.next_offset;
         log.next_offset += 1;
         log.push(RecoveryEvent {
@@ -867,7 +863,6 @@ impl Store {
             .shared
             .recovery
             .lock()
-            .expect("recovery lock")
             .next_offset
     }
 
@@ -877,7 +872,7 @@ impl Store {
     pub async fn recoverable_after(&self, nsp: &str, offset: u64) -> Option<Vec<RecoveryEvent>> {
         let shared = &self.inner.shared;
         let (in_memory, on_disk_below) = {
-            let log = shared.recovery.lock().expect("recovery lock");
+            let log = shared.recovery.lock();
             if offset < log.dropped_upto {
                 return None;
             }
@@ -904,7 +899,7 @@ impl Store {
             Err(_) => return None,
         };
         // Dropped while they were read: what was read may have gaps.
-        if offset < shared.recovery.lock().expect("recovery lock").dropped_upto {
+        if offset < shared.recovery.lock().dropped_upto {
             return None;
         }
         events.extend(in_memory);
@@ -1199,7 +1194,7 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
                 tracing::error!(error = %e, "store commit failed");
                 // The positions and sessions taken into the failed batch are still only in
                 // memory: the next batch writes them (they used to be dropped with the batch).
-                let mut dirty = shared2.dirty.lock().expect("dirty lock");
+                let mut dirty = shared2.dirty.lock();
                 dirty.consumers.extend(batch.dirty.consumers.drain());
                 dirty.sessions.extend(batch.dirty.sessions.drain());
             } else {
@@ -1239,7 +1234,7 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
 /// Turns waiting requests and dirty state into one batch.
 fn build(shared: &Shared, requests: &mut Vec<Request>, maintenance: bool) -> Batch {
     let opts = &shared.options;
-    let state = shared.state.read().expect("state lock");
+    let state = shared.state.read();
     let mut b = Batch {
         ops: Vec::with_capacity(requests.len() + 8),
         ..Batch::default()
@@ -1388,7 +1383,7 @@ fn build(shared: &Shared, requests: &mut Vec<Request>, maintenance: bool) -> Bat
 }
 
 fn persist_dirty(shared: &Shared, state: &State, b: &mut Batch) {
-    b.dirty = std::mem::take(&mut *shared.dirty.lock().expect("dirty lock"));
+    b.dirty = std::mem::take(&mut *shared.dirty.lock());
     for key in &b.dirty.consumers {
         if b.consumers.iter().any(|(k, _)| k == key) {
             continue;
@@ -1410,7 +1405,7 @@ fn persist_dirty(shared: &Shared, state: &State, b: &mut Batch) {
             None => Op::DeleteSession { pid: pid.clone() },
         });
     }
-    let log = shared.recovery.lock().expect("recovery lock");
+    let log = shared.recovery.lock();
     let mut upto = log.persisted;
     for e in log
         .events
@@ -1462,7 +1457,7 @@ fn retention_view(state: &State) -> Vec<RetentionView> {
 fn retention(shared: &Shared, streams: &[RetentionView], b: &mut Batch) {
     let now = now_ms();
     let window = shared.options.recovery_window.as_millis() as u64;
-    let dropped_upto = shared.recovery.lock().expect("recovery lock").dropped_upto;
+    let dropped_upto = shared.recovery.lock().dropped_upto;
     b.ops.push(Op::ExpireRecovery {
         events_before_ms: now.saturating_sub(window),
         events_upto_offset: dropped_upto,
@@ -1514,7 +1509,7 @@ fn retention(shared: &Shared, streams: &[RetentionView], b: &mut Batch) {
 
 /// Updates the in-memory view after a successful commit.
 fn apply(shared: &Shared, b: &mut Batch) {
-    let mut guard = shared.state.write().expect("state lock");
+    let mut guard = shared.state.write();
     let state = &mut *guard;
     state.next_stream_id = state.next_stream_id.max(b.next_stream_id);
     for (name, (id, config)) in b.created.drain() {
@@ -1624,7 +1619,7 @@ fn apply(shared: &Shared, b: &mut Batch) {
     let now = now_ms();
     state.sessions.retain(|_, s| s.expires_ms >= now);
     drop(guard);
-    let mut log = shared.recovery.lock().expect("recovery lock");
+    let mut log = shared.recovery.lock();
     if let Some(upto) = b.recovery_upto {
         log.persisted = log.persisted.max(upto);
     }

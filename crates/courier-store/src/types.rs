@@ -331,7 +331,7 @@ pub enum StoreError {
     TooManyConsumers(usize),
     /// The disk (or the database) failed; nothing of the operation was kept.
     #[error("storage failure: {0}")]
-    Io(String),
+    Io(#[source] IoError),
     /// The store is shut down.
     #[error("store closed")]
     Closed,
@@ -354,9 +354,61 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// A storage failure described by `message` alone.
+    pub fn io(message: impl Into<String>) -> Self {
+        StoreError::Io(IoError {
+            message: message.into(),
+            source: None,
+        })
+    }
+
+    /// A storage failure caused by `source`, described as `context`.
+    pub fn io_from(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        let context = context.into();
+        StoreError::Io(IoError {
+            message: format!("{context}: {source}"),
+            source: Some(std::sync::Arc::new(source)),
+        })
+    }
+}
+
+/// What failed in the disk or the database, with the error that caused it. Errors are compared by
+/// their message (a store error is answered to every waiter of a batch, so it is cloned).
+#[derive(Debug, Clone)]
+pub struct IoError {
+    message: String,
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl std::fmt::Display for IoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for IoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl PartialEq for IoError {
+    fn eq(&self, other: &Self) -> bool {
+        self.message == other.message
+    }
+}
+
+impl Eq for IoError {}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Io(e.to_string())
+        StoreError::io_from("sqlite", e)
     }
 }
 

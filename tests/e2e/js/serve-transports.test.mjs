@@ -84,12 +84,13 @@ describe("GET /health", () => {
     const server = await startCourier({ t });
     const first = await api(server, "GET", "/health");
     assert.equal(first.status, 200);
-    assert.deepEqual(first.body, { status: "ok", connections: 0 });
+    const idle = { tail_bytes: 0, tail_entries: 0, recovery_bytes: 0, recovery_events: 0, recovery_kept: 0, recovery_unpersisted: 0 };
+    assert.deepEqual(first.body, { status: "ok", connections: 0, memory: idle });
 
     const a = await connect(t, server.url, "/", { transports: ["websocket"] });
     await connect(t, server.url, "/", { transports: ["polling"] });
     const two = await api(server, "GET", "/health");
-    assert.deepEqual(two.body, { status: "ok", connections: 2 });
+    assert.deepEqual(two.body, { status: "ok", connections: 2, memory: idle });
 
     closeSocket(a);
     await waitFor(async () => (await api(server, "GET", "/health")).body.connections === 1, {

@@ -156,7 +156,7 @@ impl Backend for Faulty {
         self.faults.pass_gate(ops);
         if fail {
             self.faults.failed.fetch_add(1, Ordering::SeqCst);
-            return Err(StoreError::Io("injected commit failure".into()));
+            return Err(StoreError::io("injected commit failure"));
         }
         self.inner.commit(ops)?;
         self.faults.committed.fetch_add(1, Ordering::SeqCst);
