@@ -1197,6 +1197,41 @@ describe("Socket.IO (conformance socketio at /socket.io/, namespaces / and /cust
     { post: 200, next: { status: 200, packets: ["1"] }, after: UNKNOWN_SID },
   );
 
+  scenario(
+    s,
+    "CONNECT to /custom without the trailing comma, and with an auth payload",
+    async (srv) => {
+      const bare = await connected(srv, "40/custom");
+      await bare.session.post('42/custom,["message","x"]');
+      const back = await bare.session.receive(1);
+      const withAuth = await connected(srv, '40/custom,{"token":"t"}');
+      return [...bare.packets, ...back, ...withAuth.packets].map(normalizeIds);
+    },
+    [
+      '40/custom,{"sid":"<sid>"}',
+      '42/custom,["auth",{}]',
+      '42/custom,["message-back","x"]',
+      '40/custom,{"sid":"<sid>"}',
+      '42/custom,["auth",{"token":"t"}]',
+    ],
+  );
+
+  scenario(
+    s,
+    "over websocket, an EVENT for a namespace not joined closes the websocket",
+    async (srv) => {
+      const ws = await WsConn.open(wsUrl(srv.url, EP));
+      await ws.next(); // open
+      ws.send("40");
+      await ws.nextN(2);
+      ws.send('42/custom,["message","x"]');
+      const closed = await Promise.race([ws.closed, sleep(1500).then(() => null)]);
+      ws.terminate();
+      return { closeCode: closed ? closed.code : "still open", messages: ws.queue };
+    },
+    { closeCode: 1005, messages: [] },
+  );
+
   // Only EVENTs ask for acks; an id on a CONNECT is read and then means nothing.
   scenario(
     s,
@@ -1234,15 +1269,15 @@ describe("Socket.IO (conformance socketio at /socket.io/, namespaces / and /cust
   // Once one namespace is joined, a packet for another one that is not joined breaks the protocol
   // just the same.
   for (const [label, bad] of [
-    ["an EVENT", '42/custom,["message","x"]'],
-    ["an ACK", "43/custom,1[]"],
-    ["a DISCONNECT", "41/custom,"],
-    ["a second CONNECT to /", "40"],
-    ["a CONNECT_ERROR", '44{"message":"no"}'],
+    ["an EVENT for /custom, not joined", '42/custom,["message","x"]'],
+    ["an ACK for /custom, not joined", "43/custom,1[]"],
+    ["a DISCONNECT for /custom, not joined", "41/custom,"],
+    ["a second CONNECT to /, joined already", "40"],
+    ["a CONNECT_ERROR from the client", '44{"message":"no"}'],
   ]) {
     scenario(
       s,
-      `${label} for a namespace not joined (or joined already) closes the connection`,
+      `joined to /: ${label} closes the connection`,
       async (srv) => {
         const { session } = await connected(srv);
         return await closeAfterPost(session, bad);
