@@ -180,8 +180,9 @@ impl Packet {
                 .iter()
                 .position(|&b| b == b'-')
                 .ok_or(DecodeError::IllegalAttachments)?;
+            // A binary packet announces at least one attachment.
             attachments = parse_digits(&rest[..dash])
-                .filter(|&n| n <= MAX_ATTACHMENTS as u64)
+                .filter(|&n| (1..=MAX_ATTACHMENTS as u64).contains(&n))
                 .ok_or(DecodeError::IllegalAttachments)? as usize;
             rest = &rest[dash + 1..];
         }
@@ -225,7 +226,9 @@ impl Packet {
             (PacketType::Event | PacketType::BinaryEvent, Some(Value::Array(args))) => {
                 matches!(args.first(), Some(Value::String(name)) if !RESERVED_EVENTS.contains(&name.as_str()))
             }
-            (PacketType::Ack | PacketType::BinaryAck, Some(Value::Array(_))) => self.id.is_some(),
+            // The payload should be an array, but an ACK without one (or without an id) is
+            // well-formed: the reference server takes it, and there is nothing to misread.
+            (PacketType::Ack | PacketType::BinaryAck, None | Some(Value::Array(_))) => true,
             (PacketType::ConnectError, Some(Value::Object(_) | Value::String(_))) => true,
             _ => false,
         };
@@ -310,19 +313,27 @@ pub fn placeholder(num: usize) -> Value {
     serde_json::json!({"_placeholder": true, "num": num})
 }
 
-/// If `v` is a placeholder, the attachment number it refers to.
-pub fn placeholder_num(v: &Value) -> Option<usize> {
-    let obj = v.as_object()?;
-    if obj.len() == 2 && obj.get("_placeholder")? == &Value::Bool(true) {
-        obj.get("num")?.as_u64().map(|n| n as usize)
-    } else {
-        None
-    }
+/// Whether `v` stands for an attachment (in a binary packet): an object whose `_placeholder` is
+/// `true`, whatever else it holds, as clients read it.
+fn is_placeholder(v: &Value) -> bool {
+    v.as_object()
+        .and_then(|o| o.get("_placeholder"))
+        .is_some_and(|p| p == &Value::Bool(true))
 }
 
+/// If `v` is a placeholder, the attachment number it refers to.
+pub fn placeholder_num(v: &Value) -> Option<usize> {
+    if !is_placeholder(v) {
+        return None;
+    }
+    usize::try_from(v.get("num")?.as_u64()?).ok()
+}
+
+/// Whether every placeholder in `v` refers to one of `count` attachments. A placeholder without
+/// a valid `num` refers to none.
 fn placeholders_in_range(v: &Value, count: usize) -> bool {
-    if let Some(num) = placeholder_num(v) {
-        return num < count;
+    if is_placeholder(v) {
+        return placeholder_num(v).is_some_and(|n| n < count);
     }
     match v {
         Value::Array(a) => a.iter().all(|v| placeholders_in_range(v, count)),
@@ -386,6 +397,10 @@ impl Reassembler {
     }
 
     fn finish(complete: Complete) -> Result<Complete, DecodeError> {
+        // Only binary packets have placeholders; in an EVENT or ACK the same object is data.
+        if !complete.packet.kind.is_binary() {
+            return Ok(complete);
+        }
         let count = complete.attachments.len();
         match &complete.packet.data {
             Some(data) if !placeholders_in_range(data, count) => Err(DecodeError::BadPlaceholder),
@@ -513,7 +528,7 @@ mod tests {
             Err(DecodeError::InvalidPayload(PacketType::Event))
         );
         assert_eq!(
-            decode("3[]"),
+            decode("3{}"),
             Err(DecodeError::InvalidPayload(PacketType::Ack))
         );
         assert_eq!(
@@ -525,6 +540,8 @@ mod tests {
             Err(DecodeError::InvalidPayload(PacketType::Disconnect))
         );
         assert_eq!(decode("5[\"a\"]"), Err(DecodeError::IllegalAttachments));
+        assert_eq!(decode("50-[\"a\"]"), Err(DecodeError::IllegalAttachments));
+        assert_eq!(decode("5-[\"a\"]"), Err(DecodeError::IllegalAttachments));
         assert_eq!(decode("5x-[\"a\"]"), Err(DecodeError::IllegalAttachments));
         assert_eq!(
             decode("599999-[\"a\"]"),
@@ -559,8 +576,40 @@ mod tests {
         r.text(b"51-[\"up\",{\"_placeholder\":true,\"num\":3}]")
             .unwrap();
         assert_eq!(r.binary(Bytes::new()), Err(DecodeError::BadPlaceholder));
-        let text_only = r.text(b"2[\"a\",{\"_placeholder\":true,\"num\":0}]");
-        assert_eq!(text_only, Err(DecodeError::BadPlaceholder));
+        for bad in [
+            &b"51-[\"up\",{\"_placeholder\":true,\"num\":\"0\"}]"[..],
+            b"51-[\"up\",{\"_placeholder\":true}]",
+            b"51-[\"up\",{\"_placeholder\":true,\"num\":-1}]",
+        ] {
+            r.text(bad).unwrap();
+            assert_eq!(r.binary(Bytes::new()), Err(DecodeError::BadPlaceholder));
+        }
+        // With extra keys it is still a placeholder, as clients read it.
+        r.text(b"51-[\"up\",{\"_placeholder\":true,\"num\":0,\"x\":1}]")
+            .unwrap();
+        let done = r.binary(Bytes::new()).unwrap().unwrap();
+        assert_eq!(placeholder_num(&done.packet.data.unwrap()[1]), Some(0));
+    }
+
+    #[test]
+    fn placeholder_shaped_data_in_text_packets_is_data() {
+        let mut r = Reassembler::default();
+        let done = r
+            .text(b"2[\"a\",{\"_placeholder\":true,\"num\":0}]")
+            .unwrap()
+            .unwrap();
+        assert!(done.attachments.is_empty());
+    }
+
+    #[test]
+    fn acks_without_id_or_payload_decode() {
+        let p = decode("3[]").unwrap();
+        assert_eq!(
+            (p.kind, p.id, p.data),
+            (PacketType::Ack, None, Some(json!([])))
+        );
+        let p = decode("3/admin,7").unwrap();
+        assert_eq!((p.kind, p.id, p.data), (PacketType::Ack, Some(7), None));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!
 //! - `socketio`: namespaces `/` and `/custom`; on connect emits `auth` with the handshake's auth
 //!   payload; `message` is answered with `message-back` and the same arguments;
-//!   `message-with-ack` is acknowledged with the same arguments.
+//!   `message-with-ack` is acknowledged with the same arguments; `server-disconnect` makes the
+//!   server disconnect that socket (the connection keeps its other namespaces).
 //! - `engineio`: a bare Engine.IO server at `/engine.io/` that sends every message back.
 
 use std::sync::Arc;
@@ -66,6 +67,9 @@ fn socketio() -> Io {
             socket.on("message-with-ack", |_, mut msg| async move {
                 let payload = std::mem::take(&mut msg.payload);
                 let _ = msg.ack_payload(payload);
+            });
+            socket.on("server-disconnect", |socket, _| async move {
+                socket.disconnect();
             });
         });
     }

@@ -35,10 +35,21 @@
 // - noop packets (`6`) on a websocket: Courier may send one right after an upgrade, the reference
 //   does not; clients ignore noops;
 // - how binary placeholders are numbered in a re-encoded packet (the reference renumbers them in
-//   argument order): the arguments rebuilt from them are compared instead;
+//   argument order, and drops an attachment no placeholder refers to, where Courier passes it
+//   on): the arguments rebuilt from them are compared instead;
 // - event names that are numbers: the reference's parser accepts `42[1,"a"]` and dispatches it as
 //   event "1"; Courier follows the protocol text (the first element is the event name, a string)
-//   and closes the connection.
+//   and closes the connection;
+// - an EVENT without a payload (`42`, `421`): the reference dispatches an event with no name,
+//   which no handler can receive; Courier follows the protocol text ("The payload is mandatory
+//   and MUST be a non-empty array. If that's not the case, then the receiver MUST close the
+//   connection");
+// - ack ids above 2^53 - 1: the reference reads them as JavaScript numbers and answers with a
+//   rounded id; Courier keeps every id up to 2^64 - 1 exact and closes the connection for a larger
+//   one (ids up to 2^53 - 1 are compared);
+// - packets announcing more than 10 binary attachments: the reference's parser closes the
+//   connection, Courier takes up to 1024 (each message is still bounded by maxPayload), so that a
+//   client sending many buffers in one emit is served.
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -139,6 +150,24 @@ async function pollUntilEnd(session, timeoutMs = 4000) {
 }
 
 /**
+ * Long-polls a session for `ms`, answering pings, and returns the non-ping packets it got. No GET
+ * is pending when it returns.
+ */
+async function keepAlive(session, ms) {
+  const deadline = Date.now() + ms;
+  const packets = [];
+  while (Date.now() < deadline) {
+    const res = await session.get(2000);
+    if (res.status !== 200) return [...packets, errorShape(res)];
+    for (const packet of splitPayload(res.text)) {
+      if (packet === "2") await session.post("3");
+      else if (packet !== "6") packets.push(packet);
+    }
+  }
+  return packets;
+}
+
+/**
  * Sends `packets` in a POST while a GET is pending (as a real client always has one) and reports
  * what ends the session: the packets the client gets, then the answer to the next poll.
  */
@@ -148,7 +177,11 @@ async function closeAfterPost(session, packets) {
   const post = await session.post(packets);
   const first = await pending;
   if (first.status !== 200) return { post: post.status, packets: [], end: errorShape(first) };
-  const seen = splitPayload(first.text).filter((p) => p !== "6" && p !== "2");
+  const all = splitPayload(first.text);
+  // An unanswered ping would end the session by itself (ping timeout) and hide a server that
+  // does not close.
+  if (all.includes("2")) await session.post("3");
+  const seen = all.filter((p) => p !== "6" && p !== "2");
   if (seen.includes("1")) return { post: post.status, packets: seen, end: errorShape(await session.get()) };
   const rest = await pollUntilEnd(session, 3000);
   return { post: post.status, packets: [...seen, ...rest.packets], end: rest.end };
@@ -1029,16 +1062,25 @@ describe("Socket.IO (conformance socketio at /socket.io/, namespaces / and /cust
     ['42["message-back","after"]'],
   );
 
-  scenario(
-    s,
-    "a CONNECT whose auth is not an object closes the connection",
-    async (srv) => {
-      const session = new PollingSession(srv.url, EP);
-      await session.handshake();
-      return await closeAfterPost(session, '40"just a string"');
-    },
-    { post: 200, packets: ["1"], end: UNKNOWN_SID },
-  );
+  for (const [label, bad] of [
+    ["a string", '40"just a string"'],
+    ["an array", "40[1]"],
+    ["null", "40null"],
+    // (digits right after the type are an ack id, so the number is negative)
+    ["a number", "40-1"],
+    ["true, for /custom", "40/custom,true"],
+  ]) {
+    scenario(
+      s,
+      `a CONNECT whose auth is not an object (${label}) closes the connection`,
+      async (srv) => {
+        const session = new PollingSession(srv.url, EP);
+        await session.handshake();
+        return await closeAfterPost(session, bad);
+      },
+      { post: 200, packets: ["1"], end: UNKNOWN_SID },
+    );
+  }
 
   scenario(
     s,
@@ -1104,8 +1146,26 @@ describe("Socket.IO (conformance socketio at /socket.io/, namespaces / and /cust
     ["payload not an array", '42{"a":1}'],
     ["empty event array", "42[]"],
     ["unknown packet type", "49"],
-    ["reserved event name", '42["disconnect"]'],
+    ["unknown packet type 7", "47"],
+    ["unknown packet type 8", '48["message"]'],
+    ["packet type not a digit", '4x["message"]'],
     ["namespace without a leading slash", "40custom,"],
+    ["EVENT in a namespace without a leading slash", '42custom,["message"]'],
+    ["ack id that is not a number", '42x1["message-with-ack"]'],
+    ["ACK whose payload is an object", '431{"a":1}'],
+    ["ACK whose payload is a string", '431"a"'],
+    ["DISCONNECT with a payload", '41{"a":1}'],
+    ["BINARY_EVENT announcing no attachment", '450-["message"]'],
+    ["BINARY_EVENT with a malformed attachment count", '45x-["message",{"_placeholder":true,"num":0}]'],
+    ["binary message while no attachment is expected", ["bAQID"]],
+    ["text packet while attachments are expected", ['452-["message",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]', "bAQ==", '42["message","x"]']],
+    ["placeholder beyond the attachments", ['451-["message",{"_placeholder":true,"num":1}]', "bAQ=="]],
+    ["placeholder whose num is not a number", ['451-["message",{"_placeholder":true,"num":"0"}]', "bAQ=="]],
+    ["placeholder without num", ['451-["message",{"_placeholder":true}]', "bAQ=="]],
+    ...["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"].map((name) => [
+      `reserved event name ${name}`,
+      `42["${name}"]`,
+    ]),
   ]) {
     scenario(
       s,
@@ -1139,12 +1199,199 @@ describe("Socket.IO (conformance socketio at /socket.io/, namespaces / and /cust
 
   scenario(
     s,
-    "an EVENT for a namespace the client has not joined closes the connection",
+    "CONNECT to /custom without the trailing comma, and with an auth payload",
     async (srv) => {
-      const session = new PollingSession(srv.url, EP);
-      await session.handshake();
-      return await closeAfterPost(session, '42["message","too early"]');
+      const bare = await connected(srv, "40/custom");
+      await bare.session.post('42/custom,["message","x"]');
+      const back = await bare.session.receive(1);
+      const withAuth = await connected(srv, '40/custom,{"token":"t"}');
+      return [...bare.packets, ...back, ...withAuth.packets].map(normalizeIds);
+    },
+    [
+      '40/custom,{"sid":"<sid>"}',
+      '42/custom,["auth",{}]',
+      '42/custom,["message-back","x"]',
+      '40/custom,{"sid":"<sid>"}',
+      '42/custom,["auth",{"token":"t"}]',
+    ],
+  );
+
+  scenario(
+    s,
+    "over websocket, an EVENT for a namespace not joined closes the websocket",
+    async (srv) => {
+      const ws = await WsConn.open(wsUrl(srv.url, EP));
+      await ws.next(); // open
+      ws.send("40");
+      await ws.nextN(2);
+      ws.send('42/custom,["message","x"]');
+      const closed = await Promise.race([ws.closed, sleep(1500).then(() => null)]);
+      ws.terminate();
+      return { closeCode: closed ? closed.code : "still open", messages: ws.queue };
+    },
+    { closeCode: 1005, messages: [] },
+  );
+
+  // Only EVENTs ask for acks; an id on a CONNECT is read and then means nothing.
+  scenario(
+    s,
+    "a CONNECT carrying an ack id is accepted",
+    async (srv) => {
+      const { packets } = await connected(srv, "407");
+      return packets.map(normalizeIds);
+    },
+    ['40{"sid":"<sid>"}', '42["auth",{}]'],
+  );
+
+  // "If the server does not receive a CONNECT packet first, then it MUST close the connection
+  // immediately": well before the connect timeout (1 s) could be what closes it.
+  for (const [label, first] of [
+    ["an EVENT", '42["message","too early"]'],
+    ["an ACK", "431[]"],
+    ["a DISCONNECT", "41"],
+    ["a CONNECT_ERROR", '44{"message":"no"}'],
+  ]) {
+    scenario(
+      s,
+      `${label} before any CONNECT closes the connection at once`,
+      async (srv) => {
+        const session = new PollingSession(srv.url, EP);
+        await session.handshake();
+        const start = Date.now();
+        const seen = await closeAfterPost(session, first);
+        const ms = Date.now() - start;
+        return { ...seen, beforeConnectTimeout: ms < 600 ? true : ms };
+      },
+      { post: 200, packets: ["1"], end: UNKNOWN_SID, beforeConnectTimeout: true },
+    );
+  }
+
+  // Once one namespace is joined, a packet for another one that is not joined breaks the protocol
+  // just the same.
+  for (const [label, bad] of [
+    ["an EVENT for /custom, not joined", '42/custom,["message","x"]'],
+    ["an ACK for /custom, not joined", "43/custom,1[]"],
+    ["a DISCONNECT for /custom, not joined", "41/custom,"],
+    ["a second CONNECT to /, joined already", "40"],
+    ["a CONNECT_ERROR from the client", '44{"message":"no"}'],
+  ]) {
+    scenario(
+      s,
+      `joined to /: ${label} closes the connection`,
+      async (srv) => {
+        const { session } = await connected(srv);
+        return await closeAfterPost(session, bad);
+      },
+      { post: 200, packets: ["1"], end: UNKNOWN_SID },
+    );
+  }
+
+  scenario(
+    s,
+    "an EVENT for a namespace the client left closes the connection",
+    async (srv) => {
+      const { session } = await connected(srv);
+      await session.post("40/custom,");
+      await session.receive(2);
+      await session.post("41/custom,");
+      return await closeAfterPost(session, '42/custom,["message","gone"]');
     },
     { post: 200, packets: ["1"], end: UNKNOWN_SID },
+  );
+
+  // The connect timeout is for the first CONNECT: a client that joined and then left every
+  // namespace keeps its connection, and may join again later.
+  scenario(
+    s,
+    "leaving the only namespace keeps the connection past the connect timeout; CONNECT again works",
+    async (srv) => {
+      const { session } = await connected(srv);
+      const leave = await session.post("41");
+      const idle = await keepAlive(session, 1300);
+      await session.post("40");
+      const again = await session.receive(2);
+      await session.post('42["message","back"]');
+      const back = await session.receive(1);
+      return { leave: leave.status, idle, again: [...again, ...back].map(normalizeIds) };
+    },
+    {
+      leave: 200,
+      idle: [],
+      again: ['40{"sid":"<sid>"}', '42["auth",{}]', '42["message-back","back"]'],
+    },
+  );
+
+  scenario(
+    s,
+    "a server-side disconnect of one namespace leaves the others joined",
+    async (srv) => {
+      const { session } = await connected(srv);
+      await session.post("40/custom,");
+      await session.receive(2);
+      await session.post('42/custom,["server-disconnect"]');
+      const disconnect = await session.receive(1);
+      await session.post('42["message","still here"]');
+      const back = await session.receive(1);
+      await session.post("40/custom,");
+      const again = await session.receive(2);
+      return { disconnect, back, again: again.map(normalizeIds) };
+    },
+    {
+      disconnect: ["41/custom,"],
+      back: ['42["message-back","still here"]'],
+      again: ['40/custom,{"sid":"<sid>"}', '42/custom,["auth",{}]'],
+    },
+  );
+
+  scenario(
+    s,
+    "an ACK without an id or without a payload is ignored",
+    async (srv) => {
+      const { session } = await connected(srv);
+      await session.post(["43[]", "431", '42["message","after"]']);
+      return await session.receive(1);
+    },
+    ['42["message-back","after"]'],
+  );
+
+  scenario(
+    s,
+    "the largest exact ack id (2^53 - 1) comes back unchanged",
+    async (srv) => {
+      const { session } = await connected(srv);
+      await session.post('429007199254740991["message-with-ack",1]');
+      return await session.receive(1);
+    },
+    ["439007199254740991[1]"],
+  );
+
+  // Only binary packets have attachments; in an EVENT such an object is ordinary data.
+  scenario(
+    s,
+    "a placeholder-shaped object in a plain EVENT is data",
+    async (srv) => {
+      const { session } = await connected(srv);
+      await session.post('42["message",{"_placeholder":true,"num":0}]');
+      return await session.receive(1);
+    },
+    ['42["message-back",{"_placeholder":true,"num":0}]'],
+  );
+
+  // An attachment no placeholder refers to is not an argument. Courier passes it on (what a client
+  // rebuilds is the same), so the rebuilt arguments are compared, as elsewhere.
+  scenario(
+    s,
+    "a BINARY_EVENT with an attachment no placeholder refers to",
+    async (srv) => {
+      const { session } = await connected(srv);
+      await session.post(['452-["message",{"_placeholder":true,"num":1}]', "bAQ==", "bAg=="]);
+      const [header] = await session.receive(1);
+      const match = /^45(\d+)-(.*)$/.exec(header);
+      if (!match) return { header };
+      const attachments = await session.receive(Number(match[1]));
+      const args = JSON.parse(match[2], (_k, v) => (v && v._placeholder === true ? `bin:${attachments[v.num]}` : v));
+      return { args };
+    },
+    { args: ["message-back", "bin:bAg=="] },
   );
 });

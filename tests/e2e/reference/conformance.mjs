@@ -73,6 +73,10 @@ function serveSocketIo(httpServer) {
         callback(...args);
       }
     });
+    // the server ends this socket (and only this one) of the connection
+    socket.on("server-disconnect", () => {
+      socket.disconnect();
+    });
   };
   io.of("/").on("connection", onConnection);
   io.of("/custom").on("connection", onConnection);

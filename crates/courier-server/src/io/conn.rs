@@ -2,7 +2,7 @@
 //! and the reassembly of binary packets.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -28,6 +28,8 @@ pub struct Conn {
     /// Handlers of this connection that are still running after their first poll.
     inflight: AtomicUsize,
     drained: Notify,
+    /// Set once the first CONNECT is accepted; see [`Conn::has_joined`].
+    joined: AtomicBool,
 }
 
 /// Handlers one connection may have running before its transport stops reading.
@@ -43,6 +45,7 @@ impl Conn {
             reassembler: Mutex::new(Reassembler::default()),
             inflight: AtomicUsize::new(0),
             drained: Notify::new(),
+            joined: AtomicBool::new(false),
         }
     }
 
@@ -87,21 +90,30 @@ impl Conn {
         }))
     }
 
-    pub(crate) fn has_sockets(&self) -> bool {
-        !self.sockets.lock().expect("sockets lock").is_empty()
+    /// Whether a CONNECT of this connection has ever been accepted. The connect timeout applies
+    /// until then only: a client that left every namespace keeps its connection.
+    pub(crate) fn has_joined(&self) -> bool {
+        self.joined.load(Ordering::Acquire)
     }
 
     fn socket(&self, nsp: &str) -> Option<Socket> {
-        self.sockets.lock().expect("sockets lock").get(nsp).cloned()
+        self.sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(nsp)
+            .cloned()
     }
 
     pub(crate) fn remove_socket(&self, nsp: &str) -> Option<Socket> {
-        self.sockets.lock().expect("sockets lock").remove(nsp)
+        self.sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(nsp)
     }
 
     pub(crate) fn on_message(self: &Arc<Self>, data: Data) {
         let result = {
-            let mut r = self.reassembler.lock().expect("reassembler lock");
+            let mut r = self.reassembler.lock().unwrap_or_else(|e| e.into_inner());
             match data {
                 Data::Text(t) => r.text(&t),
                 Data::Binary(b) => r.binary(b),
@@ -124,29 +136,42 @@ impl Conn {
             attachments,
         }: Complete,
     ) {
-        match packet.kind {
-            PacketType::Connect => self.connect(packet),
-            PacketType::Disconnect => {
+        // A CONNECT is the only packet for a namespace not joined, and only for one not joined;
+        // the client may never send CONNECT_ERROR. Anything else breaks the protocol and closes
+        // the connection, as the reference server does.
+        match (packet.kind, self.socket(&packet.nsp)) {
+            (PacketType::Connect, None) => self.connect(packet),
+            (PacketType::Connect, Some(_)) => self.violation(&packet.nsp, Violation::AlreadyJoined),
+            (PacketType::ConnectError, _) => {
+                self.violation(&packet.nsp, Violation::ConnectErrorFromClient)
+            }
+            (kind, None) => self.violation(&packet.nsp, Violation::NotJoined(kind)),
+            (PacketType::Disconnect, Some(_)) => {
                 if let Some(s) = self.remove_socket(&packet.nsp) {
                     s.close(DisconnectReason::ClientNamespaceDisconnect);
                 }
             }
-            PacketType::Event | PacketType::BinaryEvent => match self.socket(&packet.nsp) {
-                Some(s) => s.dispatch(packet, attachments),
-                None => tracing::debug!(nsp = packet.nsp, "event for a namespace not joined"),
-            },
-            PacketType::Ack | PacketType::BinaryAck => {
-                if let (Some(s), Some(id), Some(Value::Array(args))) =
-                    (self.socket(&packet.nsp), packet.id, packet.data)
-                {
+            (PacketType::Event | PacketType::BinaryEvent, Some(s)) => {
+                s.dispatch(packet, attachments)
+            }
+            (PacketType::Ack | PacketType::BinaryAck, Some(s)) => {
+                // Without an id nothing waits for it; without a payload it answers with no
+                // arguments (the reference server does both).
+                if let Some(id) = packet.id {
+                    let args = match packet.data {
+                        Some(Value::Array(args)) => args,
+                        _ => Vec::new(),
+                    };
                     s.resolve_ack(id, Payload { args, attachments });
                 }
             }
-            PacketType::ConnectError => {
-                tracing::info!(sid = %self.session.sid(), "closing connection: client sent CONNECT_ERROR");
-                self.session.close(CloseReason::ParseError);
-            }
         }
+    }
+
+    /// Closes the connection of a client that broke the protocol.
+    fn violation(&self, nsp: &str, violation: Violation) {
+        tracing::info!(sid = %self.session.sid(), nsp, error = %violation, "closing connection: Socket.IO protocol violation");
+        self.session.close(violation.close_reason());
     }
 
     fn send(&self, packet: Packet) {
@@ -155,12 +180,8 @@ impl Conn {
 
     fn connect(self: &Arc<Self>, packet: Packet) {
         let nsp = packet.nsp;
-        if self.socket(&nsp).is_some() {
-            tracing::debug!(nsp, "CONNECT to a namespace already joined: ignored");
-            return;
-        }
         let max = self.io.config.max_namespaces_per_connection;
-        if max > 0 && self.sockets.lock().expect("sockets lock").len() >= max {
+        if max > 0 && self.sockets.lock().unwrap_or_else(|e| e.into_inner()).len() >= max {
             tracing::debug!(
                 nsp,
                 max,
@@ -211,8 +232,9 @@ impl Conn {
             }
             conn.sockets
                 .lock()
-                .expect("sockets lock")
+                .unwrap_or_else(|e| e.into_inner())
                 .insert(ns.name_arc(), socket.clone());
+            conn.joined.store(true, Ordering::Release);
             socket.attach();
             let mut reply = serde_json::json!({"sid": socket.id().as_ref()});
             if let Some(pid) = &socket.0.pid {
@@ -314,12 +336,37 @@ impl Conn {
         let sockets: Vec<Socket> = self
             .sockets
             .lock()
-            .expect("sockets lock")
+            .unwrap_or_else(|e| e.into_inner())
             .drain()
             .map(|(_, s)| s)
             .collect();
         for s in sockets {
             s.close(DisconnectReason::Connection(reason));
+        }
+    }
+}
+
+/// A well-formed packet the client may not send in its connection's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum Violation {
+    /// A CONNECT to a namespace the connection has joined already.
+    #[error("CONNECT to a namespace already joined")]
+    AlreadyJoined,
+    /// A packet other than CONNECT for a namespace not joined (also before any CONNECT).
+    #[error("{0:?} for a namespace not joined")]
+    NotJoined(PacketType),
+    /// CONNECT_ERROR is the server's answer; a client never sends it.
+    #[error("client sent CONNECT_ERROR")]
+    ConnectErrorFromClient,
+}
+
+impl Violation {
+    /// What the connection's sockets are told: like a malformed packet, and not recoverable.
+    fn close_reason(self) -> CloseReason {
+        match self {
+            Violation::AlreadyJoined
+            | Violation::NotJoined(_)
+            | Violation::ConnectErrorFromClient => CloseReason::ParseError,
         }
     }
 }

@@ -274,7 +274,7 @@ impl engine::Handler for IoHandler {
     }
 
     fn on_connect_timeout(&self, conn: &Arc<Conn>) {
-        if !conn.has_sockets() {
+        if !conn.has_joined() {
             conn.session.close(CloseReason::ConnectTimeout);
         }
     }
