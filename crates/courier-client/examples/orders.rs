@@ -32,7 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         while status.changed().await.is_ok() {
             match &*status.borrow() {
                 Status::Connected { sid, recovered } => {
-                    println!("connected as {sid} (recovered: {recovered})")
+                    println!("connected as {sid} (recovered: {recovered})");
                 }
                 Status::Disconnected(reason) => println!("disconnected: {reason}"),
                 _ => {}

@@ -2,8 +2,8 @@
 //! namespaces, and the task that owns it, answers pings, dispatches packets and reconnects.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -223,11 +223,7 @@ impl std::fmt::Debug for Client {
 
 impl Shared {
     fn sockets(&self) -> Vec<Arc<SocketInner>> {
-        self.sockets
-            .lock()
-            .values()
-            .cloned()
-            .collect()
+        self.sockets.lock().values().cloned().collect()
     }
 
     fn socket(&self, nsp: &str) -> Option<Arc<SocketInner>> {
@@ -424,7 +420,7 @@ fn dispatch(
         PacketType::ConnectError => socket.on_refused(packet.data),
         PacketType::Disconnect => socket.on_disconnect(DisconnectReason::ServerDisconnect),
         PacketType::Event | PacketType::BinaryEvent => {
-            socket.on_event(generation, packet, attachments)
+            socket.on_event(generation, packet, attachments);
         }
         PacketType::Ack | PacketType::BinaryAck => socket.on_ack(packet, attachments),
     }

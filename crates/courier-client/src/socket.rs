@@ -2,8 +2,8 @@
 //! the state connection state recovery needs (`pid`, last offset).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use std::time::Duration;
@@ -377,7 +377,7 @@ impl SocketInner {
                         match Error::from_answer(&answer) {
                             None => tracing::debug!(nsp, stream, "subscription renewed"),
                             Some(e) => {
-                                tracing::warn!(nsp, stream, error = %e, "renewing a subscription failed")
+                                tracing::warn!(nsp, stream, error = %e, "renewing a subscription failed");
                             }
                         }
                     }
@@ -445,9 +445,7 @@ impl SocketInner {
             std::mem::take(&mut st.waiters)
         };
         drop(st);
-        self.acks
-            .lock()
-            .retain(|id, _| keep.contains(id));
+        self.acks.lock().retain(|id, _| keep.contains(id));
         for w in waiters {
             let err = if reason == DisconnectReason::ClientDisconnect {
                 Error::Closed
@@ -502,11 +500,7 @@ impl SocketInner {
         if let Some(ack) = ack.as_ref().filter(|_| args.len() == 2)
             && let Some(meta) = DeliveryMeta::parse(&args[1])
         {
-            let tx = self
-                .subs
-                .lock()
-                .get(&meta.stream)
-                .map(|s| s.tx.clone());
+            let tx = self.subs.lock().get(&meta.stream).map(|s| s.tx.clone());
             if let Some(tx) = tx {
                 let data = args.swap_remove(0);
                 let delivery = Delivery {
@@ -644,11 +638,7 @@ impl Socket {
 
     /// Removes the handler of `event`.
     pub fn off(&self, event: &str) -> &Self {
-        self.inner
-            .handlers
-            .lock()
-            .by_name
-            .remove(event);
+        self.inner.handlers.lock().by_name.remove(event);
         self
     }
 

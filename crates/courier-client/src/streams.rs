@@ -247,10 +247,7 @@ impl Socket {
         let answer = match answer {
             Ok(a) => a,
             Err(e) => {
-                self.inner
-                    .subs
-                    .lock()
-                    .remove(stream);
+                self.inner.subs.lock().remove(stream);
                 return Err(e);
             }
         };
@@ -265,10 +262,7 @@ impl Socket {
 
     /// Ends this socket's subscription to `stream`.
     pub async fn unsubscribe(&self, stream: &str) -> Result<()> {
-        self.inner
-            .subs
-            .lock()
-            .remove(stream);
+        self.inner.subs.lock().remove(stream);
         self.reserved("courier:unsubscribe", json!({"stream": stream}))
             .await
             .map(drop)

@@ -1,8 +1,8 @@
 //! A backend that keeps everything in memory: for tests and ephemeral hubs. Reopening a
 //! [`crate::Store`] on the same `MemoryBackend` behaves like a restart.
 
-use std::collections::{BTreeMap, HashMap};
 use parking_lot::Mutex;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::backend::{Backend, Op, Snapshot, StreamId, StreamSnapshot};
 use crate::types::{

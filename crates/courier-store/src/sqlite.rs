@@ -1,8 +1,8 @@
 //! The default backend: one SQLite database in WAL mode. The schema is described in
 //! docs/storage.md.
 
-use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
+use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 

@@ -270,7 +270,7 @@ struct Dirty {
 }
 
 /// A publish still to be queued; see [`Store::publish_then`].
-pub type SendLater = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+pub type SendLater = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Called with the outcome of a publish, on the writer's thread, once its batch is committed.
 pub type PublishCallback = Box<dyn FnOnce(Result<Vec<Appended>, StoreError>) + Send>;
@@ -459,10 +459,7 @@ impl Store {
     }
 
     fn state(&self) -> parking_lot::RwLockReadGuard<'_, State> {
-        self.inner
-            .shared
-            .state
-            .read()
+        self.inner.shared.state.read()
     }
 
     async fn request<T>(
@@ -776,12 +773,7 @@ impl Store {
             };
             r.state = state;
         }
-        self.inner
-            .shared
-            .dirty
-            .lock()
-            .consumers
-            .insert(key);
+        self.inner.shared.dirty.lock().consumers.insert(key);
         self.inner.shared.wake.notify_one();
     }
 
@@ -809,13 +801,7 @@ impl Store {
 
     /// Takes (and forgets) a session that has not expired.
     pub fn take_session(&self, pid: &str) -> Option<SessionRecord> {
-        let record = self
-            .inner
-            .shared
-            .state
-            .write()
-            .sessions
-            .remove(pid)?;
+        let record = self.inner.shared.state.write().sessions.remove(pid)?;
         self.mark_session(pid);
         (record.expires_ms >= now_ms()).then_some(record)
     }
@@ -859,11 +845,7 @@ impl Store {
 
     /// The offset the next recoverable broadcast will get.
     pub fn recovery_offset(&self) -> u64 {
-        self.inner
-            .shared
-            .recovery
-            .lock()
-            .next_offset
+        self.inner.shared.recovery.lock().next_offset
     }
 
     /// Broadcasts of `nsp` after `offset`, oldest first, or `None` if some were already dropped

@@ -61,7 +61,7 @@ async fn a_backlog_is_read_from_sqlite_while_the_writer_commits() {
     };
     // Two readers at once, on separate read connections.
     let (a, b) = tokio::join!(read_all(&store, 1, BACKLOG, 256), async {
-        read_all(&store, BACKLOG / 2, BACKLOG, 1000).await
+        read_all(&store, BACKLOG / 2, BACKLOG, 1000).await;
     });
     let ((), ()) = (a, b);
     writer.await.unwrap();

@@ -1006,7 +1006,7 @@ async fn invalid_names_are_refused(kind: Kind) {
             assert!(
                 matches!(&r, Err(StoreError::InvalidName(n, _)) if n == bad),
                 "{bad:?} gave {r:?}"
-            )
+            );
         };
         invalid(
             store

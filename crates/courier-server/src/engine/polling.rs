@@ -36,7 +36,7 @@ impl<H: Handler> Engine<H> {
         };
         // hyper drops this future when the client goes away while it waits: that ends the
         // session, as the reference server does for a poll closed prematurely.
-        let abandoned = AbortOnDrop(session);
+        let mut abandoned = AbortOnDrop(Some(session));
         let mut out = BytesMut::new();
         // Biased: what was queued before a close is delivered first. After an abrupt close
         // (`Session::abort`) that is all this GET carries, as the sid is unknown from then on.
@@ -79,7 +79,7 @@ impl<H: Handler> Engine<H> {
                 session.note_close_sent();
             }
         }
-        std::mem::forget(abandoned);
+        abandoned.0 = None;
         session.note_drained();
         text_response(out.freeze(), TEXT)
     }
@@ -184,12 +184,14 @@ impl<H: Handler> Engine<H> {
 }
 
 /// Ends the session if a pending GET is dropped before it answered (the client went away).
-/// Defused with `mem::forget` once the answer is ready.
-struct AbortOnDrop<'a>(&'a Session);
+/// Defused (set to `None`) once the answer is ready.
+struct AbortOnDrop<'a>(Option<&'a Session>);
 
 impl Drop for AbortOnDrop<'_> {
     fn drop(&mut self) {
-        self.0.abort(CloseReason::TransportError);
+        if let Some(session) = self.0 {
+            session.abort(CloseReason::TransportError);
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! One Engine.IO session: its outbound queue, transport state and lifecycle.
 
+use parking_lot::Mutex;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use bytes::Bytes;
@@ -134,7 +134,7 @@ pub struct Session {
     closed: CancellationToken,
     /// Mirrors `closed` for the hot path: checking the token takes a lock.
     is_closed: AtomicBool,
-    // A std mutex: written once, read once, never held across an await.
+    // A blocking mutex (parking_lot, which does not poison): written once, read once, never held across an await.
     reason: Mutex<Option<CloseReason>>,
 }
 
@@ -227,9 +227,7 @@ impl Session {
 
     fn close_as(&self, reason: CloseReason, abort: bool) {
         {
-            // The guard is only ever held for this assignment; a poisoned lock still holds a
-            // valid Option.
-            let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+            let mut r = self.reason.lock();
             if r.is_some() {
                 return;
             }
@@ -275,7 +273,7 @@ impl Session {
 
     /// Why the session closed, once it has.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        *self.reason.lock().unwrap_or_else(|e| e.into_inner())
+        *self.reason.lock()
     }
 
     /// Resolves when the session closes.

@@ -2,8 +2,10 @@
 //! and the reassembly of binary packets.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 
 use tokio::sync::Notify;
 
@@ -22,7 +24,7 @@ pub struct Conn {
     pub(crate) session: Arc<Session>,
     pub(crate) io: Arc<Shared>,
     pub(crate) handshake: Handshake,
-    // std mutexes: short critical sections, never held across an await.
+    // Blocking mutexes (parking_lot): short critical sections, never held across an await.
     sockets: Mutex<HashMap<Arc<str>, Socket>>,
     reassembler: Mutex<Reassembler>,
     /// Handlers of this connection that are still running after their first poll.
@@ -54,7 +56,7 @@ impl Conn {
     /// unbounded tasks.
     pub(crate) fn run<F>(self: &Arc<Self>, fut: F)
     where
-        F: std::future::Future<Output = ()> + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
     {
         let Some(fut) = super::poll_once(fut) else {
             return;
@@ -97,23 +99,16 @@ impl Conn {
     }
 
     fn socket(&self, nsp: &str) -> Option<Socket> {
-        self.sockets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(nsp)
-            .cloned()
+        self.sockets.lock().get(nsp).cloned()
     }
 
     pub(crate) fn remove_socket(&self, nsp: &str) -> Option<Socket> {
-        self.sockets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(nsp)
+        self.sockets.lock().remove(nsp)
     }
 
     pub(crate) fn on_message(self: &Arc<Self>, data: Data) {
         let result = {
-            let mut r = self.reassembler.lock().unwrap_or_else(|e| e.into_inner());
+            let mut r = self.reassembler.lock();
             match data {
                 Data::Text(t) => r.text(&t),
                 Data::Binary(b) => r.binary(b),
@@ -143,7 +138,7 @@ impl Conn {
             (PacketType::Connect, None) => self.connect(packet),
             (PacketType::Connect, Some(_)) => self.violation(&packet.nsp, Violation::AlreadyJoined),
             (PacketType::ConnectError, _) => {
-                self.violation(&packet.nsp, Violation::ConnectErrorFromClient)
+                self.violation(&packet.nsp, Violation::ConnectErrorFromClient);
             }
             (kind, None) => self.violation(&packet.nsp, Violation::NotJoined(kind)),
             (PacketType::Disconnect, Some(_)) => {
@@ -152,7 +147,7 @@ impl Conn {
                 }
             }
             (PacketType::Event | PacketType::BinaryEvent, Some(s)) => {
-                s.dispatch(packet, attachments)
+                s.dispatch(packet, attachments);
             }
             (PacketType::Ack | PacketType::BinaryAck, Some(s)) => {
                 // Without an id nothing waits for it; without a payload it answers with no
@@ -181,7 +176,7 @@ impl Conn {
     fn connect(self: &Arc<Self>, packet: Packet) {
         let nsp = packet.nsp;
         let max = self.io.config.max_namespaces_per_connection;
-        if max > 0 && self.sockets.lock().unwrap_or_else(|e| e.into_inner()).len() >= max {
+        if max > 0 && self.sockets.lock().len() >= max {
             tracing::debug!(
                 nsp,
                 max,
@@ -230,10 +225,7 @@ impl Conn {
             if conn.session.is_closed() {
                 return;
             }
-            conn.sockets
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(ns.name_arc(), socket.clone());
+            conn.sockets.lock().insert(ns.name_arc(), socket.clone());
             conn.joined.store(true, Ordering::Release);
             socket.attach();
             let mut reply = serde_json::json!({"sid": socket.id().as_ref()});
@@ -333,13 +325,7 @@ impl Conn {
     }
 
     pub(crate) fn on_close(&self, reason: CloseReason) {
-        let sockets: Vec<Socket> = self
-            .sockets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .map(|(_, s)| s)
-            .collect();
+        let sockets: Vec<Socket> = self.sockets.lock().drain().map(|(_, s)| s).collect();
         for s in sockets {
             s.close(DisconnectReason::Connection(reason));
         }

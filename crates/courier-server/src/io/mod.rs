@@ -9,7 +9,9 @@ mod socket;
 mod streams;
 
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::task::{Context, Waker};
 use std::time::{Duration, SystemTime};
 
@@ -54,7 +56,7 @@ pub(crate) struct Shared {
     /// Where recovery sessions and recoverable broadcasts are kept, when recovery is on.
     pub(crate) recovery: Option<courier_store::Store>,
     pub(crate) streams: Option<Streams>,
-    // std lock: namespaces are looked up on CONNECT and by emits, never held across an await.
+    // A blocking lock (parking_lot): namespaces are looked up on CONNECT and by emits, never held across an await.
     namespaces: RwLock<std::collections::HashMap<String, Namespace>>,
     dynamic: RwLock<Vec<DynamicNamespace>>,
 }
@@ -113,12 +115,7 @@ impl Shared {
                 .collect(),
             data: socket.data(),
             since: socket.0.since,
-            subscriptions: socket
-                .0
-                .subscriptions
-                .lock()
-                .expect("subscriptions lock")
-                .clone(),
+            subscriptions: socket.0.subscriptions.lock().clone(),
             expires_ms,
         };
         store.put_session(pid, record);
@@ -126,17 +123,16 @@ impl Shared {
 
     /// The namespace a client asks for: an existing one, or a new one from a dynamic pattern.
     fn namespace_for(&self, name: &str) -> Option<Namespace> {
-        if let Some(ns) = self.namespaces.read().expect("ns lock").get(name) {
+        if let Some(ns) = self.namespaces.read().get(name) {
             return Some(ns.clone());
         }
         let handlers = self
             .dynamic
             .read()
-            .expect("dynamic lock")
             .iter()
             .find(|d| (d.matcher)(name))
             .map(|d| d.handlers.clone())?;
-        let mut map = self.namespaces.write().expect("ns lock");
+        let mut map = self.namespaces.write();
         if let Some(ns) = map.get(name) {
             return Some(ns.clone());
         }
@@ -192,7 +188,7 @@ impl Io {
 
     /// The namespace `name`, created if it does not exist.
     pub fn of(&self, name: &str) -> Namespace {
-        let mut map = self.shared.namespaces.write().expect("ns lock");
+        let mut map = self.shared.namespaces.write();
         map.entry(name.to_owned())
             .or_insert_with(|| {
                 Namespace::new(name, Default::default(), self.shared.recovery.clone())
@@ -202,12 +198,7 @@ impl Io {
 
     /// The namespace `name`, if it exists (statically or created from a pattern).
     pub fn get(&self, name: &str) -> Option<Namespace> {
-        self.shared
-            .namespaces
-            .read()
-            .expect("ns lock")
-            .get(name)
-            .cloned()
+        self.shared.namespaces.read().get(name).cloned()
     }
 
     /// Namespaces created on first use for every name `matcher` accepts.
@@ -219,11 +210,7 @@ impl Io {
             matcher: Arc::new(matcher),
             handlers: Default::default(),
         };
-        self.shared
-            .dynamic
-            .write()
-            .expect("dynamic lock")
-            .push(d.clone());
+        self.shared.dynamic.write().push(d.clone());
         d
     }
 

@@ -2,7 +2,9 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::time::Duration;
 
 use courier_proto::socket::Packet;
@@ -42,11 +44,7 @@ pub trait Setup {
         Fut: Future<Output = Result<(), ConnectError>> + Send + 'static,
     {
         let m: Middleware = Arc::new(move |s| Box::pin(f(s)));
-        self.handlers()
-            .write()
-            .expect("handlers lock")
-            .middlewares
-            .push(m);
+        self.handlers().write().middlewares.push(m);
         self
     }
 
@@ -57,7 +55,7 @@ pub trait Setup {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let h: ConnectHandler = Arc::new(move |s| Box::pin(f(s)));
-        self.handlers().write().expect("handlers lock").on_connect = Some(h);
+        self.handlers().write().on_connect = Some(h);
         self
     }
 }
@@ -105,21 +103,11 @@ impl Namespace {
     }
 
     pub(crate) fn middlewares(&self) -> Vec<Middleware> {
-        self.0
-            .handlers
-            .read()
-            .expect("handlers lock")
-            .middlewares
-            .clone()
+        self.0.handlers.read().middlewares.clone()
     }
 
     pub(crate) fn connect_handler(&self) -> Option<ConnectHandler> {
-        self.0
-            .handlers
-            .read()
-            .expect("handlers lock")
-            .on_connect
-            .clone()
+        self.0.handlers.read().on_connect.clone()
     }
 
     /// Number of connected sockets.
@@ -167,7 +155,7 @@ impl Namespace {
     }
 
     pub(crate) fn remove(&self, socket: &Socket) {
-        let rooms = std::mem::take(&mut *socket.0.rooms.lock().expect("rooms lock"));
+        let rooms = std::mem::take(&mut *socket.0.rooms.lock());
         for room in rooms {
             self.drop_member(&room, socket.id());
         }
@@ -179,7 +167,7 @@ impl Namespace {
             return;
         }
         // Lock order: the socket's room set, then the namespace's map; never the other way.
-        let mut mine = socket.0.rooms.lock().expect("rooms lock");
+        let mut mine = socket.0.rooms.lock();
         if mine.insert(room.clone()) {
             self.0
                 .rooms
@@ -190,7 +178,7 @@ impl Namespace {
     }
 
     pub(crate) fn remove_from_room(&self, socket: &Socket, room: &str) {
-        let mut mine = socket.0.rooms.lock().expect("rooms lock");
+        let mut mine = socket.0.rooms.lock();
         if mine.remove(room) {
             self.drop_member(room, socket.id());
         }

@@ -3,8 +3,10 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+
+use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use courier_proto::socket::{Packet, PacketType};
@@ -48,7 +50,7 @@ pub(crate) struct SocketInner {
     pub(crate) ns: Namespace,
     pub(crate) conn: Arc<Conn>,
     auth: Value,
-    // std locks throughout: each is held for a few instructions and never across an await.
+    // Blocking locks (parking_lot, which does not poison) throughout: each is held for a few instructions and never across an await.
     pub(crate) rooms: Mutex<HashSet<Room>>,
     events: RwLock<HashMap<String, EventHandler>>,
     fallback: RwLock<Option<EventHandler>>,
@@ -172,12 +174,12 @@ impl Socket {
 
     /// Application data kept with the socket.
     pub fn data(&self) -> Value {
-        self.0.data.lock().expect("data lock").clone()
+        self.0.data.lock().clone()
     }
 
     /// Replaces the socket's application data.
     pub fn set_data(&self, v: Value) {
-        *self.0.data.lock().expect("data lock") = v;
+        *self.0.data.lock() = v;
         self.session_changed();
     }
 
@@ -197,11 +199,7 @@ impl Socket {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let h: EventHandler = Arc::new(move |s, m| Box::pin(handler(s, m)));
-        self.0
-            .events
-            .write()
-            .expect("events lock")
-            .insert(event.into(), h);
+        self.0.events.write().insert(event.into(), h);
     }
 
     /// Registers the handler of every event that has no handler of its own.
@@ -211,7 +209,7 @@ impl Socket {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let h: EventHandler = Arc::new(move |s, m| Box::pin(handler(s, m)));
-        *self.0.fallback.write().expect("fallback lock") = Some(h);
+        *self.0.fallback.write() = Some(h);
     }
 
     /// Registers a handler for the socket's disconnection.
@@ -223,7 +221,6 @@ impl Socket {
         self.0
             .on_disconnect
             .lock()
-            .expect("disconnect lock")
             .push(Box::new(move |s, r| Box::pin(handler(s, r))));
     }
 
@@ -265,18 +262,14 @@ impl Socket {
     pub(crate) fn send_with_ack(&self, event: &str, payload: Payload) -> Result<AckWait, AckError> {
         let id = self.0.next_ack.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.0
-            .acks
-            .lock()
-            .expect("acks lock")
-            .insert(id, AckSlot::Wait(tx));
+        self.0.acks.lock().insert(id, AckSlot::Wait(tx));
         let nsp = self.0.ns.name();
         let out = super::message::outbound(payload, |args, n| Packet {
             id: Some(id),
             ..Packet::event(nsp, event, args, n)
         });
         if send_or_close(&self.0.conn.session, out, false).is_err() {
-            self.0.acks.lock().expect("acks lock").remove(&id);
+            self.0.acks.lock().remove(&id);
             return Err(AckError::NotSent);
         }
         Ok(AckWait {
@@ -294,13 +287,9 @@ impl Socket {
         on_ack: Box<dyn FnOnce(Payload) + Send>,
     ) -> bool {
         let id = self.0.next_ack.fetch_add(1, Ordering::Relaxed);
-        self.0
-            .acks
-            .lock()
-            .expect("acks lock")
-            .insert(id, AckSlot::Call(on_ack));
+        self.0.acks.lock().insert(id, AckSlot::Call(on_ack));
         if send_or_close(&self.0.conn.session, build(id), false).is_err() {
-            self.0.acks.lock().expect("acks lock").remove(&id);
+            self.0.acks.lock().remove(&id);
             return false;
         }
         true
@@ -320,14 +309,7 @@ impl Socket {
 
     /// The rooms the socket is in, its own id included, sorted.
     pub fn rooms(&self) -> Vec<Room> {
-        let mut rooms: Vec<Room> = self
-            .0
-            .rooms
-            .lock()
-            .expect("rooms lock")
-            .iter()
-            .cloned()
-            .collect();
+        let mut rooms: Vec<Room> = self.0.rooms.lock().iter().cloned().collect();
         rooms.push(self.0.id.clone());
         rooms.sort();
         rooms
@@ -373,14 +355,14 @@ impl Socket {
         self.0.conn.io.socket_closing(self, reason);
         self.0.ns.remove(self);
         // Dropping the senders wakes every waiting emit_with_ack with `Disconnected`.
-        self.0.acks.lock().expect("acks lock").clear();
+        self.0.acks.lock().clear();
         tracing::debug!(sid = %self.0.id, nsp = self.0.ns.name(), reason = reason.as_str(), "socket disconnected");
-        let handlers = std::mem::take(&mut *self.0.on_disconnect.lock().expect("disconnect lock"));
+        let handlers = std::mem::take(&mut *self.0.on_disconnect.lock());
         for h in handlers {
             run_now_or_spawn(h(self.clone(), reason));
         }
-        self.0.events.write().expect("events lock").clear();
-        *self.0.fallback.write().expect("fallback lock") = None;
+        self.0.events.write().clear();
+        *self.0.fallback.write() = None;
     }
 
     /// Runs the handler of an incoming event.
@@ -411,10 +393,9 @@ impl Socket {
             .0
             .events
             .read()
-            .expect("events lock")
             .get(event)
             .cloned()
-            .or_else(|| self.0.fallback.read().expect("fallback lock").clone());
+            .or_else(|| self.0.fallback.read().clone());
         let Some(handler) = handler else {
             tracing::trace!(sid = %self.0.id, event, "no handler for event");
             return;
@@ -424,7 +405,7 @@ impl Socket {
 
     /// Hands an acknowledgement from the client to whoever waits for it.
     pub(crate) fn resolve_ack(&self, id: u64, payload: Payload) {
-        let slot = self.0.acks.lock().expect("acks lock").remove(&id);
+        let slot = self.0.acks.lock().remove(&id);
         match slot {
             Some(AckSlot::Wait(tx)) => {
                 let _ = tx.send(payload);
@@ -435,7 +416,7 @@ impl Socket {
     }
 
     fn forget_ack(&self, id: u64) {
-        self.0.acks.lock().expect("acks lock").remove(&id);
+        self.0.acks.lock().remove(&id);
     }
 }
 

@@ -11,7 +11,9 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -49,9 +51,9 @@ pub struct Streams {
 
 struct Inner {
     store: Store,
-    // std mutex: held to look up or register a runner, never across an await.
+    // A blocking mutex (parking_lot): held to look up or register a runner, never across an await.
     runners: Mutex<HashMap<Key, mpsc::Sender<Cmd>>>,
-    authorize: std::sync::RwLock<Option<Authorizer>>,
+    authorize: parking_lot::RwLock<Option<Authorizer>>,
 }
 
 /// Decides whether a socket may use a reserved event (`courier:subscribe`, ...).
@@ -79,7 +81,7 @@ impl Streams {
             inner: Arc::new(Inner {
                 store,
                 runners: Mutex::new(HashMap::new()),
-                authorize: std::sync::RwLock::new(None),
+                authorize: parking_lot::RwLock::new(None),
             }),
         }
     }
@@ -90,16 +92,11 @@ impl Streams {
     where
         F: Fn(&Socket, &str) -> bool + Send + Sync + 'static,
     {
-        *self.inner.authorize.write().expect("authorizer lock") = Some(Arc::new(f));
+        *self.inner.authorize.write() = Some(Arc::new(f));
     }
 
     fn allowed(&self, socket: &Socket, event: &str) -> bool {
-        let f = self
-            .inner
-            .authorize
-            .read()
-            .expect("authorizer lock")
-            .clone();
+        let f = self.inner.authorize.read().clone();
         f.is_none_or(|f| f(socket, event))
     }
 
@@ -140,7 +137,7 @@ impl Streams {
         let pending = last.saturating_sub(record.state.next.saturating_sub(1))
             + record.state.pending.len() as u64;
         {
-            let mut subs = socket.0.subscriptions.lock().expect("subscriptions lock");
+            let mut subs = socket.0.subscriptions.lock();
             let key = (stream.to_owned(), consumer.to_owned());
             if !subs.contains(&key) {
                 subs.push(key);
@@ -155,7 +152,7 @@ impl Streams {
     /// deliveries go to the consumer's other subscribers, or wait for the next one.
     pub fn unsubscribe(&self, socket: &Socket, stream: &str, consumer: Option<&str>) -> usize {
         let removed: Vec<Key> = {
-            let mut subs = socket.0.subscriptions.lock().expect("subscriptions lock");
+            let mut subs = socket.0.subscriptions.lock();
             let (gone, kept) = std::mem::take(&mut *subs)
                 .into_iter()
                 .partition(|(s, c)| s == stream && consumer.is_none_or(|x| x == c));
@@ -173,12 +170,7 @@ impl Streams {
     /// over a consumer created again with the same name. True if it existed.
     pub async fn delete_consumer(&self, stream: &str, consumer: &str) -> Result<bool, StoreError> {
         let key = (stream.to_owned(), consumer.to_owned());
-        let runner = self
-            .inner
-            .runners
-            .lock()
-            .expect("runners lock")
-            .remove(&key);
+        let runner = self.inner.runners.lock().remove(&key);
         if let Some(tx) = runner {
             let (done, stopped) = tokio::sync::oneshot::channel();
             if tx.send(Cmd::Stop(done)).await.is_ok() {
@@ -190,12 +182,7 @@ impl Streams {
 
     /// Detaches a leaving socket from every consumer.
     pub(crate) fn detach_all(&self, socket: &Socket) {
-        let subs = socket
-            .0
-            .subscriptions
-            .lock()
-            .expect("subscriptions lock")
-            .clone();
+        let subs = socket.0.subscriptions.lock().clone();
         for key in subs {
             self.send(&key, Cmd::Detach(socket.id().clone()));
         }
@@ -211,20 +198,13 @@ impl Streams {
                 .0
                 .subscriptions
                 .lock()
-                .expect("subscriptions lock")
                 .push((stream.clone(), consumer.clone()));
             self.attach(socket, &stream, &consumer);
         }
     }
 
     fn send(&self, key: &Key, cmd: Cmd) {
-        let tx = self
-            .inner
-            .runners
-            .lock()
-            .expect("runners lock")
-            .get(key)
-            .cloned();
+        let tx = self.inner.runners.lock().get(key).cloned();
         if let Some(tx) = tx
             && tx.try_send(cmd).is_err()
         {
@@ -238,7 +218,7 @@ impl Streams {
 
     fn attach(&self, socket: &Socket, stream: &str, consumer: &str) {
         let key = (stream.to_owned(), consumer.to_owned());
-        let mut runners = self.inner.runners.lock().expect("runners lock");
+        let mut runners = self.inner.runners.lock();
         if let Some(tx) = runners.get(&key)
             && tx.try_send(Cmd::Attach(socket.clone())).is_ok()
         {
@@ -778,7 +758,7 @@ impl Runner {
 
     /// Leaves the registry if nothing is waiting; true if the runner should stop.
     fn retire_if_idle(&mut self) -> bool {
-        let mut runners = self.streams.inner.runners.lock().expect("runners lock");
+        let mut runners = self.streams.inner.runners.lock();
         // Under the registry lock no new command can arrive through it.
         if !self.rx.is_empty() {
             return false;
@@ -793,7 +773,7 @@ impl Runner {
     }
 
     fn retire(&mut self) {
-        let mut runners = self.streams.inner.runners.lock().expect("runners lock");
+        let mut runners = self.streams.inner.runners.lock();
         if runners
             .get(&self.key)
             .is_some_and(|tx| tx.same_channel(&self.tx))
