@@ -143,31 +143,45 @@ pub fn encode_binary_record(bin: &[u8], out: &mut BytesMut) {
 /// Decoding stops at the first bad record: a client that sends one is broken, and the caller
 /// closes its session.
 pub fn decode_payload(payload: Bytes) -> Result<Vec<Packet>, DecodeError> {
+    payload_records(payload)?.map(decode_record).collect()
+}
+
+/// The records of a long-polling payload, split at [`SEPARATOR`], once the payload is known to be
+/// UTF-8. An empty payload is one empty record (which decodes to no packet).
+pub fn payload_records(payload: Bytes) -> Result<PayloadRecords, DecodeError> {
     if std::str::from_utf8(&payload).is_err() {
         return Err(DecodeError::InvalidUtf8);
     }
-    let mut packets = Vec::new();
-    let mut rest = payload;
-    loop {
-        let end = rest.iter().position(|&b| b == SEPARATOR);
-        let record = match end {
+    Ok(PayloadRecords {
+        rest: Some(payload),
+    })
+}
+
+/// See [`payload_records`].
+#[derive(Debug)]
+pub struct PayloadRecords {
+    rest: Option<Bytes>,
+}
+
+impl Iterator for PayloadRecords {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        let rest = self.rest.as_mut()?;
+        match rest.iter().position(|&b| b == SEPARATOR) {
             Some(i) => {
                 let record = rest.slice(..i);
-                rest = rest.slice(i + 1..);
-                record
+                *rest = rest.slice(i + 1..);
+                Some(record)
             }
-            None => std::mem::take(&mut rest),
-        };
-        packets.push(decode_record(record)?);
-        if end.is_none() {
-            return Ok(packets);
+            None => self.rest.take(),
         }
     }
 }
 
 /// Decodes one record of a long-polling payload: a text packet, or `b` + base64 for a binary
-/// message. The caller splits the payload at [`SEPARATOR`] and has checked that it is UTF-8, as
-/// [`decode_payload`] does; decoding record by record lets it act on the packets before a bad one.
+/// message, as [`payload_records`] yields them; decoding record by record lets a caller act on the
+/// packets before a bad one.
 pub fn decode_record(record: Bytes) -> Result<Packet, DecodeError> {
     if record.first() == Some(&b'b') {
         let bin = BASE64

@@ -50,6 +50,10 @@
 // - packets announcing more than 10 binary attachments: the reference's parser closes the
 //   connection, Courier takes up to 1024 (each message is still bounded by maxPayload), so that a
 //   client sending many buffers in one emit is served.
+// - a second CONNECT to a namespace joined already: the reference closes the connection once the
+//   first CONNECT is done, and opens a second socket while its (always deferred) middlewares run;
+//   Courier ignores it, because socket.io-client sends two CONNECTs when `connect()` is called on
+//   a socket from `io.socket()`, and closing would break that common code.
 
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -1272,7 +1276,6 @@ describe("Socket.IO (conformance socketio at /socket.io/, namespaces / and /cust
     ["an EVENT for /custom, not joined", '42/custom,["message","x"]'],
     ["an ACK for /custom, not joined", "43/custom,1[]"],
     ["a DISCONNECT for /custom, not joined", "41/custom,"],
-    ["a second CONNECT to /, joined already", "40"],
     ["a CONNECT_ERROR from the client", '44{"message":"no"}'],
   ]) {
     scenario(

@@ -148,21 +148,7 @@ impl<H: Handler> Engine<H> {
         body: Bytes,
     ) -> Result<(), engine::DecodeError> {
         let session = &entry.session;
-        if std::str::from_utf8(&body).is_err() {
-            return Err(engine::DecodeError::InvalidUtf8);
-        }
-        // An empty body is one empty record, which is no packet.
-        let mut rest = body;
-        loop {
-            let end = rest.iter().position(|&b| b == SEPARATOR);
-            let record = match end {
-                Some(i) => {
-                    let record = rest.slice(..i);
-                    rest = rest.slice(i + 1..);
-                    record
-                }
-                None => std::mem::take(&mut rest),
-            };
+        for record in engine::payload_records(body)? {
             self.on_packet(entry, engine::decode_record(record)?);
             if session.is_closed() {
                 // Nothing after a close packet (or whatever closed it) reaches the handler.
@@ -176,10 +162,8 @@ impl<H: Handler> Engine<H> {
                     _ = session.closed() => return Ok(()),
                 }
             }
-            if end.is_none() {
-                return Ok(());
-            }
         }
+        Ok(())
     }
 }
 

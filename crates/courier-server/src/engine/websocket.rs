@@ -187,6 +187,9 @@ impl<H: Handler> Engine<H> {
                     }
                     Some(Err(e)) => {
                         tracing::debug!(sid = %session.sid(), error = %e, "websocket error");
+                        // A protocol error or an oversized frame has a close frame queued (1002,
+                        // 1009): it is sent before the connection is dropped.
+                        let _ = tokio::time::timeout(CLOSE_WAIT, ws.flush()).await;
                         return (CloseReason::TransportError, true);
                     }
                     None => return (CloseReason::TransportClose, true),

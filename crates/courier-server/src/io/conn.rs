@@ -131,12 +131,19 @@ impl Conn {
             attachments,
         }: Complete,
     ) {
-        // A CONNECT is the only packet for a namespace not joined, and only for one not joined;
-        // the client may never send CONNECT_ERROR. Anything else breaks the protocol and closes
-        // the connection, as the reference server does.
+        // A CONNECT is the only packet for a namespace not joined; the client may never send
+        // CONNECT_ERROR. Anything else breaks the protocol and closes the connection, as the
+        // reference server does. A CONNECT to a namespace joined already is ignored:
+        // socket.io-client sends two when `connect()` is called on a socket that `io.socket()`
+        // already connects (the reference, whose middlewares always defer, then opens two sockets).
         match (packet.kind, self.socket(&packet.nsp)) {
             (PacketType::Connect, None) => self.connect(packet),
-            (PacketType::Connect, Some(_)) => self.violation(&packet.nsp, Violation::AlreadyJoined),
+            (PacketType::Connect, Some(_)) => {
+                tracing::debug!(
+                    nsp = packet.nsp,
+                    "CONNECT to a namespace already joined: ignored"
+                );
+            }
             (PacketType::ConnectError, _) => {
                 self.violation(&packet.nsp, Violation::ConnectErrorFromClient);
             }
@@ -335,9 +342,6 @@ impl Conn {
 /// A well-formed packet the client may not send in its connection's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 enum Violation {
-    /// A CONNECT to a namespace the connection has joined already.
-    #[error("CONNECT to a namespace already joined")]
-    AlreadyJoined,
     /// A packet other than CONNECT for a namespace not joined (also before any CONNECT).
     #[error("{0:?} for a namespace not joined")]
     NotJoined(PacketType),
@@ -350,9 +354,7 @@ impl Violation {
     /// What the connection's sockets are told: like a malformed packet, and not recoverable.
     fn close_reason(self) -> CloseReason {
         match self {
-            Violation::AlreadyJoined
-            | Violation::NotJoined(_)
-            | Violation::ConnectErrorFromClient => CloseReason::ParseError,
+            Violation::NotJoined(_) | Violation::ConnectErrorFromClient => CloseReason::ParseError,
         }
     }
 }
