@@ -813,8 +813,15 @@ fn on_command(
 }
 
 fn new_entry(event: String, data: &Value, id: Option<String>) -> NewEntry {
-    let data = Bytes::from(serde_json::to_vec(data).expect("JSON values serialize"));
-    NewEntry { event, data, id }
+    let mut data = serde_json::to_vec(data).expect("JSON values serialize");
+    // The entry may stay in memory (queued, then in the tail): the spare capacity that growing
+    // the buffer left would be kept with it, up to as much again as the data.
+    data.shrink_to_fit();
+    NewEntry {
+        event,
+        data: Bytes::from(data),
+        id,
+    }
 }
 
 fn far_future() -> Instant {
@@ -965,18 +972,29 @@ pub(crate) fn handle_reserved(
             let _ = msg.ack(&answer);
         }
         _ => {
-            let req: PublishRequest = match parse(&msg) {
+            if !msg.payload.attachments.is_empty() {
+                let why = "binary data cannot be stored in a stream entry; send it as base64 text";
+                let _ = msg.ack(&error_answer("bad_request", why));
+                return None;
+            }
+            // Taken by value: the payload is not cloned, and nothing of it stays with the
+            // publish while it waits for its commit (the ack below keeps only the ack id).
+            let req: Result<PublishRequest, Value> = match msg.payload.args.first_mut() {
+                Some(v @ Value::Object(_)) => {
+                    serde_json::from_value(v.take()).map_err(|e| error_answer("bad_request", e))
+                }
+                _ => Err(error_answer(
+                    "bad_request",
+                    "expected an object as the first argument",
+                )),
+            };
+            let req = match req {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = msg.ack(&e);
                     return None;
                 }
             };
-            if !msg.payload.attachments.is_empty() {
-                let why = "binary data cannot be stored in a stream entry; send it as base64 text";
-                let _ = msg.ack(&error_answer("bad_request", why));
-                return None;
-            }
             if !courier_proto::socket::is_event_name(&req.event) {
                 let _ = msg.ack(&error_answer(
                     "bad_request",
@@ -988,13 +1006,19 @@ pub(crate) fn handle_reserved(
             // store queue costs a task, which also slows this connection down.
             let entry = new_entry(req.event, &req.data, req.id);
             let held = socket.0.conn.hold();
+            let ack = msg.take_ack();
+            drop(msg);
             let done = Box::new(move |r: Result<Vec<Appended>, StoreError>| {
                 let _held = held;
                 let answer = match r.map(|mut v| v.remove(0)) {
                     Ok(a) => json!({"ok": true, "seq": a.seq, "duplicate": a.duplicate}),
                     Err(e) => store_error(&e),
                 };
-                let _ = msg.ack(&answer);
+                if let Some(ack) = ack
+                    && let Ok(payload) = Payload::new().arg(&answer)
+                {
+                    let _ = ack.send(payload);
+                }
             });
             if let Some(later) = streams.store().publish_then(&req.stream, vec![entry], done) {
                 socket.0.conn.run(later);
