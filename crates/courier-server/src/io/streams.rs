@@ -33,7 +33,7 @@ const READ_BATCH: usize = 256;
 /// Most entries a runner sends before it lets other tasks run: a consumer catching up on a
 /// backlog takes turns with every connection instead of holding a worker thread for a whole
 /// window of `max_ack_pending` deliveries.
-const DELIVER_TURN: usize = 64;
+const DELIVER_TURN: usize = 16;
 /// How long a runner waits before it reads the disk again after a failed read.
 const READ_RETRY: Duration = Duration::from_secs(1);
 /// Commands a runner may have waiting: room for an ack of every delivery in flight (at most
