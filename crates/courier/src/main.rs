@@ -144,6 +144,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         store = settings.store.backend,
         sync = settings.store.sync,
         recovery = settings.recovery.enabled,
+        max_connections = settings.server.max_connections,
+        max_disk_bytes = settings.store.max_disk_bytes,
         "hub ready"
     );
 
