@@ -309,3 +309,31 @@ def test_rooms_per_socket_and_namespaces_per_connection_are_capped(start_courier
     with pytest.raises(Exception):
         multi.connect(server.url, transports=["websocket"], namespaces=["/n1", "/n2", "/n3"], wait_timeout=3)
     assert errors and errors[0].get("message") == "Too many namespaces", errors
+
+
+@pytest.mark.timeout(60)
+def test_a_consumer_has_at_most_8_mib_of_deliveries_in_flight(start_courier, sio_client):
+    """Regression: with max_ack_pending 1000, a socket that acknowledged nothing was sent a
+    thousand entries at once, so one that did not read either held up to 1000 x 1 MB."""
+    from support import Deliveries
+
+    server = start_courier()
+    api = Api(server.url)
+    blob = "z" * 500_000
+    for n in range(40):
+        api.publish("big", "e", {"n": n, "blob": blob})
+    client = sio_client()
+    got = Deliveries(client, "e", hold=lambda data, meta: True)
+    client.connect(server.url, transports=["websocket"], wait_timeout=5)
+    ack = client.call("courier:subscribe", {"stream": "big", "consumer": "slow", "from": "all",
+                                            "max_ack_pending": 1000}, timeout=10)
+    assert ack["ok"] is True and ack["pending"] == 40, ack
+    # 8 MiB of 500 KB entries: 16, and the one that crosses the line is held back.
+    got.wait(16, timeout=20)
+    got.quiet(1.0)
+    assert len(got.snapshot()) == 16, len(got.snapshot())
+    assert api.consumer("big", "slow")["pending"] == 16
+    got.release()
+    eventually(lambda: len(got.snapshot()) >= 40, timeout=30, message="every entry once acked")
+    assert [d[0]["n"] for d in got.snapshot()] == list(range(40))
+    eventually(lambda: api.consumer("big", "slow")["ack_floor"] == 40, timeout=10, message="all acked")

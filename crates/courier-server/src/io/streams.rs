@@ -34,6 +34,10 @@ const READ_BATCH: usize = 256;
 /// backlog takes turns with every connection instead of holding a worker thread for a whole
 /// window of `max_ack_pending` deliveries.
 const DELIVER_TURN: usize = 16;
+/// Bytes of deliveries one consumer may have out with its subscribers, besides `max_ack_pending`:
+/// a socket that does not read holds at most this much of a consumer in its queue (a thousand
+/// entries of 1 MB used to be a gigabyte per socket).
+const MAX_BYTES_IN_FLIGHT: u64 = 8 << 20;
 /// How long a runner waits before it reads the disk again after a failed read.
 const READ_RETRY: Duration = Duration::from_secs(1);
 /// Commands a runner may have waiting: room for an ack of every delivery in flight (at most
@@ -252,6 +256,10 @@ struct Runner {
 struct Flights {
     by_seq: HashMap<Seq, (Option<Sid>, Instant)>,
     by_due: BTreeSet<(Instant, Seq)>,
+    /// Sizes of the entries this runner sent (a pending entry from an earlier life counts once
+    /// it is sent again), and their sum: what the subscribers' queues may hold of this consumer.
+    sizes: HashMap<Seq, u64>,
+    bytes: u64,
 }
 
 impl Flights {
@@ -266,6 +274,21 @@ impl Flights {
         if let Some((_, due)) = self.by_seq.remove(&seq) {
             self.by_due.remove(&(due, seq));
         }
+        if let Some(size) = self.sizes.remove(&seq) {
+            self.bytes -= size;
+        }
+    }
+
+    /// Records the size of an entry sent.
+    fn sent(&mut self, seq: Seq, size: u64) {
+        let old = self.sizes.insert(seq, size).unwrap_or(0);
+        self.bytes = self.bytes - old + size;
+    }
+
+    /// Whether sending `size` more bytes would pass [`MAX_BYTES_IN_FLIGHT`]; one entry always
+    /// goes, whatever its size.
+    fn full_for(&self, size: u64) -> bool {
+        self.bytes > 0 && self.bytes + size > MAX_BYTES_IN_FLIGHT
     }
 
     fn next_due(&self) -> Option<Instant> {
@@ -445,7 +468,8 @@ impl Runner {
             let save_due = dirty.then_some(saved_at + SAVE_EVERY);
             let retry_due = disk.retry_at.filter(|t| *t > Instant::now());
             let wake = [next_due, save_due, retry_due].into_iter().flatten().min();
-            let room = state.pending.len() < config.max_ack_pending as usize;
+            let room = state.pending.len() < config.max_ack_pending as usize
+                && flights.bytes < MAX_BYTES_IN_FLIGHT;
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
                     Some(Cmd::Stop(done)) => {
@@ -535,10 +559,12 @@ impl Runner {
                     state.next = next;
                     return moved;
                 }
-                // What was delivered from memory while the read was out is dropped. The read
-                // began right after `ahead` (or at `next`), so the rest follows on.
+                // What was delivered from memory while the read was out is dropped, and so is
+                // what `ahead` holds already (entries from memory put back there when the
+                // consumer had too many bytes in flight). The rest follows on.
+                let after = disk.ahead.back().map_or(state.next, |e| e.seq + 1);
                 disk.ahead
-                    .extend(entries.into_iter().filter(|e| e.seq >= state.next));
+                    .extend(entries.into_iter().filter(|e| e.seq >= after));
                 false
             }
         }
@@ -591,7 +617,9 @@ impl Runner {
                 break;
             }
             while let Some(entry) = entries.pop_front() {
-                let Some(socket) = pick(subscribers, turn) else {
+                let full = flights.full_for(entry.size());
+                let socket = if full { None } else { pick(subscribers, turn) };
+                let Some(socket) = socket else {
                     // Kept for the next round, in order.
                     entries.push_front(entry);
                     while let Some(e) = entries.pop_back() {
@@ -603,6 +631,7 @@ impl Runner {
                 self.send_entry(&socket, &entry, 1);
                 state.pending.insert(entry.seq, 1);
                 flights.insert(entry.seq, Some(socket.id().clone()), due);
+                flights.sent(entry.seq, entry.size());
                 state.next = entry.seq + 1;
                 *budget -= 1;
                 moved = true;
@@ -688,6 +717,7 @@ impl Runner {
             state.redelivered += 1;
             let due = Instant::now() + config.redelivery_wait(attempt);
             flights.insert(seq, Some(socket.id().clone()), due);
+            flights.sent(seq, entry.size());
             changed = true;
         }
         disk.redelivery_waits = missing.is_some();
