@@ -57,9 +57,11 @@ where
 }
 
 /// A connection's place under `max_connections`, kept in each request's extensions so that an
-/// upgraded WebSocket keeps it after the HTTP exchange ends.
+/// upgraded WebSocket keeps it after the HTTP exchange ends. Never read: holding it is its use.
 #[derive(Clone)]
-pub(crate) struct ConnectionSlot(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
+pub(crate) struct ConnectionSlot {
+    _permit: Arc<OwnedSemaphorePermit>,
+}
 
 /// Refusals being written at once; past it, a refused connection is just closed.
 const REFUSALS: usize = 64;
@@ -132,7 +134,9 @@ where
         };
         let _ = stream.set_nodelay(true);
         let svc = service.clone();
-        let slot = permit.map(|p| ConnectionSlot(Arc::new(p)));
+        let slot = permit.map(|p| ConnectionSlot {
+            _permit: Arc::new(p),
+        });
         let slot_for_requests = slot.clone();
         let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(RemoteAddr(peer));

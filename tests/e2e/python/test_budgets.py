@@ -16,7 +16,7 @@ from collections import defaultdict
 import pytest
 import requests
 
-from support import Api, eventually
+from support import Api, Deliveries, eventually
 from wire import Polling
 
 MIB = 1 << 20
@@ -315,8 +315,6 @@ def test_rooms_per_socket_and_namespaces_per_connection_are_capped(start_courier
 def test_a_consumer_has_at_most_8_mib_of_deliveries_in_flight(start_courier, sio_client):
     """Regression: with max_ack_pending 1000, a socket that acknowledged nothing was sent a
     thousand entries at once, so one that did not read either held up to 1000 x 1 MB."""
-    from support import Deliveries
-
     server = start_courier()
     api = Api(server.url)
     blob = "z" * 500_000
