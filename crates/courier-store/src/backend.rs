@@ -149,9 +149,6 @@ pub trait Backend: Send + Sync + 'static {
     /// Recovery events with `after < offset < below`, oldest first.
     fn recovery_between(&self, after: u64, below: u64) -> Result<Vec<RecoveryEvent>, StoreError>;
 
-    /// A recovery session.
-    fn session(&self, pid: &str) -> Result<Option<SessionRecord>, StoreError>;
-
     /// Makes everything committed so far durable (for the `interval` sync policy).
     fn sync(&self) -> Result<(), StoreError>;
 }

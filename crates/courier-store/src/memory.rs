@@ -218,10 +218,6 @@ impl Backend for MemoryBackend {
         }))
     }
 
-    fn session(&self, pid: &str) -> Result<Option<SessionRecord>, StoreError> {
-        Ok(self.data().sessions.get(pid).cloned())
-    }
-
     fn sync(&self) -> Result<(), StoreError> {
         Ok(())
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::backend::{Backend, Op, Snapshot, StreamId, StreamSnapshot};
-use crate::types::{Entry, RecoveryEvent, RecoveryMark, Seq, SessionRecord, StoreError};
+use crate::types::{Entry, RecoveryEvent, RecoveryMark, Seq, StoreError};
 
 /// When a commit reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -424,15 +424,6 @@ impl Backend for SqliteBackend {
             r.get::<_, String>(0)
         })?;
         rows.map(|r| from_json::<RecoveryEvent>(&r?)).collect()
-    }
-
-    fn session(&self, pid: &str) -> Result<Option<SessionRecord>, StoreError> {
-        let db = self.reader()?;
-        let record: Option<String> = db
-            .prepare_cached("SELECT record FROM sessions WHERE pid = ?1")?
-            .query_row([pid], |r| r.get(0))
-            .optional()?;
-        record.map(|r| from_json(&r)).transpose()
     }
 
     fn sync(&self) -> Result<(), StoreError> {

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use courier_store::backend::{Backend, Op, Snapshot, StreamId};
 use courier_store::{
-    Entry, MemoryBackend, NewEntry, RecoveryEvent, Seq, SessionRecord, SqliteBackend, Store,
-    StoreError, StoreOptions, SyncPolicy,
+    Entry, MemoryBackend, NewEntry, RecoveryEvent, Seq, SqliteBackend, Store, StoreError,
+    StoreOptions, SyncPolicy,
 };
 
 /// Which backend a test runs on.
@@ -195,10 +195,6 @@ impl Backend for Faulty {
 
     fn recovery_between(&self, after: u64, below: u64) -> Result<Vec<RecoveryEvent>, StoreError> {
         self.inner.recovery_between(after, below)
-    }
-
-    fn session(&self, pid: &str) -> Result<Option<SessionRecord>, StoreError> {
-        self.inner.session(pid)
     }
 
     fn sync(&self) -> Result<(), StoreError> {
