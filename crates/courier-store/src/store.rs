@@ -284,8 +284,8 @@ enum Request {
     CreateStream {
         name: String,
         config: StreamConfig,
-        /// Refused past `max_streams`.
-        capped: bool,
+        /// `Capped` (within `max_streams`) or `Always` (dead-letter streams).
+        create: Create,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Purge {
@@ -481,20 +481,21 @@ impl Store {
         name: &str,
         config: StreamConfig,
     ) -> Result<StreamInfo, StoreError> {
-        self.create(name, config, true).await
+        self.create(name, config, Create::Capped).await
     }
 
     /// Creates a dead-letter stream, whatever `max_streams` says: an entry that failed every
     /// delivery must not be lost because other streams filled the quota.
     pub async fn create_dead_letter_stream(&self, name: &str) -> Result<StreamInfo, StoreError> {
-        self.create(name, StreamConfig::default(), false).await
+        self.create(name, StreamConfig::default(), Create::Always)
+            .await
     }
 
     async fn create(
         &self,
         name: &str,
         config: StreamConfig,
-        capped: bool,
+        create: Create,
     ) -> Result<StreamInfo, StoreError> {
         check_name(name)?;
         if let Some(dlq) = &config.dead_letter {
@@ -504,7 +505,7 @@ impl Store {
         self.request(|reply| Request::CreateStream {
             name: name.clone(),
             config,
-            capped,
+            create,
             reply,
         })
         .await?;
@@ -1236,14 +1237,9 @@ fn build(shared: &Shared, requests: &mut Vec<Request>, maintenance: bool) -> Bat
             Request::CreateStream {
                 name,
                 config,
-                capped,
+                create,
                 reply,
             } => {
-                let create = if capped {
-                    Create::Capped
-                } else {
-                    Create::Always
-                };
                 let id = match b.stream_id(&state, opts, &name, create) {
                     Ok(id) => id,
                     Err(e) => {

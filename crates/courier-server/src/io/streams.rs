@@ -254,35 +254,48 @@ struct Runner {
 /// Entries out with subscribers, indexed by sequence number and by when they are due again.
 #[derive(Default)]
 struct Flights {
-    by_seq: HashMap<Seq, (Option<Sid>, Instant)>,
+    by_seq: HashMap<Seq, Flight>,
     by_due: BTreeSet<(Instant, Seq)>,
-    /// Sizes of the entries this runner sent (a pending entry from an earlier life counts once
-    /// it is sent again), and their sum: what the subscribers' queues may hold of this consumer.
-    sizes: HashMap<Seq, u64>,
+    /// Sum of the flights' sizes: what the subscribers' queues may hold of this consumer.
     bytes: u64,
 }
 
+struct Flight {
+    holder: Option<Sid>,
+    due: Instant,
+    /// Bytes of the entry as this runner sent it; 0 for one pending from an earlier life until
+    /// it is sent again.
+    size: u64,
+}
+
 impl Flights {
-    fn insert(&mut self, seq: Seq, sid: Option<Sid>, due: Instant) {
-        if let Some((_, old)) = self.by_seq.insert(seq, (sid, due)) {
-            self.by_due.remove(&(old, seq));
+    /// Sends `seq` (again) to `holder`, due back by `due`.
+    fn sent(&mut self, seq: Seq, holder: Sid, due: Instant, size: u64) {
+        self.put(seq, Some(holder), due, Some(size));
+    }
+
+    /// Changes who holds `seq` and when it is due, keeping its size.
+    fn insert(&mut self, seq: Seq, holder: Option<Sid>, due: Instant) {
+        self.put(seq, holder, due, None);
+    }
+
+    fn put(&mut self, seq: Seq, holder: Option<Sid>, due: Instant, size: Option<u64>) {
+        let old = self.by_seq.remove(&seq);
+        let old_size = old.as_ref().map_or(0, |f| f.size);
+        if let Some(old) = old {
+            self.by_due.remove(&(old.due, seq));
         }
+        let size = size.unwrap_or(old_size);
+        self.bytes = self.bytes - old_size + size;
+        self.by_seq.insert(seq, Flight { holder, due, size });
         self.by_due.insert((due, seq));
     }
 
     fn remove(&mut self, seq: Seq) {
-        if let Some((_, due)) = self.by_seq.remove(&seq) {
-            self.by_due.remove(&(due, seq));
+        if let Some(f) = self.by_seq.remove(&seq) {
+            self.by_due.remove(&(f.due, seq));
+            self.bytes -= f.size;
         }
-        if let Some(size) = self.sizes.remove(&seq) {
-            self.bytes -= size;
-        }
-    }
-
-    /// Records the size of an entry sent.
-    fn sent(&mut self, seq: Seq, size: u64) {
-        let old = self.sizes.insert(seq, size).unwrap_or(0);
-        self.bytes = self.bytes - old + size;
     }
 
     /// Whether sending `size` more bytes would pass [`MAX_BYTES_IN_FLIGHT`]; one entry always
@@ -309,7 +322,7 @@ impl Flights {
         let held: Vec<Seq> = self
             .by_seq
             .iter()
-            .filter(|(_, (holder, _))| holder.as_ref() == Some(sid))
+            .filter(|(_, f)| f.holder.as_ref() == Some(sid))
             .map(|(seq, _)| *seq)
             .collect();
         for seq in held {
@@ -630,8 +643,7 @@ impl Runner {
                 let due = Instant::now() + Duration::from_millis(config.ack_wait_ms);
                 self.send_entry(&socket, &entry, 1);
                 state.pending.insert(entry.seq, 1);
-                flights.insert(entry.seq, Some(socket.id().clone()), due);
-                flights.sent(entry.seq, entry.size());
+                flights.sent(entry.seq, socket.id().clone(), due, entry.size());
                 state.next = entry.seq + 1;
                 *budget -= 1;
                 moved = true;
@@ -716,8 +728,7 @@ impl Runner {
             state.pending.insert(seq, attempt);
             state.redelivered += 1;
             let due = Instant::now() + config.redelivery_wait(attempt);
-            flights.insert(seq, Some(socket.id().clone()), due);
-            flights.sent(seq, entry.size());
+            flights.sent(seq, socket.id().clone(), due, entry.size());
             changed = true;
         }
         disk.redelivery_waits = missing.is_some();
