@@ -30,8 +30,9 @@ mod serve;
 pub use config::{Config, Cors};
 pub use courier_store as store;
 pub use io::{
-    AckError, AckSender, Authorizer, BroadcastOperator, ConnectError, DisconnectReason,
-    DynamicNamespace, EmitError, Handshake, Io, IoHandler, IoService, Message, Namespace, Payload,
-    Room, Setup, Socket, Streams, Subscribed, error_answer,
+    AckError, AckSender, Acks, Adapter, Authorizer, Broadcast, BroadcastOperator, ConnectError,
+    DisconnectReason, DynamicNamespace, EmitError, Handshake, Io, IoHandler, IoService, Message,
+    Namespace, Payload, Room, Setup, Socket, SocketInfo, Streams, Subscribed, Targets,
+    error_answer,
 };
 pub use serve::{ServeOptions, serve, serve_with};

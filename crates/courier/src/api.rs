@@ -12,6 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use courier_cluster::Cluster;
 use courier_proto::socket::is_event_name;
 use courier_server::store::{ConsumerRecord, Seq, StoreError, StreamConfig, StreamInfo};
 use courier_server::{BroadcastOperator, Io, Payload, Streams};
@@ -25,13 +26,15 @@ const MAX_ACK_WAIT: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 struct Api {
     io: Io,
+    cluster: Option<Cluster>,
     token: String,
 }
 
 /// The router with the API and, as fallback, the hub's Engine.IO endpoint.
-pub fn router(io: Io, token: String, max_body: usize) -> Router {
+pub fn router(io: Io, cluster: Option<Cluster>, token: String, max_body: usize) -> Router {
     let api = Api {
         io: io.clone(),
+        cluster,
         token,
     };
     let v1 = Router::new()
@@ -130,6 +133,10 @@ fn parse<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
 
 async fn health(State(api): State<Api>) -> Json<Value> {
     let mut body = json!({"status": "ok", "connections": api.io.connection_count()});
+    if let Some(c) = &api.cluster {
+        let s = c.status();
+        body["cluster"] = json!({"redis": if s.redis_up { "up" } else { "down" }, "node": s.node});
+    }
     if let Some(streams) = api.io.streams() {
         let m = streams.store().memory_use();
         body["memory"] = json!({
@@ -200,23 +207,21 @@ async fn emit(State(api): State<Api>, body: Body) -> Result<Json<Value>, ApiErro
     let payload = Payload::from(req.data);
     let Some(ms) = req.ack_timeout_ms else {
         let n = op
-            .emit_payload(&req.event, payload)
+            .emit_counted(&req.event, payload)
+            .await
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         return Ok(Json(json!({"recipients": n})));
     };
     let timeout = Duration::from_millis(ms).min(MAX_ACK_WAIT);
     let results = op.emit_with_ack(&req.event, payload, timeout).await;
-    let recipients = results.len();
-    let mut acks = Vec::new();
-    let mut timeouts = 0;
-    for (sid, res) in results {
-        match res {
-            Ok(p) => acks.push(json!({"sid": sid.as_ref(), "args": p.args})),
-            Err(_) => timeouts += 1,
-        }
-    }
+    let timeouts = results.recipients.saturating_sub(results.answers.len());
+    let acks: Vec<Value> = results
+        .answers
+        .into_iter()
+        .map(|(sid, p)| json!({"sid": sid.as_deref(), "args": p.args}))
+        .collect();
     Ok(Json(
-        json!({"recipients": recipients, "acks": acks, "timeouts": timeouts}),
+        json!({"recipients": results.recipients, "acks": acks, "timeouts": timeouts}),
     ))
 }
 
@@ -233,7 +238,9 @@ struct DisconnectRequest {
 
 async fn disconnect(State(api): State<Api>, body: Body) -> Result<Json<Value>, ApiError> {
     let req: DisconnectRequest = parse(body)?;
-    let n = targets(&api.io, &req.namespace, &req.rooms, &[])?.disconnect(req.close);
+    let n = targets(&api.io, &req.namespace, &req.rooms, &[])?
+        .disconnect(req.close)
+        .await;
     Ok(Json(json!({"disconnected": n})))
 }
 
@@ -250,9 +257,10 @@ async fn sockets(
 ) -> Result<Json<Value>, ApiError> {
     let rooms: Vec<String> = q.room.into_iter().collect();
     let list: Vec<Value> = targets(&api.io, &q.namespace, &rooms, &[])?
-        .sockets()
+        .fetch_sockets()
+        .await
         .into_iter()
-        .map(|s| json!({"sid": s.id().as_ref(), "rooms": s.rooms(), "transport": s.transport().name()}))
+        .map(|s| json!({"sid": s.id.as_ref(), "rooms": s.rooms, "transport": s.transport}))
         .collect();
     Ok(Json(json!({"sockets": list})))
 }
@@ -280,10 +288,14 @@ impl From<StoreError> for ApiError {
 }
 
 fn streams(api: &Api) -> Result<&Streams, ApiError> {
-    api.io.streams().ok_or(ApiError {
+    api.io.streams().ok_or_else(|| ApiError {
         status: StatusCode::SERVICE_UNAVAILABLE,
         code: "unavailable",
-        message: "this hub has no store".into(),
+        message: if api.cluster.is_some() {
+            crate::hub::NO_STREAMS_IN_CLUSTER.into()
+        } else {
+            "this hub has no store".into()
+        },
     })
 }
 

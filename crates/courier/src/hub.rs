@@ -68,6 +68,10 @@ fn setup<S: Setup>(ns: &S, rules: &Arc<HubSettings>) {
 fn handle(rules: &HubSettings, socket: &Socket, mut msg: Message) {
     let answer = match msg.event.as_str() {
         "courier:join" | "courier:leave" => rooms_request(rules, socket, &msg),
+        // Reached only when the hub has no streams (a cluster node).
+        "courier:subscribe" | "courier:unsubscribe" | "courier:publish" => {
+            error_answer("unavailable", NO_STREAMS_IN_CLUSTER)
+        }
         other if other.starts_with("courier:") => {
             error_answer("unknown_event", format!("unknown event {other:?}"))
         }
@@ -75,6 +79,10 @@ fn handle(rules: &HubSettings, socket: &Socket, mut msg: Message) {
     };
     let _ = msg.ack(&answer);
 }
+
+/// Why a cluster node refuses durable streams.
+pub const NO_STREAMS_IN_CLUSTER: &str = "durable streams are not available on a cluster node yet: \
+     they would be split between nodes (see docs/cluster.md)";
 
 /// Longest room name a client may join.
 const MAX_ROOM_NAME: usize = 256;

@@ -46,6 +46,9 @@ enum Command {
         /// Log filter, e.g. info, debug, courier_server=trace.
         #[arg(long)]
         log: Option<String>,
+        /// Join the cluster on this Redis, e.g. redis://127.0.0.1:6379 (see docs/cluster.md).
+        #[arg(long)]
+        redis: Option<String>,
     },
     /// Send an event to the hub's clients, through a socket or the HTTP API.
     Emit(cli::emit::Args),
@@ -69,11 +72,13 @@ fn main() -> anyhow::Result<()> {
             listen,
             data_dir,
             log,
+            redis,
         } => {
             let flags = Overrides {
                 listen,
                 data_dir,
                 log,
+                redis,
             };
             let settings = Settings::load(config.as_deref(), std::env::vars(), flags)?;
             init_logging(&settings.server.log)?;
@@ -129,9 +134,34 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("creating stream {:?}", def.name))?;
     }
-    let io = Io::with_store(config.clone(), store.clone());
+    let clustered = !settings.cluster.redis_url.is_empty();
+    // Durable streams stay on one node for now: on a cluster node they are refused rather than
+    // split between nodes (docs/cluster.md).
+    let io = if clustered {
+        Io::with_recovery_store(config.clone(), store.clone())
+    } else {
+        Io::with_store(config.clone(), store.clone())
+    };
     hub::install(&io, &settings.hub)?;
-    let app = api::router(io.clone(), settings.api.token.clone(), config.max_payload);
+    let cluster = clustered
+        .then(|| {
+            courier_cluster::Cluster::start(
+                &io,
+                courier_cluster::Options {
+                    url: settings.cluster.redis_url.clone(),
+                    key: settings.cluster.key.clone(),
+                    requests_timeout: Duration::from_millis(settings.cluster.requests_timeout_ms),
+                },
+            )
+        })
+        .transpose()
+        .context("cluster.redis_url")?;
+    let app = api::router(
+        io.clone(),
+        cluster.clone(),
+        settings.api.token.clone(),
+        config.max_payload,
+    );
 
     let listener = bind(&settings.server.listen).await?;
     let addr = listener.local_addr()?;
@@ -146,6 +176,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         recovery = settings.recovery.enabled,
         max_connections = settings.server.max_connections,
         max_disk_bytes = settings.store.max_disk_bytes,
+        cluster = cluster.as_ref().map(|c| c.status().node),
         "hub ready"
     );
 

@@ -19,6 +19,7 @@ pub struct Settings {
     pub store: StoreSettings,
     pub recovery: Recovery,
     pub streams: Streams,
+    pub cluster: Cluster,
     /// Streams created at start-up (`[[stream]]` tables).
     pub stream: Vec<StreamDef>,
 }
@@ -59,6 +60,28 @@ impl Default for StoreSettings {
             tail_memory_bytes: d.tail_memory_bytes,
             max_queued_bytes: d.max_queued_bytes,
             max_consumers: d.max_consumers,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// `redis://[user:password@]host:port[/db]`: this node is one of many on that Redis.
+    /// Empty: a single node.
+    pub redis_url: String,
+    /// Prefix of the Redis channels; Node's `@socket.io/redis-adapter` uses `socket.io`.
+    pub key: String,
+    /// How long an operation on every node waits at most for the others' answers.
+    pub requests_timeout_ms: u64,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            redis_url: String::new(),
+            key: "socket.io".into(),
+            requests_timeout_ms: 5000,
         }
     }
 }
@@ -257,6 +280,7 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub log: Option<String>,
+    pub redis: Option<String>,
 }
 
 impl Settings {
@@ -307,6 +331,9 @@ impl Settings {
         }
         if let Some(l) = flags.log {
             settings.server.log = l;
+        }
+        if let Some(r) = flags.redis {
+            settings.cluster.redis_url = r;
         }
         settings.validate()?;
         Ok(settings)

@@ -1,6 +1,7 @@
 //! The Socket.IO layer: namespaces, sockets, rooms, events and acknowledgements, on top of the
 //! engine.
 
+mod adapter;
 mod conn;
 mod message;
 mod namespace;
@@ -17,6 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use courier_proto::engine::Data;
 
+pub use adapter::{Acks, Adapter, Broadcast, SocketInfo, Targets};
 pub use message::{
     AckError, AckSender, ConnectError, DisconnectReason, EmitError, Message, Payload,
 };
@@ -59,6 +61,8 @@ pub(crate) struct Shared {
     // A blocking lock (parking_lot): namespaces are looked up on CONNECT and by emits, never held across an await.
     namespaces: RwLock<std::collections::HashMap<String, Namespace>>,
     dynamic: RwLock<Vec<DynamicNamespace>>,
+    /// Given to every namespace, once set.
+    adapter: std::sync::OnceLock<Arc<dyn Adapter>>,
 }
 
 type Matcher = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -147,8 +151,17 @@ impl Shared {
             return None;
         }
         let ns = Namespace::new(name, handlers, self.recovery.clone());
+        self.adopt(&ns);
         map.insert(name.to_owned(), ns.clone());
         Some(ns)
+    }
+
+    /// Gives a new namespace the adapter, if there is one (the adapter must not call back
+    /// into the server from `namespace_added`: the namespace map may be locked).
+    fn adopt(&self, ns: &Namespace) {
+        if let Some(a) = self.adapter.get() {
+            ns.set_adapter(a.clone());
+        }
     }
 }
 
@@ -169,6 +182,12 @@ impl Io {
         Self::build(config, Some(store), true)
     }
 
+    /// A server whose recovery state (with `config.recovery`) lives in `store`, without durable
+    /// streams.
+    pub fn with_recovery_store(config: Config, store: courier_store::Store) -> Io {
+        Self::build(config, Some(store), false)
+    }
+
     fn build(config: Config, store: Option<courier_store::Store>, streams: bool) -> Io {
         let shared = Arc::new(Shared {
             recovery: store.clone().filter(|_| config.recovery),
@@ -176,6 +195,7 @@ impl Io {
             config: config.clone(),
             namespaces: RwLock::new(Default::default()),
             dynamic: RwLock::new(Vec::new()),
+            adapter: Default::default(),
         });
         let engine = Engine::new(config, IoHandler(shared.clone()));
         Io { shared, engine }
@@ -189,11 +209,26 @@ impl Io {
     /// The namespace `name`, created if it does not exist.
     pub fn of(&self, name: &str) -> Namespace {
         let mut map = self.shared.namespaces.write();
-        map.entry(name.to_owned())
-            .or_insert_with(|| {
-                Namespace::new(name, Default::default(), self.shared.recovery.clone())
-            })
-            .clone()
+        if let Some(ns) = map.get(name) {
+            return ns.clone();
+        }
+        let ns = Namespace::new(name, Default::default(), self.shared.recovery.clone());
+        self.shared.adopt(&ns);
+        map.insert(name.to_owned(), ns.clone());
+        ns
+    }
+
+    /// Makes this server one node of a cluster: what goes beyond this node (broadcasts,
+    /// operations on the sockets of other nodes) goes to `adapter`. Call it once, before
+    /// serving; a second adapter is ignored.
+    pub fn set_adapter(&self, adapter: Arc<dyn Adapter>) {
+        if self.shared.adapter.set(adapter).is_err() {
+            return;
+        }
+        let existing: Vec<Namespace> = self.shared.namespaces.read().values().cloned().collect();
+        for ns in existing {
+            self.shared.adopt(&ns);
+        }
     }
 
     /// The namespace `name`, if it exists (statically or created from a pattern).

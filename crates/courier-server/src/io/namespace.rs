@@ -2,15 +2,18 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
 use std::time::Duration;
 
 use courier_proto::socket::Packet;
 use dashmap::DashMap;
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
 
+use super::adapter::{Acks, Adapter, Broadcast, SocketInfo, Targets, or_default};
 use super::message::{AckError, ConnectError, EmitError, Payload, send_or_close};
 use super::socket::Socket;
 use crate::engine::{Outbound, Sid};
@@ -66,10 +69,19 @@ pub struct Namespace(Arc<Inner>);
 
 struct Inner {
     name: Arc<str>,
-    sockets: DashMap<Sid, Socket>,
+    /// The sockets and the rooms each is in: the one record of membership. `rooms` is its
+    /// index by room, changed only together with it.
+    sockets: DashMap<Sid, Member>,
     rooms: DashMap<Room, HashSet<Sid>>,
     handlers: Arc<RwLock<Handlers>>,
     recovery: Option<courier_store::Store>,
+    /// Reaches the other nodes of a cluster; unset on a single node.
+    adapter: OnceLock<Arc<dyn Adapter>>,
+}
+
+struct Member {
+    socket: Socket,
+    rooms: HashSet<Room>,
 }
 
 impl Setup for Namespace {
@@ -90,7 +102,19 @@ impl Namespace {
             rooms: DashMap::new(),
             handlers,
             recovery,
+            adapter: OnceLock::new(),
         }))
+    }
+
+    /// Hands what goes beyond this node to `adapter` (once; later calls are ignored).
+    pub(crate) fn set_adapter(&self, adapter: Arc<dyn Adapter>) {
+        if self.0.adapter.set(adapter.clone()).is_ok() {
+            adapter.namespace_added(self);
+        }
+    }
+
+    fn adapter(&self) -> Option<&Arc<dyn Adapter>> {
+        self.0.adapter.get()
     }
 
     /// The namespace's name, e.g. `/` or `/chat`.
@@ -122,7 +146,17 @@ impl Namespace {
 
     /// The socket with id `sid`.
     pub fn socket(&self, sid: &str) -> Option<Socket> {
-        self.0.sockets.get(sid).map(|s| s.clone())
+        self.0.sockets.get(sid).map(|m| m.socket.clone())
+    }
+
+    /// Whether a socket of this node is in `room` (a socket id names the room of that socket).
+    pub fn has_room(&self, room: &str) -> bool {
+        self.0.rooms.contains_key(room) || self.0.sockets.contains_key(room)
+    }
+
+    /// Every socket of this node.
+    pub fn sockets(&self) -> Vec<Socket> {
+        self.0.sockets.iter().map(|m| m.socket.clone()).collect()
     }
 
     /// Targets every socket of the namespace.
@@ -132,6 +166,7 @@ impl Namespace {
             rooms: Vec::new(),
             except: Vec::new(),
             volatile: false,
+            local: false,
             timeout: None,
         }
     }
@@ -151,47 +186,82 @@ impl Namespace {
     }
 
     pub(crate) fn insert(&self, socket: &Socket) {
-        self.0.sockets.insert(socket.id().clone(), socket.clone());
+        let member = Member {
+            socket: socket.clone(),
+            rooms: HashSet::new(),
+        };
+        self.0.sockets.insert(socket.id().clone(), member);
+        if let Some(a) = self.adapter() {
+            a.room_changed(self, socket.id());
+        }
     }
 
     pub(crate) fn remove(&self, socket: &Socket) {
-        let rooms = std::mem::take(&mut *socket.0.rooms.lock());
-        for room in rooms {
-            self.drop_member(&room, socket.id());
+        let Some((sid, member)) = self.0.sockets.remove(socket.id()) else {
+            return;
+        };
+        for room in member.rooms {
+            self.drop_member(&room, &sid);
         }
-        self.0.sockets.remove(socket.id());
+        if let Some(a) = self.adapter() {
+            a.room_changed(self, &sid);
+        }
     }
 
-    pub(crate) fn add_to_room(&self, socket: &Socket, room: Room) {
-        if !socket.connected() {
+    /// Puts a connected socket in `room`.
+    pub(crate) fn add_to_room(&self, sid: &Sid, room: Room) {
+        // Lock order: the socket's entry, then the room index; never the other way.
+        let Some(mut member) = self.0.sockets.get_mut(sid) else {
+            return;
+        };
+        if !member.rooms.insert(room.clone()) {
             return;
         }
-        // Lock order: the socket's room set, then the namespace's map; never the other way.
-        let mut mine = socket.0.rooms.lock();
-        if mine.insert(room.clone()) {
-            self.0
-                .rooms
-                .entry(room)
-                .or_default()
-                .insert(socket.id().clone());
+        let mut created = false;
+        self.0
+            .rooms
+            .entry(room.clone())
+            .or_insert_with(|| {
+                created = true;
+                HashSet::new()
+            })
+            .insert(sid.clone());
+        drop(member);
+        if let (true, Some(a)) = (created, self.adapter()) {
+            a.room_changed(self, &room);
         }
     }
 
-    pub(crate) fn remove_from_room(&self, socket: &Socket, room: &str) {
-        let mut mine = socket.0.rooms.lock();
-        if mine.remove(room) {
-            self.drop_member(room, socket.id());
+    pub(crate) fn remove_from_room(&self, sid: &Sid, room: &str) {
+        let Some(mut member) = self.0.sockets.get_mut(sid) else {
+            return;
+        };
+        if member.rooms.remove(room) {
+            drop(member);
+            self.drop_member(room, sid);
         }
+    }
+
+    /// The rooms `sid` is in, its own id not included.
+    pub(crate) fn rooms_of(&self, sid: &str) -> Vec<Room> {
+        self.0
+            .sockets
+            .get(sid)
+            .map(|m| m.rooms.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn drop_member(&self, room: &str, sid: &Sid) {
-        self.0.rooms.remove_if_mut(room, |_, members| {
+        let removed = self.0.rooms.remove_if_mut(room, |_, members| {
             members.remove(sid);
             members.is_empty()
         });
+        if let (Some((room, _)), Some(a)) = (removed, self.adapter()) {
+            a.room_changed(self, &room);
+        }
     }
 
-    /// Room names and how many sockets each holds.
+    /// Room names and how many sockets of this node each holds.
     pub fn rooms(&self) -> Vec<(Room, usize)> {
         self.0
             .rooms
@@ -219,6 +289,7 @@ pub struct BroadcastOperator {
     rooms: Vec<Room>,
     except: Vec<Room>,
     volatile: bool,
+    local: bool,
     timeout: Option<Duration>,
 }
 
@@ -241,13 +312,44 @@ impl BroadcastOperator {
         self
     }
 
+    /// Acts on this node's sockets only, not on the other nodes of a cluster.
+    pub fn local(mut self) -> Self {
+        self.local = true;
+        self
+    }
+
     /// How long [`BroadcastOperator::emit_with_ack`] waits.
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = Some(t);
         self
     }
 
-    /// The targeted sockets.
+    /// The adapter, unless this operator acts locally only.
+    fn adapter(&self) -> Option<&Arc<dyn Adapter>> {
+        if self.local {
+            return None;
+        }
+        self.ns.adapter()
+    }
+
+    fn targets(&self) -> Targets {
+        Targets {
+            rooms: self.rooms.clone(),
+            except: self.except.clone(),
+        }
+    }
+
+    fn remote(&self, event: &str, payload: &Payload) -> Broadcast {
+        Broadcast {
+            nsp: self.ns.name_arc(),
+            event: event.to_owned(),
+            payload: payload.clone(),
+            targets: self.targets(),
+            volatile: self.volatile,
+        }
+    }
+
+    /// The targeted sockets of this node.
     pub fn sockets(&self) -> Vec<Socket> {
         let mut out = Vec::new();
         self.for_each_target(|s| out.push(s.clone()));
@@ -264,7 +366,7 @@ impl BroadcastOperator {
         if self.rooms.is_empty() {
             for e in self.ns.0.sockets.iter() {
                 if !excluded.contains(e.key()) {
-                    f(e.value());
+                    f(&e.value().socket);
                 }
             }
             return;
@@ -274,8 +376,8 @@ impl BroadcastOperator {
             self.ns.members(r, &mut sids);
         }
         for sid in sids.difference(&excluded) {
-            if let Some(s) = self.ns.0.sockets.get(sid) {
-                f(s.value());
+            if let Some(m) = self.ns.0.sockets.get(sid) {
+                f(&m.socket);
             }
         }
     }
@@ -289,8 +391,25 @@ impl BroadcastOperator {
         self.emit_payload(event, Payload::new().arg(arg)?)
     }
 
-    /// Sends `event` with a payload, encoded once for every recipient.
+    /// Sends `event` with a payload, encoded once for every recipient, to this node's sockets
+    /// and those of the other nodes. Returns how many of this node's sockets it was queued for.
     pub fn emit_payload(&self, event: &str, payload: Payload) -> Result<usize, EmitError> {
+        if let Some(a) = self.adapter() {
+            a.broadcast(self.remote(event, &payload));
+        }
+        self.emit_here(event, payload)
+    }
+
+    /// Like [`BroadcastOperator::emit_payload`], and counts the sockets of every node.
+    pub async fn emit_counted(&self, event: &str, payload: Payload) -> Result<usize, EmitError> {
+        let remote = self
+            .adapter()
+            .map(|a| a.broadcast_counted(self.remote(event, &payload)));
+        let here = self.emit_here(event, payload)?;
+        Ok(here + or_default(remote).await)
+    }
+
+    fn emit_here(&self, event: &str, payload: Payload) -> Result<usize, EmitError> {
         let out = match &self.ns.0.recovery {
             // As with the reference server, only plain events (no binary, not volatile) are
             // logged for recovery; they carry their offset as the last argument.
@@ -318,15 +437,40 @@ impl BroadcastOperator {
         Ok(sent)
     }
 
-    /// Sends `event` to every target with an ack request and waits for each answer or the
-    /// timeout. Returns one result per target.
+    /// Sends `event` to every target, on every node, with an ack request and waits for each
+    /// answer or the timeout.
     pub async fn emit_with_ack(
         &self,
         event: &str,
         payload: Payload,
         default_timeout: Duration,
-    ) -> Vec<(Sid, Result<Payload, AckError>)> {
+    ) -> Acks {
         let timeout = self.timeout.unwrap_or(default_timeout);
+        let remote = self
+            .adapter()
+            .map(|a| a.broadcast_with_ack(self.remote(event, &payload), timeout));
+        let (here, remote) = futures_util::join!(
+            self.emit_with_ack_here(event, payload, timeout),
+            or_default(remote)
+        );
+        let mut acks = remote;
+        acks.recipients += here.len();
+        for (sid, res) in here {
+            if let Ok(p) = res {
+                acks.answers.push((Some(sid), p));
+            }
+        }
+        acks
+    }
+
+    /// Sends `event` to every target of this node with an ack request and waits for each
+    /// answer or the timeout. Returns one result per target.
+    pub async fn emit_with_ack_here(
+        &self,
+        event: &str,
+        payload: Payload,
+        timeout: Duration,
+    ) -> Vec<(Sid, Result<Payload, AckError>)> {
         let waits: Vec<_> = self
             .sockets()
             .into_iter()
@@ -347,24 +491,76 @@ impl BroadcastOperator {
         futures_util::future::join_all(answers).await
     }
 
-    /// Makes every target join `room`.
+    /// Sends `event` to every target of this node with an ack request. Returns how many
+    /// targets it was sent to and a stream of the answers that come before `timeout`, each as
+    /// it comes (a cluster passes them on one by one).
+    pub fn emit_with_ack_each(
+        &self,
+        event: &str,
+        payload: Payload,
+        timeout: Duration,
+    ) -> (usize, BoxStream<'static, (Sid, Payload)>) {
+        let waits: futures_util::stream::FuturesUnordered<_> = self
+            .sockets()
+            .into_iter()
+            .filter_map(|s| {
+                Some((
+                    s.id().clone(),
+                    s.send_with_ack(event, payload.clone()).ok()?,
+                ))
+            })
+            .map(|(sid, wait)| async move { (sid, wait.await) })
+            .collect();
+        let n = waits.len();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let answers = waits
+            .filter_map(|(sid, res)| std::future::ready(res.ok().map(|p| (sid, p))))
+            .take_until(tokio::time::sleep_until(deadline));
+        (n, Box::pin(answers))
+    }
+
+    /// The targeted sockets of every node.
+    pub async fn fetch_sockets(&self) -> Vec<SocketInfo> {
+        let remote = self
+            .adapter()
+            .map(|a| a.fetch_sockets(self.ns.name(), &self.targets()));
+        let mut list: Vec<SocketInfo> = self.sockets().iter().map(Socket::info).collect();
+        list.extend(or_default(remote).await);
+        list
+    }
+
+    /// Makes every target, on every node, join `room`.
     pub fn join(&self, room: impl Into<Room>) {
         let room = room.into();
+        if let Some(a) = self.adapter() {
+            a.change_rooms(self.ns.name(), &self.targets(), &[room.clone()], true);
+        }
         for s in self.sockets() {
             s.join(room.clone());
         }
     }
 
-    /// Makes every target leave `room`.
+    /// Makes every target, on every node, leave `room`.
     pub fn leave(&self, room: &str) {
+        if let Some(a) = self.adapter() {
+            a.change_rooms(self.ns.name(), &self.targets(), &[room.into()], false);
+        }
         for s in self.sockets() {
             s.leave(room);
         }
     }
 
-    /// Disconnects every target: from the namespace only, or (`close`) closing its connection.
-    /// Returns how many sockets were disconnected.
-    pub fn disconnect(&self, close: bool) -> usize {
+    /// Disconnects every target on every node: from the namespace only, or (`close`) closing
+    /// its connection. Returns how many sockets were disconnected.
+    pub async fn disconnect(&self, close: bool) -> usize {
+        let remote = self
+            .adapter()
+            .map(|a| a.disconnect_sockets(self.ns.name(), &self.targets(), close));
+        self.disconnect_here(close) + or_default(remote).await
+    }
+
+    /// Disconnects every target of this node; returns how many there were.
+    pub fn disconnect_here(&self, close: bool) -> usize {
         let targets = self.sockets();
         for s in &targets {
             if close {

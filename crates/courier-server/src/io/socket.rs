@@ -1,6 +1,6 @@
 //! A socket: one client's membership of one namespace.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use super::adapter::SocketInfo;
 use super::conn::Conn;
 use super::message::{
     AckError, AckSender, DisconnectReason, EmitError, Message, Payload, send_or_close,
@@ -51,7 +52,6 @@ pub(crate) struct SocketInner {
     pub(crate) conn: Arc<Conn>,
     auth: Value,
     // Blocking locks (parking_lot, which does not poison) throughout: each is held for a few instructions and never across an await.
-    pub(crate) rooms: Mutex<HashSet<Room>>,
     events: RwLock<HashMap<String, EventHandler>>,
     fallback: RwLock<Option<EventHandler>>,
     on_disconnect: Mutex<Vec<DisconnectHandler>>,
@@ -115,7 +115,6 @@ impl Socket {
             ns,
             conn,
             auth,
-            rooms: Mutex::new(HashSet::new()),
             events: RwLock::new(HashMap::new()),
             fallback: RwLock::new(None),
             on_disconnect: Mutex::new(Vec::new()),
@@ -297,22 +296,32 @@ impl Socket {
 
     /// Joins a room.
     pub fn join(&self, room: impl Into<Room>) {
-        self.0.ns.add_to_room(self, room.into());
+        self.0.ns.add_to_room(&self.0.id, room.into());
         self.session_changed();
     }
 
     /// Leaves a room.
     pub fn leave(&self, room: &str) {
-        self.0.ns.remove_from_room(self, room);
+        self.0.ns.remove_from_room(&self.0.id, room);
         self.session_changed();
     }
 
     /// The rooms the socket is in, its own id included, sorted.
     pub fn rooms(&self) -> Vec<Room> {
-        let mut rooms: Vec<Room> = self.0.rooms.lock().iter().cloned().collect();
+        let mut rooms = self.0.ns.rooms_of(&self.0.id);
         rooms.push(self.0.id.clone());
         rooms.sort();
         rooms
+    }
+
+    /// The socket as operations on every node of a cluster list it.
+    pub fn info(&self) -> SocketInfo {
+        SocketInfo {
+            id: self.0.id.clone(),
+            rooms: self.rooms(),
+            data: self.data(),
+            transport: Some(self.transport().name().to_owned()),
+        }
     }
 
     /// Targets the other sockets in `room` (not this one).

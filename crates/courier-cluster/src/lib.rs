@@ -1,0 +1,948 @@
+//! Courier nodes as one hub on Redis.
+//!
+//! [`Cluster`] is the [`Adapter`] of a node: broadcasts, room operations and socket listings go
+//! to the other nodes over Redis pub/sub in the wire format of Node's
+//! `@socket.io/redis-adapter` 8.x (classic mode), so Courier nodes and Node servers on one
+//! Redis are one hub. A node subscribes to the channel of a room only while one of its sockets
+//! is in it, so a broadcast to one room reaches only the nodes with members (the Node adapter
+//! subscribes every node to every room's channel with one pattern).
+//!
+//! When Redis cannot be reached, each node keeps serving its own clients, says so in its log
+//! and in [`Cluster::status`], and reconnects and subscribes again by itself.
+
+mod wire;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use courier_proto::payload::Payload;
+use courier_server::{
+    Acks, Adapter, Broadcast, BroadcastOperator, Io, Namespace, Room, SocketInfo, Targets,
+};
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use wire::{Channels, kind};
+
+/// How a node joins a cluster.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// Prefix of every channel; `socket.io` is what Node's adapter uses by default.
+    pub key: String,
+    /// How long a request waits at most for the other nodes' answers.
+    pub requests_timeout: Duration,
+}
+
+/// What [`Cluster::status`] reports.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// Whether Redis answers.
+    pub redis_up: bool,
+    /// This node's id in the cluster.
+    pub node: String,
+}
+
+/// Why a cluster could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Redis URL is not one.
+    #[error("invalid Redis URL: {0}")]
+    Url(#[source] redis::RedisError),
+}
+
+/// Broadcasts waiting to be published; past this, new ones are dropped (Redis is too slow or
+/// gone) and the drop is logged.
+const PUBLISH_QUEUE: usize = 65_536;
+/// How often each connection to Redis is checked.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// One node's link to the others. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster(Arc<Inner>);
+
+struct Inner {
+    uid: String,
+    key: String,
+    timeout: Duration,
+    io: Io,
+    publisher: OnceLock<ConnectionManager>,
+    subscriber: OnceLock<ConnectionManager>,
+    outgoing: mpsc::Sender<Outgoing>,
+    changes: mpsc::UnboundedSender<Change>,
+    /// What each subscribed channel carries.
+    routes: Mutex<HashMap<String, Route>>,
+    /// Requests of this node waiting for answers, by request id.
+    pending: Mutex<HashMap<String, mpsc::UnboundedSender<Answer>>>,
+    up: AtomicBool,
+}
+
+/// A response from another node: the object and the binaries it carried.
+type Answer = (Value, Vec<Bytes>);
+
+#[derive(Debug, Clone)]
+enum Route {
+    Broadcast { nsp: String, room: Option<Room> },
+    Request { nsp: String },
+    Response,
+}
+
+/// A message for the publisher task. With `numsub`, the publish is counted: the task also asks
+/// Redis, in the same transaction, how many nodes listen on the channel.
+struct Outgoing {
+    channel: String,
+    message: Vec<u8>,
+    numsub: Option<oneshot::Sender<usize>>,
+}
+
+enum Change {
+    Namespace(String),
+    Room(String, Room),
+}
+
+impl Cluster {
+    /// Makes `io` a node of the cluster on `options.url`. Returns at once: the connection to
+    /// Redis is made (and made again whenever it is lost) in the background, and until it is
+    /// up the node serves its own clients alone.
+    pub fn start(io: &Io, options: Options) -> Result<Cluster, Error> {
+        let client = redis::Client::open(options.url.as_str()).map_err(Error::Url)?;
+        let (outgoing, outgoing_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let (changes, changes_rx) = mpsc::unbounded_channel();
+        let uid: String = (0..6)
+            .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rand::random_range(0..36)]))
+            .collect();
+        let cluster = Cluster(Arc::new(Inner {
+            uid,
+            key: options.key,
+            timeout: options.requests_timeout,
+            io: io.clone(),
+            publisher: OnceLock::new(),
+            subscriber: OnceLock::new(),
+            outgoing,
+            changes,
+            routes: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            up: AtomicBool::new(false),
+        }));
+        io.set_adapter(Arc::new(cluster.clone()));
+        tokio::spawn(cluster.clone().run(client, outgoing_rx, changes_rx));
+        Ok(cluster)
+    }
+
+    /// Whether Redis answers, and this node's id.
+    pub fn status(&self) -> Status {
+        Status {
+            redis_up: self.0.up.load(Ordering::Relaxed),
+            node: self.0.uid.clone(),
+        }
+    }
+
+    fn channels(&self, nsp: &str) -> Channels {
+        Channels::new(&self.0.key, nsp, &self.0.uid)
+    }
+
+    /// Connects, then runs the publisher, the subscriptions, the receiver and the heartbeat.
+    async fn run(
+        self,
+        client: redis::Client,
+        outgoing: mpsc::Receiver<Outgoing>,
+        changes: mpsc::UnboundedReceiver<Change>,
+    ) {
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let resp3 = client.get_connection_info().clone().set_redis_settings(
+            client
+                .get_connection_info()
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3),
+        );
+        let sub_client = match redis::Client::open(resp3) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cluster: cannot use the Redis URL");
+                return;
+            }
+        };
+        let config = || {
+            ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(Duration::from_secs(2)))
+                .set_max_delay(Duration::from_secs(2))
+        };
+        let mut warned = false;
+        let (publisher, subscriber) = loop {
+            let publisher = client.get_connection_manager_with_config(config()).await;
+            let subscriber = sub_client
+                .get_connection_manager_with_config(
+                    config()
+                        .set_push_sender(push_tx.clone())
+                        .set_automatic_resubscription(),
+                )
+                .await;
+            match (publisher, subscriber) {
+                (Ok(p), Ok(s)) => break (p, s),
+                (Err(e), _) | (_, Err(e)) => {
+                    if !warned {
+                        tracing::error!(error = %e, "cluster: Redis unreachable; serving this node's clients alone until it is back");
+                        warned = true;
+                    }
+                    tokio::time::sleep(HEARTBEAT).await;
+                }
+            }
+        };
+        let _ = self.0.publisher.set(publisher);
+        let _ = self.0.subscriber.set(subscriber);
+        self.0.up.store(true, Ordering::Relaxed);
+        tracing::info!(node = %self.0.uid, "cluster: connected to Redis");
+        tokio::spawn(self.clone().publish_loop(outgoing));
+        tokio::spawn(self.clone().receive_loop(push_rx));
+        tokio::spawn(self.clone().heartbeat());
+        self.subscription_loop(changes).await;
+    }
+
+    /// Publishes queued broadcasts in order, as many as are waiting in one round trip.
+    async fn publish_loop(self, mut rx: mpsc::Receiver<Outgoing>) {
+        let mut conn = self.0.publisher.get().expect("connected").clone();
+        let mut batch = Vec::new();
+        while rx.recv_many(&mut batch, 256).await > 0 {
+            let mut pipe = redis::pipe();
+            let mut plain = 0;
+            for mut out in batch.drain(..) {
+                match out.numsub.take() {
+                    None => {
+                        pipe.cmd("PUBLISH")
+                            .arg(&out.channel)
+                            .arg(&out.message)
+                            .ignore();
+                        plain += 1;
+                    }
+                    Some(tx) => {
+                        if plain > 0 {
+                            self.send_pipe(&mut conn, &pipe).await;
+                            pipe = redis::pipe();
+                            plain = 0;
+                        }
+                        let n = self.counted_publish(&mut conn, &out).await;
+                        let _ = tx.send(n);
+                    }
+                }
+            }
+            if plain > 0 {
+                self.send_pipe(&mut conn, &pipe).await;
+            }
+        }
+    }
+
+    async fn send_pipe(&self, conn: &mut ConnectionManager, pipe: &redis::Pipeline) {
+        if let Err(e) = pipe.query_async::<()>(conn).await {
+            tracing::warn!(error = %e, "cluster: broadcasts not sent to the other nodes");
+        }
+    }
+
+    /// Publishes and returns how many other Courier nodes listen on the channel (Node servers
+    /// listen with a pattern, which `PUBSUB NUMSUB` does not count).
+    async fn counted_publish(&self, conn: &mut ConnectionManager, out: &Outgoing) -> usize {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&out.channel)
+            .cmd("PUBLISH")
+            .arg(&out.channel)
+            .arg(&out.message)
+            .ignore();
+        match pipe.query_async::<(Vec<(String, usize)>,)>(conn).await {
+            Ok((subs,)) => {
+                let n = subs.first().map_or(0, |(_, n)| *n);
+                n.saturating_sub(usize::from(self.0.routes.lock().contains_key(&out.channel)))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: broadcast not sent to the other nodes");
+                0
+            }
+        }
+    }
+
+    fn enqueue(&self, channel: String, message: Vec<u8>, numsub: Option<oneshot::Sender<usize>>) {
+        let out = Outgoing {
+            channel,
+            message,
+            numsub,
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.0.outgoing.try_send(out) {
+            tracing::warn!("cluster: publish queue full, broadcast not sent to the other nodes");
+        }
+    }
+
+    /// Keeps the subscriptions in step with the namespaces and rooms this node has.
+    async fn subscription_loop(self, mut rx: mpsc::UnboundedReceiver<Change>) {
+        let mut conn = self.0.subscriber.get().expect("connected").clone();
+        let mut batch = Vec::new();
+        while rx.recv_many(&mut batch, 4096).await > 0 {
+            let mut add = Vec::new();
+            let mut remove = Vec::new();
+            let mut seen = HashSet::new();
+            for change in batch.drain(..) {
+                match change {
+                    Change::Namespace(nsp) => {
+                        let ch = self.channels(&nsp);
+                        let mut routes = self.0.routes.lock();
+                        for (name, route) in [
+                            (
+                                ch.broadcast,
+                                Route::Broadcast {
+                                    nsp: nsp.clone(),
+                                    room: None,
+                                },
+                            ),
+                            (ch.request, Route::Request { nsp: nsp.clone() }),
+                            (ch.response, Route::Response),
+                            (ch.own_response, Route::Response),
+                        ] {
+                            if routes.insert(name.clone(), route).is_none() {
+                                add.push(name);
+                            }
+                        }
+                    }
+                    Change::Room(nsp, room) => {
+                        if !seen.insert((nsp.clone(), room.clone())) {
+                            continue;
+                        }
+                        let wanted = self.0.io.get(&nsp).is_some_and(|ns| ns.has_room(&room));
+                        let name = self.channels(&nsp).room(&room);
+                        let mut routes = self.0.routes.lock();
+                        if wanted && !routes.contains_key(&name) {
+                            routes.insert(
+                                name.clone(),
+                                Route::Broadcast {
+                                    nsp,
+                                    room: Some(room),
+                                },
+                            );
+                            add.push(name);
+                        } else if !wanted && routes.remove(&name).is_some() {
+                            remove.push(name);
+                        }
+                    }
+                }
+            }
+            if !add.is_empty() {
+                if let Err(e) = conn.subscribe(&add).await {
+                    tracing::warn!(error = %e, channels = add.len(), "cluster: subscribe failed; retried when Redis is back");
+                }
+            }
+            if !remove.is_empty() {
+                if let Err(e) = conn.unsubscribe(&remove).await {
+                    tracing::debug!(error = %e, "cluster: unsubscribe failed");
+                }
+            }
+        }
+    }
+
+    /// Checks both connections every second; logs when the link goes down or comes back, and
+    /// then subscribes again to every channel this node needs.
+    async fn heartbeat(self) {
+        let mut publisher = self.0.publisher.get().expect("connected").clone();
+        let mut subscriber = self.0.subscriber.get().expect("connected").clone();
+        let mut ticks = tokio::time::interval(HEARTBEAT);
+        loop {
+            ticks.tick().await;
+            let ping = |c: &mut ConnectionManager| {
+                let mut c = c.clone();
+                async move { redis::cmd("PING").query_async::<String>(&mut c).await }
+            };
+            let (a, b) = tokio::join!(ping(&mut publisher), ping(&mut subscriber));
+            let up = a.is_ok() && b.is_ok();
+            let was = self.0.up.swap(up, Ordering::Relaxed);
+            if was && !up {
+                let e = a
+                    .err()
+                    .or(b.err())
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                tracing::error!(error = %e, "cluster: lost Redis; serving this node's clients alone until it is back");
+            } else if !was && up {
+                let channels: Vec<String> = self.0.routes.lock().keys().cloned().collect();
+                if !channels.is_empty() {
+                    if let Err(e) = subscriber.subscribe(&channels).await {
+                        tracing::warn!(error = %e, "cluster: subscribing again failed");
+                    }
+                }
+                tracing::info!(channels = channels.len(), "cluster: Redis is back");
+            }
+        }
+    }
+
+    /// Handles what arrives on the subscribed channels.
+    async fn receive_loop(self, mut rx: mpsc::UnboundedReceiver<redis::PushInfo>) {
+        while let Some(push) = rx.recv().await {
+            if push.kind != redis::PushKind::Message {
+                continue;
+            }
+            let mut data = push.data.into_iter();
+            let (Some(channel), Some(message)) = (data.next(), data.next()) else {
+                continue;
+            };
+            let (Ok(channel), Ok(message)) = (
+                redis::from_redis_value::<String>(channel),
+                redis::from_redis_value::<Vec<u8>>(message),
+            ) else {
+                continue;
+            };
+            let route = self.0.routes.lock().get(&channel).cloned();
+            match route {
+                Some(Route::Broadcast { nsp, room }) => self.on_broadcast(&nsp, room, &message),
+                Some(Route::Request { nsp }) => self.on_request(&nsp, &message),
+                Some(Route::Response) => self.on_response(&message),
+                None => {}
+            }
+        }
+    }
+
+    fn on_broadcast(&self, nsp: &str, room: Option<Room>, message: &[u8]) {
+        let Some(b) = wire::decode_broadcast(message) else {
+            tracing::debug!(nsp, "cluster: malformed broadcast ignored");
+            return;
+        };
+        if b.uid == self.0.uid || b.nsp != nsp {
+            return;
+        }
+        let Some(ns) = self.0.io.get(nsp) else {
+            return;
+        };
+        if room.is_some_and(|r| !ns.has_room(&r)) {
+            return;
+        }
+        let mut op = operator(&ns, &b.targets);
+        if b.volatile {
+            op = op.volatile();
+        }
+        let n = op.emit_payload(&b.event, b.payload).unwrap_or(0);
+        if let Some((id, uid)) = b.count {
+            self.respond(
+                nsp,
+                Some(&uid),
+                json!({"type": kind::COUNT, "requestId": id, "count": n}),
+            );
+        }
+    }
+
+    fn on_request(&self, nsp: &str, message: &[u8]) {
+        let Some((req, attachments)) = wire::decode_object(message) else {
+            tracing::debug!(nsp, "cluster: malformed request ignored");
+            return;
+        };
+        let uid = req.get("uid").and_then(Value::as_str);
+        if uid == Some(self.0.uid.as_str()) {
+            return;
+        }
+        let Some(ns) = self.0.io.get(nsp) else {
+            return;
+        };
+        let id = req.get("requestId").cloned().unwrap_or(Value::Null);
+        let targets = req.get("opts").map(wire::targets_from_json);
+        let t = req.get("type").and_then(Value::as_u64);
+        let answer = match t {
+            Some(kind::SOCKETS) => {
+                let rooms = req
+                    .get("rooms")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(wire::room_of_json).collect())
+                    .unwrap_or_default();
+                let op = operator(
+                    &ns,
+                    &Targets {
+                        rooms,
+                        except: Vec::new(),
+                    },
+                );
+                let ids: Vec<_> = op.sockets().iter().map(|s| s.id().clone()).collect();
+                Some(json!({"requestId": id, "sockets": ids}))
+            }
+            Some(kind::ALL_ROOMS) => {
+                let mut rooms: Vec<Value> = ns.rooms().into_iter().map(|(r, _)| json!(r)).collect();
+                rooms.extend(ns.sockets().iter().map(|s| json!(s.id())));
+                Some(json!({"requestId": id, "rooms": rooms}))
+            }
+            Some(k @ (kind::REMOTE_JOIN | kind::REMOTE_LEAVE)) => {
+                let join = k == kind::REMOTE_JOIN;
+                if let Some(targets) = targets {
+                    let rooms: Vec<Room> = req
+                        .get("rooms")
+                        .and_then(Value::as_array)
+                        .map(|a| a.iter().filter_map(wire::room_of_json).collect())
+                        .unwrap_or_default();
+                    let op = operator(&ns, &targets);
+                    for r in rooms {
+                        if join { op.join(r) } else { op.leave(&r) }
+                    }
+                    None
+                } else {
+                    let socket = req
+                        .get("sid")
+                        .and_then(Value::as_str)
+                        .and_then(|s| ns.socket(s));
+                    let room = req.get("room").and_then(wire::room_of_json);
+                    match (socket, room) {
+                        (Some(s), Some(r)) => {
+                            if join {
+                                s.join(r)
+                            } else {
+                                s.leave(&r)
+                            }
+                            Some(json!({"requestId": id}))
+                        }
+                        _ => None,
+                    }
+                }
+            }
+            Some(kind::REMOTE_DISCONNECT) => {
+                let close = req.get("close").and_then(Value::as_bool).unwrap_or(false);
+                if let Some(targets) = targets {
+                    let n = operator(&ns, &targets).disconnect_here(close);
+                    // Only Courier asks with an id, to count.
+                    (!id.is_null())
+                        .then(|| json!({"type": kind::COUNT, "requestId": id, "count": n}))
+                } else {
+                    let socket = req
+                        .get("sid")
+                        .and_then(Value::as_str)
+                        .and_then(|s| ns.socket(s));
+                    socket.map(|s| {
+                        if close {
+                            s.close_connection()
+                        } else {
+                            s.disconnect()
+                        }
+                        json!({"requestId": id})
+                    })
+                }
+            }
+            Some(kind::REMOTE_FETCH) => {
+                let op = operator(&ns, &targets.unwrap_or_default());
+                let sockets: Vec<Value> = op.sockets().iter().map(fetched).collect();
+                Some(json!({"requestId": id, "sockets": sockets}))
+            }
+            Some(kind::BROADCAST) => {
+                self.on_broadcast_with_ack(&ns, uid, id, &req, attachments);
+                None
+            }
+            // SERVER_SIDE_EMIT: Courier has no server-side event handlers; like a Node server
+            // without listeners, it does not answer. Unknown types are ignored.
+            _ => None,
+        };
+        if let Some(answer) = answer {
+            self.respond(nsp, uid, answer);
+        }
+    }
+
+    fn on_broadcast_with_ack(
+        &self,
+        ns: &Namespace,
+        uid: Option<&str>,
+        id: Value,
+        req: &Value,
+        attachments: Vec<Bytes>,
+    ) {
+        let Some((event, payload)) = req.get("packet").and_then(|p| event_of(p, attachments))
+        else {
+            return;
+        };
+        let opts = req.get("opts").cloned().unwrap_or(Value::Null);
+        let timeout = opts
+            .get("flags")
+            .and_then(|f| f.get("timeout"))
+            .and_then(Value::as_u64)
+            .map_or(self.0.timeout, Duration::from_millis);
+        let op = operator(ns, &wire::targets_from_json(&opts));
+        let (n, mut answers) = op.emit_with_ack_each(&event, payload, timeout);
+        let nsp = ns.name().to_owned();
+        self.respond(
+            &nsp,
+            uid,
+            json!({"type": kind::BROADCAST_CLIENT_COUNT, "requestId": id, "clientCount": n}),
+        );
+        let this = self.clone();
+        let uid = uid.map(str::to_owned);
+        tokio::spawn(async move {
+            while let Some((sid, p)) = answers.next().await {
+                let first = p
+                    .args
+                    .first()
+                    .map_or(rmpv::Value::Nil, |a| wire::json_to_mp(a, &p.attachments));
+                let all = rmpv::Value::Array(
+                    p.args
+                        .iter()
+                        .map(|a| wire::json_to_mp(a, &p.attachments))
+                        .collect(),
+                );
+                let msg = rmpv::Value::Map(vec![
+                    ("type".into(), kind::BROADCAST_ACK.into()),
+                    ("requestId".into(), json_scalar(&id)),
+                    ("packet".into(), first),
+                    ("sid".into(), (&*sid).into()),
+                    ("args".into(), all),
+                ]);
+                this.publish_response(&nsp, uid.as_deref(), wire::encode(&msg));
+            }
+        });
+    }
+
+    fn on_response(&self, message: &[u8]) {
+        let Some((resp, attachments)) = wire::decode_object(message) else {
+            return;
+        };
+        let Some(id) = resp.get("requestId").and_then(Value::as_str) else {
+            return;
+        };
+        if let Some(tx) = self.0.pending.lock().get(id) {
+            let _ = tx.send((resp, attachments));
+        }
+    }
+
+    fn respond(&self, nsp: &str, uid: Option<&str>, answer: Value) {
+        let bytes = serde_json::to_vec(&answer).expect("JSON values serialize");
+        self.publish_response(nsp, uid, bytes);
+    }
+
+    /// Answers go to the asking node's own channel (every Node server listens on its own too).
+    fn publish_response(&self, nsp: &str, uid: Option<&str>, bytes: Vec<u8>) {
+        let ch = self.channels(nsp);
+        let channel = uid.map_or(ch.response.clone(), |u| ch.response_to(u));
+        self.enqueue(channel, bytes, None);
+    }
+
+    /// Publishes a request on `channel` and collects answers until `done` says they are all
+    /// in, or the timeout. `done` gets the answers so far and how many nodes should answer:
+    /// `nodes`, or when that is `None` the other nodes listening on `channel`.
+    async fn ask(
+        &self,
+        id: &str,
+        channel: String,
+        message: Vec<u8>,
+        nodes: Option<usize>,
+        done: impl Fn(&[Answer], usize) -> bool,
+        timeout: Duration,
+    ) -> Vec<Answer> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.0.pending.lock().insert(id.to_owned(), tx);
+        let (count_tx, count_rx) = oneshot::channel();
+        self.enqueue(channel, message, Some(count_tx));
+        let mut answers = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        if let Ok(Ok(listening)) = tokio::time::timeout_at(deadline, count_rx).await {
+            let nodes = nodes.unwrap_or(listening);
+            while !done(&answers, nodes) {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(a)) => answers.push(a),
+                    _ => {
+                        tracing::debug!(
+                            request = id,
+                            nodes,
+                            answers = answers.len(),
+                            "cluster: request timed out"
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+        self.0.pending.lock().remove(id);
+        answers
+    }
+
+    fn request_id() -> String {
+        (0..12)
+            .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rand::random_range(0..36)]))
+            .collect()
+    }
+}
+
+/// Whether every node asked has answered once.
+fn one_each(answers: &[Answer], nodes: usize) -> bool {
+    answers.len() >= nodes
+}
+
+/// The operator for `targets` on this node only.
+fn operator(ns: &Namespace, targets: &Targets) -> BroadcastOperator {
+    let mut op = ns.broadcast().local();
+    for r in &targets.rooms {
+        op = op.to(r.clone());
+    }
+    for r in &targets.except {
+        op = op.except(r.clone());
+    }
+    op
+}
+
+/// The event and arguments of a request's packet (`{type, data, nsp}`).
+fn event_of(packet: &Value, attachments: Vec<Bytes>) -> Option<(String, Payload)> {
+    let data = packet.get("data")?.as_array()?;
+    let (first, rest) = data.split_first()?;
+    Some((
+        first.as_str()?.to_owned(),
+        Payload {
+            args: rest.to_vec(),
+            attachments,
+        },
+    ))
+}
+
+fn json_scalar(v: &Value) -> rmpv::Value {
+    wire::json_to_mp(v, &[])
+}
+
+/// A socket as a REMOTE_FETCH answer lists it, with the handshake fields Node servers give.
+fn fetched(s: &courier_server::Socket) -> Value {
+    let h = s.handshake();
+    let headers: serde_json::Map<String, Value> = h
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), json!(v.to_str().ok()?))))
+        .collect();
+    let issued = h
+        .issued
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let query: serde_json::Map<String, Value> = h
+        .query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k.to_owned(), json!(v))
+        })
+        .collect();
+    let info = s.info();
+    json!({
+        "id": info.id,
+        "handshake": {
+            "headers": headers,
+            "address": h.address.map(|a| a.ip().to_string()),
+            "xdomain": false,
+            "secure": false,
+            "issued": issued,
+            "query": query,
+            "auth": s.auth(),
+        },
+        "rooms": info.rooms,
+        "data": info.data,
+        "transport": info.transport,
+    })
+}
+
+impl Adapter for Cluster {
+    fn namespace_added(&self, ns: &Namespace) {
+        let _ = self.0.changes.send(Change::Namespace(ns.name().to_owned()));
+    }
+
+    fn room_changed(&self, ns: &Namespace, room: &Room) {
+        let _ = self
+            .0
+            .changes
+            .send(Change::Room(ns.name().to_owned(), room.clone()));
+    }
+
+    fn broadcast(&self, b: Broadcast) {
+        let channel = self.channels(&b.nsp).for_targets(&b.targets);
+        self.enqueue(channel, wire::encode_broadcast(&self.0.uid, &b, None), None);
+    }
+
+    fn broadcast_counted(&self, b: Broadcast) -> BoxFuture<'static, usize> {
+        let this = self.clone();
+        Box::pin(async move {
+            let id = Self::request_id();
+            let channel = this.channels(&b.nsp).for_targets(&b.targets);
+            let message = wire::encode_broadcast(&this.0.uid, &b, Some(&id));
+            let answers = this
+                .ask(&id, channel, message, None, one_each, this.0.timeout)
+                .await;
+            answers
+                .iter()
+                .filter_map(|(a, _)| a.get("count").and_then(Value::as_u64))
+                .sum::<u64>() as usize
+        })
+    }
+
+    fn broadcast_with_ack(&self, b: Broadcast, timeout: Duration) -> BoxFuture<'static, Acks> {
+        let this = self.clone();
+        Box::pin(async move {
+            let id = Self::request_id();
+            let ch = this.channels(&b.nsp);
+            let mut opts = vec![
+                (
+                    "rooms".into(),
+                    rmpv::Value::Array(b.targets.rooms.iter().map(|r| (&**r).into()).collect()),
+                ),
+                (
+                    "except".into(),
+                    rmpv::Value::Array(b.targets.except.iter().map(|r| (&**r).into()).collect()),
+                ),
+            ];
+            opts.push((
+                "flags".into(),
+                rmpv::Value::Map(vec![(
+                    "timeout".into(),
+                    (timeout.as_millis() as u64).into(),
+                )]),
+            ));
+            let msg = rmpv::Value::Map(vec![
+                ("uid".into(), this.0.uid.as_str().into()),
+                ("requestId".into(), id.as_str().into()),
+                ("type".into(), kind::BROADCAST.into()),
+                (
+                    "packet".into(),
+                    wire::packet_mp(&b.nsp, &b.event, &b.payload),
+                ),
+                ("opts".into(), rmpv::Value::Map(opts)),
+            ]);
+            // Every server in the namespace answers with its count, then once per ack.
+            let done = |answers: &[Answer], nodes: usize| {
+                let counts: Vec<u64> = answers
+                    .iter()
+                    .filter(|(a, _)| a["type"] == kind::BROADCAST_CLIENT_COUNT)
+                    .filter_map(|(a, _)| a["clientCount"].as_u64())
+                    .collect();
+                let acks = answers.len() - counts.len();
+                counts.len() >= nodes && acks as u64 >= counts.iter().sum::<u64>()
+            };
+            let answers = this
+                .ask(&id, ch.request, wire::encode(&msg), None, done, timeout)
+                .await;
+            let mut acks = Acks::default();
+            for (a, attachments) in answers {
+                if a["type"] == kind::BROADCAST_CLIENT_COUNT {
+                    acks.recipients += a["clientCount"].as_u64().unwrap_or(0) as usize;
+                } else if a["type"] == kind::BROADCAST_ACK {
+                    let sid = a.get("sid").and_then(Value::as_str).map(Into::into);
+                    let args = match a.get("args") {
+                        Some(Value::Array(all)) => all.clone(),
+                        _ => vec![a.get("packet").cloned().unwrap_or(Value::Null)],
+                    };
+                    acks.answers.push((sid, Payload { args, attachments }));
+                }
+            }
+            acks
+        })
+    }
+
+    fn fetch_sockets(&self, nsp: &str, targets: &Targets) -> BoxFuture<'static, Vec<SocketInfo>> {
+        let this = self.clone();
+        let ch = self.channels(nsp);
+        let targets = targets.clone();
+        Box::pin(async move {
+            let id = Self::request_id();
+            let req = json!({
+                "uid": this.0.uid, "requestId": id, "type": kind::REMOTE_FETCH,
+                "opts": wire::targets_json(&targets),
+            });
+            let answers = this
+                .ask(
+                    &id,
+                    ch.request,
+                    serde_json::to_vec(&req).expect("JSON values serialize"),
+                    None,
+                    one_each,
+                    this.0.timeout,
+                )
+                .await;
+            answers
+                .iter()
+                .filter_map(|(a, _)| a.get("sockets")?.as_array())
+                .flatten()
+                .filter_map(|s| {
+                    Some(SocketInfo {
+                        id: s.get("id")?.as_str()?.into(),
+                        rooms: s
+                            .get("rooms")
+                            .and_then(Value::as_array)
+                            .map(|a| a.iter().filter_map(wire::room_of_json).collect())
+                            .unwrap_or_default(),
+                        data: s.get("data").cloned().unwrap_or(Value::Null),
+                        transport: s
+                            .get("transport")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn change_rooms(&self, nsp: &str, targets: &Targets, rooms: &[Room], join: bool) {
+        let ch = self.channels(nsp);
+        let req = json!({
+            "uid": self.0.uid,
+            "type": if join { kind::REMOTE_JOIN } else { kind::REMOTE_LEAVE },
+            "opts": wire::targets_json(targets),
+            "rooms": rooms,
+        });
+        self.enqueue(
+            ch.request,
+            serde_json::to_vec(&req).expect("JSON values serialize"),
+            None,
+        );
+    }
+
+    fn disconnect_sockets(
+        &self,
+        nsp: &str,
+        targets: &Targets,
+        close: bool,
+    ) -> BoxFuture<'static, usize> {
+        let this = self.clone();
+        let ch = self.channels(nsp);
+        let targets = targets.clone();
+        Box::pin(async move {
+            let id = Self::request_id();
+            let req = json!({
+                "uid": this.0.uid, "requestId": id, "type": kind::REMOTE_DISCONNECT,
+                "opts": wire::targets_json(&targets), "close": close,
+            });
+            // Node servers act on it without answering; the Courier nodes answer with counts.
+            let courier = this.courier_nodes_of(&ch).await;
+            let answers = this
+                .ask(
+                    &id,
+                    ch.request,
+                    serde_json::to_vec(&req).expect("JSON values serialize"),
+                    Some(courier),
+                    one_each,
+                    this.0.timeout,
+                )
+                .await;
+            answers
+                .iter()
+                .filter_map(|(a, _)| a.get("count").and_then(Value::as_u64))
+                .sum::<u64>() as usize
+        })
+    }
+}
+
+impl Cluster {
+    /// How many other Courier nodes have the namespace of `ch`: they listen on its broadcast
+    /// channel by name, which Node servers (listening by pattern) do not.
+    async fn courier_nodes_of(&self, ch: &Channels) -> usize {
+        let Some(conn) = self.0.publisher.get() else {
+            return 0;
+        };
+        let mut conn = conn.clone();
+        let subs: redis::RedisResult<Vec<(String, usize)>> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&ch.broadcast)
+            .query_async(&mut conn)
+            .await;
+        subs.ok()
+            .and_then(|s| s.first().map(|(_, n)| *n))
+            .unwrap_or(0)
+            .saturating_sub(1)
+    }
+}
