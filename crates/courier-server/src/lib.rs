@@ -29,6 +29,7 @@ mod serve;
 
 pub use config::{Config, Cors};
 pub use courier_store as store;
+pub use engine::Peers;
 pub use io::{
     AckError, AckSender, Authorizer, BroadcastOperator, ConnectError, DisconnectReason,
     DynamicNamespace, EmitError, Handshake, Io, IoHandler, IoService, Message, Namespace, Payload,
