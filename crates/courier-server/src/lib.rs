@@ -3,6 +3,8 @@
 //! Modules, in the order bytes move through them:
 //! - [`engine`]: Engine.IO v4. HTTP long-polling and WebSocket transports, the upgrade between
 //!   them, heartbeats, one bounded outbound queue per connection drained by a single writer.
+//!   On a cluster ([`Io::set_peers`], [`Peers`]) a request for another node's session is
+//!   forwarded to that node, so a load balancer needs no sticky sessions.
 //! - `io`: Socket.IO v5 on top of the engine. [`Io`] holds namespaces; a [`Socket`] is one
 //!   client in one namespace, with event handlers, acknowledgements both ways and rooms;
 //!   [`BroadcastOperator`] picks sockets by room and encodes a broadcast once for all of them.
@@ -29,6 +31,7 @@ mod serve;
 
 pub use config::{Config, Cors};
 pub use courier_store as store;
+pub use engine::Peers;
 pub use io::{
     AckError, AckSender, Acks, Adapter, Authorizer, Broadcast, BroadcastOperator, ConnectError,
     DisconnectReason, DynamicNamespace, EmitError, Handshake, Io, IoHandler, IoService, Message,

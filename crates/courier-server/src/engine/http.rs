@@ -140,7 +140,10 @@ impl<H: Handler> Engine<H> {
         let is_upgrade = is_websocket_upgrade(&req);
         match q.sid {
             Some(sid) => {
-                let entry = self.entry(sid).ok_or(EngineError::UnknownSid)?;
+                let Some(entry) = self.entry(sid) else {
+                    // Perhaps another node's session: the one place a cluster costs anything.
+                    return self.forward(sid, transport, is_upgrade, req).await;
+                };
                 if transport == Transport::WebSocket {
                     if !is_upgrade {
                         return Err(EngineError::BadRequest);

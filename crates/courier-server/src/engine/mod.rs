@@ -6,8 +6,13 @@
 //! the pending long-polling GET, or the WebSocket task, which writes every ready frame before one
 //! flush. A per-session driver task sends pings, enforces the ping timeout and, when the session
 //! closes, removes it and tells the handler.
+//!
+//! On a cluster ([`Engine::set_peers`]) sids name the node that made them, and a request for a
+//! session another node owns is forwarded there (`forward`), so no sticky load balancing is needed.
 
+mod forward;
 mod http;
+mod peers;
 mod polling;
 mod session;
 mod websocket;
@@ -18,9 +23,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use courier_proto::engine::Data;
 use dashmap::DashMap;
+use parking_lot::RwLock;
 
 pub use self::http::{EngineError, EngineService, RemoteAddr};
+pub use peers::Peers;
 pub use session::{CloseReason, Outbound, SendError, Session, Sid, Transport, new_id};
+
+use forward::Cluster;
 
 use crate::config::Config;
 
@@ -74,6 +83,9 @@ struct Inner<H: Handler> {
     config: Config,
     handler: H,
     sessions: DashMap<Sid, Entry<H::Conn>>,
+    /// The other nodes, once installed. Read at a handshake and for a sid not known here, never
+    /// for a session found locally. A blocking lock (parking_lot): only cloned out of, at once.
+    cluster: RwLock<Option<Arc<Cluster>>>,
 }
 
 struct Entry<C> {
@@ -98,6 +110,7 @@ impl<H: Handler> Engine<H> {
                 config,
                 handler,
                 sessions: DashMap::new(),
+                cluster: RwLock::new(None),
             }),
         }
     }
@@ -105,6 +118,26 @@ impl<H: Handler> Engine<H> {
     /// The settings in force.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Makes this engine one node of a cluster, replacing any peers installed before: from now
+    /// on every sid it makes starts with `peers.node_id()`, and a request for a sid it does not
+    /// know is forwarded to the node that sid names (see [`Peers`]).
+    ///
+    /// # Panics
+    ///
+    /// If the node id is empty, longer than 32 characters, or has a character other than ASCII
+    /// letters, digits, `-` and `_`.
+    pub fn set_peers(&self, peers: Arc<dyn Peers>) {
+        if let Err(e) = peers::check_node_id(peers.node_id()) {
+            panic!("invalid node id {:?}: {e}", peers.node_id());
+        }
+        *self.inner.cluster.write() = Some(Arc::new(Cluster::new(peers)));
+    }
+
+    /// The installed cluster, if any.
+    fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.inner.cluster.read().clone()
     }
 
     /// The handler.
@@ -139,7 +172,11 @@ impl<H: Handler> Engine<H> {
 
     /// Opens a session and starts its driver.
     fn open(&self, transport: Transport, parts: &::http::request::Parts) -> Entry<H::Conn> {
-        let session = Session::new(transport, self.inner.config.max_buffered_packets);
+        let sid = match &*self.inner.cluster.read() {
+            Some(cluster) => session::prefixed_id(&cluster.node),
+            None => new_id(),
+        };
+        let session = Session::new(sid, transport, self.inner.config.max_buffered_packets);
         let conn = self.inner.handler.on_open(&session, parts);
         let entry = Entry { session, conn };
         self.inner

@@ -13,11 +13,17 @@ pub type Sid = Arc<str>;
 
 /// Makes a random 20-character URL-safe id.
 pub fn new_id() -> Sid {
+    prefixed_id("")
+}
+
+/// `prefix` followed by 20 random URL-safe characters (120 bits, as [`new_id`]).
+pub(crate) fn prefixed_id(prefix: &str) -> Sid {
     use base64::Engine as _;
     let bytes: [u8; 15] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(bytes)
-        .into()
+    let mut id = String::with_capacity(prefix.len() + 20);
+    id.push_str(prefix);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(bytes, &mut id);
+    id.into()
 }
 
 /// What the writer of a connection sends. A binary Socket.IO packet and its attachments are one
@@ -139,10 +145,10 @@ pub struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(transport: Transport, queue: usize) -> Arc<Session> {
+    pub(crate) fn new(sid: Sid, transport: Transport, queue: usize) -> Arc<Session> {
         let (tx, rx) = mpsc::channel(queue);
         Arc::new(Session {
-            sid: new_id(),
+            sid,
             tx,
             rx: tokio::sync::Mutex::new(Outq { rx, held: None }),
             transport: AtomicU8::new(transport as u8),

@@ -264,6 +264,19 @@ impl Io {
         self.engine.session_count()
     }
 
+    /// Makes this server one node of a cluster behind any load balancer, sticky or not: every
+    /// Engine.IO sid starts with `peers.node_id()`, and a polling request or WebSocket upgrade
+    /// for a session another node owns is forwarded to it (see [`crate::Peers`]). Replaces any
+    /// peers installed before; sessions opened before keep their sids.
+    ///
+    /// # Panics
+    ///
+    /// If the node id is empty, longer than 32 characters, or has a character other than ASCII
+    /// letters, digits, `-` and `_`.
+    pub fn set_peers(&self, peers: Arc<dyn engine::Peers>) {
+        self.engine.set_peers(peers);
+    }
+
     /// The HTTP service that answers the Engine.IO endpoint; mount it in any tower/hyper/axum
     /// server. Requests to other paths get 404.
     pub fn service(&self) -> IoService {
