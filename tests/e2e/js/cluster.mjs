@@ -301,7 +301,8 @@ export async function nodeControl(server, what, body = {}) {
 /**
  * Starts a Redis, `courier` Courier nodes and `node` Node servers on it, and waits until all of
  * them are subscribed. Everything is stopped when `t` ends. Returns
- * {redis, nodes: [Courier nodes], nodeServers: [Node servers], servers: [all], restartNode(i)}.
+ * {redis, nodes: [Courier nodes], nodeServers: [Node servers], servers: [all], addNode({via}),
+ * restartNode(i, {signal})}.
  */
 export async function startCluster(t, { courier = 3, node = 0, config = {}, env = {} } = {}) {
   const redis = await startRedis();
@@ -317,6 +318,13 @@ export async function startCluster(t, { courier = 3, node = 0, config = {}, env 
   await redis.waitSubscribers(courier + node);
 
   Object.defineProperty(cluster, "servers", { get: () => [...cluster.nodes, ...cluster.nodeServers] });
+  /** Starts one more Courier node (told of Redis `via` "flag", "env" or "config") and waits for it. */
+  cluster.addNode = async ({ via = "flag" } = {}) => {
+    const next = await startCourierNode(redis, { config, env, via });
+    cluster.nodes.push(next);
+    await redis.waitSubscribers(cluster.nodes.length + cluster.nodeServers.length);
+    return next;
+  };
   /** Stops node `i` (SIGTERM, or SIGKILL) and starts it again on its port and data directory. */
   cluster.restartNode = async (i, { signal = "SIGTERM" } = {}) => {
     const old = cluster.nodes[i];
