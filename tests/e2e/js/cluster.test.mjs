@@ -307,6 +307,20 @@ test("POST /api/v1/disconnect on one node disconnects the room's sockets on ever
   });
 });
 
+test("POST /api/v1/disconnect with close:true closes the connections of sockets on other nodes", async (t) => {
+  const { nodes } = await startCluster(t);
+  const [onB, onC] = await Promise.all([
+    connect(t, nodes[1].url, "/", { transports: ["websocket"] }),
+    connect(t, nodes[2].url, "/", { transports: ["polling"] }),
+  ]);
+  await ask(onB, "courier:join", "closing");
+  await ask(onC, "courier:join", "closing");
+  const reasons = Promise.all([onB, onC].map((s) => once(s, "disconnect")));
+  const res = await api(nodes[0], "POST", "/api/v1/disconnect", { namespace: "/", rooms: ["closing"], close: true });
+  assert.equal(res.status, 200, JSON.stringify(res.body));
+  assert.deepEqual((await reasons).map((r) => r[0]), ["transport close", "transport close"]);
+});
+
 // --- Redis away and back ----------------------------------------------------------------------
 
 test("Redis stopped: every node says so in /health and keeps serving its own clients", async (t) => {
