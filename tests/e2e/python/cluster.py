@@ -210,7 +210,10 @@ class Cluster:
     def restart_node(self, i, kill=False):
         """Stops node `i` (SIGTERM, or SIGKILL) and starts it again on its port and data."""
         old = self.nodes[i]
-        old.kill() if kill else old.terminate()
+        if kill:
+            old.kill()
+        else:
+            old.terminate()
         self.nodes[i] = self._launch(old.via, old.data_dir, listen=f"127.0.0.1:{old.port}")
         self.redis.wait_subscribers(len(self.nodes))
         return self.nodes[i]
