@@ -25,6 +25,16 @@ const LISTENING_RE = /listening on http:\/\/(\S+)/;
 const ANSI_RE = /\x1b\[[0-9;]*[A-Za-z]/g;
 
 const live = new Set();
+
+/** Kills `child` with the others if the test process exits while it is still alive. */
+export function track(child) {
+  live.add(child);
+  child.once("exit", () => live.delete(child));
+  child.once("error", () => {
+    if (child.pid === undefined) live.delete(child);
+  });
+}
+
 function killAll() {
   for (const child of live) {
     try {
@@ -57,7 +67,7 @@ export function startProcess(command, args, { name = path.basename(command), env
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...inherited, NO_COLOR: "1", ...env },
   });
-  live.add(child);
+  track(child);
   let stderr = "";
   let stdout = "";
   child.stdout.setEncoding("utf8");
@@ -68,13 +78,11 @@ export function startProcess(command, args, { name = path.basename(command), env
 
   const exited = new Promise((resolve) => {
     child.once("exit", (code, signal) => {
-      live.delete(child);
       resolve({ code, signal });
     });
     // a process that could not be started never emits "exit"
     child.once("error", (err) => {
       if (child.pid === undefined) {
-        live.delete(child);
         resolve({ code: null, signal: null, error: err.message });
       }
     });
@@ -197,17 +205,17 @@ const TEST_DEFAULTS = {
 
 /**
  * Starts `courier serve` with `config` (sections as in docs/serve.md) written to a fresh TOML file
- * and a fresh data directory. `listen` defaults to 127.0.0.1:0. Returns the process handle with
+ * and a fresh data directory, `args` after the others. `listen` defaults to 127.0.0.1:0. Returns the process handle with
  * {url, port, stop(), kill(signal), stderrText()}; its data directory and config are removed once it
  * has exited. With a test context `t`, the process is stopped when the test ends.
  */
-export async function startCourier({ config = {}, listen = "127.0.0.1:0", env = {}, dataDir, t } = {}) {
+export async function startCourier({ config = {}, listen = "127.0.0.1:0", env = {}, args: extraArgs = [], dataDir, t } = {}) {
   const workDir = mkdtempSync(path.join(tmpdir(), "courier-e2e-"));
   const configPath = path.join(workDir, "courier.toml");
   const ownDataDir = dataDir === undefined;
   const dir = ownDataDir ? path.join(workDir, "data") : dataDir;
   writeFileSync(configPath, toToml(mergeConfig(TEST_DEFAULTS, config)));
-  const args = ["serve", "--listen", listen, "--config", configPath, "--data-dir", dir];
+  const args = ["serve", "--listen", listen, "--config", configPath, "--data-dir", dir, ...extraArgs];
   let server;
   try {
     server = await startProcess(COURIER_BIN, args, {
@@ -223,6 +231,8 @@ export async function startCourier({ config = {}, listen = "127.0.0.1:0", env = 
   server.dataDir = dir;
   server.config = config;
   server.ownDataDir = ownDataDir;
+  server.env = env;
+  server.args = extraArgs;
   if (t) t.after(() => server.stop());
   return server;
 }
@@ -243,7 +253,14 @@ export async function restartCourier(server, { t, signal = "SIGTERM", config = s
   if (server.ownDataDir) throw new Error("restartCourier needs a server started with an explicit dataDir");
   if (signal === "SIGKILL") await server.kill("SIGKILL");
   else await server.stop();
-  const next = await startCourier({ t, config, listen: `127.0.0.1:${server.port}`, dataDir: server.dataDir });
+  const next = await startCourier({
+    t,
+    config,
+    env: server.env,
+    args: server.args,
+    listen: `127.0.0.1:${server.port}`,
+    dataDir: server.dataDir,
+  });
   if (next.port !== server.port) throw new Error(`restarted on port ${next.port}, not ${server.port}`);
   return next;
 }

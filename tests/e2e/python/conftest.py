@@ -150,6 +150,8 @@ class Registry:
         for p in self.processes:
             p.kill()
         for p in self.processes:
+            if p.proc is None:
+                continue
             for stream in (p.proc.stdout, p.proc.stderr):
                 try:
                     stream.close()
@@ -177,14 +179,15 @@ def registry():
 
 @pytest.fixture
 def start_courier(registry, tmp_path):
-    """start_courier(config_toml="", listen="127.0.0.1:0", data_dir=None) -> running ServerProcess.
+    """start_courier(config_toml="", listen="127.0.0.1:0", data_dir=None, env=None, args=())
+    -> running ServerProcess. `args` go after the others on the command line.
 
     The same data_dir can be passed again to restart on the same data.
     """
     require_binary(COURIER_BIN, "courier binary")
     counter = iter(range(1, 1000))
 
-    def start(config="", listen="127.0.0.1:0", data_dir=None, env=None):
+    def start(config="", listen="127.0.0.1:0", data_dir=None, env=None, args=()):
         n = next(counter)
         cfg = tmp_path / f"courier-{n}.toml"
         # Recovery is off unless the test's config turns it on: with recovery, every broadcast
@@ -195,7 +198,7 @@ def start_courier(registry, tmp_path):
         if data_dir is None:
             data_dir = tmp_path / f"data-{n}"
         Path(data_dir).mkdir(parents=True, exist_ok=True)
-        argv = [COURIER_BIN, "serve", "--listen", listen, "--config", cfg, "--data-dir", data_dir]
+        argv = [COURIER_BIN, "serve", "--listen", listen, "--config", cfg, "--data-dir", data_dir, *args]
         server = ServerProcess("courier serve", argv, env=env)
         registry.processes.append(server)
         server.wait_listening()
@@ -204,6 +207,23 @@ def start_courier(registry, tmp_path):
         return server
 
     return start
+
+
+@pytest.fixture
+def start_cluster(registry, start_courier, tmp_path):
+    """start_cluster(nodes=3, config="") -> cluster.Cluster: a redis-server of the test's own and
+    `nodes` Courier nodes started with --redis, all ready. Everything is stopped at teardown."""
+    from cluster import Cluster, start_redis
+
+    def start(nodes=3, config=""):
+        redis = start_redis(tmp_path)
+        registry.processes.append(redis)
+        cluster = Cluster(start_courier, redis, tmp_path, config=config)
+        for _ in range(nodes):
+            cluster.add_node()
+        return cluster
+
+    yield start
 
 
 @pytest.fixture

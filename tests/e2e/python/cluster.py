@@ -1,0 +1,219 @@
+"""The cluster harness: a redis-server of the test's own and Courier nodes joined to it.
+
+`RedisServer` runs `redis-server --port P --save '' --appendonly no` on a port found by binding
+port 0 first, answers PING before it is handed out, and can be stopped and started again on the
+same port. `Cluster` (from the `start_cluster` fixture in conftest.py) starts Courier nodes with
+`--redis redis://127.0.0.1:P` (or the environment, or the config file) and is ready once every
+node's /health says cluster.redis "up" and Redis lists one subscriber per node of the namespace's
+request channel, which every server speaking the redis adapter's wire format subscribes to.
+
+Each node has a data directory of its own, so a test can restart or kill one on its port.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from support import eventually
+
+REDIS_BIN = os.environ.get("COURIER_REDIS_SERVER", "redis-server")
+REQUEST_CHANNEL = "socket.io-request#/#"
+READY_TIMEOUT = 10.0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _read_reply(f):
+    line = f.readline()
+    if not line.endswith(b"\r\n"):
+        raise ConnectionError("Redis closed the connection")
+    kind, rest = line[:1], line[1:-2].decode()
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        raise RuntimeError(f"Redis answered an error: {rest}")
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)
+        return data[:-2].decode()
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_read_reply(f) for _ in range(n)]
+    raise RuntimeError(f"unexpected reply from Redis: {line!r}")
+
+
+def redis_command(port, *args, timeout=2.0):
+    """Sends one command to the Redis on `port` over a fresh connection; returns its reply."""
+    parts = [str(a).encode() for a in args]
+    request = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(request)
+        with conn.makefile("rb") as f:
+            return _read_reply(f)
+
+
+class RedisServer:
+    """redis-server without persistence on a fixed port; stop() and start() keep the port."""
+
+    def __init__(self, directory, port=None):
+        self.port = port if port is not None else free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.dir = Path(tempfile.mkdtemp(prefix="redis-", dir=directory))
+        self.log_path = self.dir / "redis.log"
+        self.proc = None
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self):
+        """Starts redis-server and returns once it answers PING."""
+        assert not self.alive(), "redis-server is already running"
+        argv = [REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no",
+                "--protected-mode", "no"]
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            log.close()
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server on port {self.port} exited with status "
+                                   f"{self.proc.returncode} before answering PING\n{self.log()}")
+            try:
+                if redis_command(self.port, "PING", timeout=0.5) == "PONG":
+                    return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"redis-server on port {self.port} did not answer PING "
+                                   f"within {READY_TIMEOUT} s\n{self.log()}")
+            time.sleep(0.02)
+
+    def stop(self, sig=signal.SIGTERM):
+        """Stops redis-server and waits until it has exited."""
+        if self.alive():
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def kill(self):
+        self.stop(signal.SIGKILL)
+
+    def log(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def subscribers(self, channel=REQUEST_CHANNEL):
+        return int(redis_command(self.port, "PUBSUB", "NUMSUB", channel)[1])
+
+    def wait_subscribers(self, count, channel=REQUEST_CHANNEL, timeout=READY_TIMEOUT):
+        """Waits until Redis lists at least `count` subscribers of `channel`."""
+        def enough():
+            try:
+                return self.subscribers(channel) >= count
+            except OSError:
+                return False
+        eventually(enough, timeout=timeout,
+                   message=f"{count} subscribers of {channel} in Redis (servers on the cluster)")
+
+
+def start_redis(directory):
+    """A started RedisServer on a free port (another one if the port was taken meanwhile), its
+    files in a new directory under `directory`."""
+    for attempt in range(3):
+        redis = RedisServer(directory)
+        try:
+            return redis.start()
+        except RuntimeError as e:
+            if attempt == 2 or "in use" not in str(e).lower():
+                raise
+
+
+def health(server):
+    r = requests.get(server.url + "/health", timeout=5)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def wait_redis_state(server, state, timeout=READY_TIMEOUT):
+    """Waits until a node's /health says cluster.redis is `state` ("up" or "down")."""
+    def check():
+        try:
+            body = health(server)
+        except requests.RequestException as e:
+            raise AssertionError(f"GET /health failed: {e}") from None
+        assert (body.get("cluster") or {}).get("redis") == state, f"/health answered {body}"
+        return body
+
+    return eventually(check, timeout=timeout, message=f'cluster.redis "{state}" in /health of {server.url}')
+
+
+class Cluster:
+    """Courier nodes on one RedisServer. `start_courier` is the conftest fixture's function."""
+
+    def __init__(self, start_courier, redis, tmp_path, config=""):
+        self.start_courier = start_courier
+        self.redis = redis
+        self.tmp_path = tmp_path
+        self.config = config
+        self.nodes = []
+        self._count = 0
+
+    def _launch(self, via, data_dir, listen="127.0.0.1:0"):
+        config, env, args = self.config, None, ()
+        if via == "flag":
+            args = ("--redis", self.redis.url)
+        elif via == "env":
+            env = {"COURIER_CLUSTER_REDIS_URL": self.redis.url}
+        elif via == "config":
+            config = f'{config}\n[cluster]\nredis_url = "{self.redis.url}"\n'
+        else:
+            raise ValueError(f"unknown way to join the cluster: {via}")
+        node = self.start_courier(config, listen=listen, data_dir=data_dir, env=env, args=args)
+        node.via = via
+        wait_redis_state(node, "up")
+        return node
+
+    def add_node(self, via="flag"):
+        """Starts one more node (told of Redis by `via`: flag, env or config) and waits for it."""
+        self._count += 1
+        node = self._launch(via, self.tmp_path / f"cluster-node-{self._count}")
+        self.nodes.append(node)
+        self.redis.wait_subscribers(len(self.nodes))
+        return node
+
+    def restart_node(self, i, kill=False):
+        """Stops node `i` (SIGTERM, or SIGKILL) and starts it again on its port and data."""
+        old = self.nodes[i]
+        if kill:
+            old.kill()
+        else:
+            old.terminate()
+        self.nodes[i] = self._launch(old.via, old.data_dir, listen=f"127.0.0.1:{old.port}")
+        self.redis.wait_subscribers(len(self.nodes))
+        return self.nodes[i]
