@@ -40,6 +40,9 @@ pub struct Options {
     pub key: String,
     /// How long a request waits at most for the other nodes' answers.
     pub requests_timeout: Duration,
+    /// Where the other nodes reach this one (`http://host:port`), to forward the requests of
+    /// clients whose session is here; `None` forwards nothing to this node.
+    pub advertise: Option<http::Uri>,
 }
 
 /// What [`Cluster::status`] reports.
@@ -62,8 +65,10 @@ pub enum Error {
 /// Broadcasts waiting to be published; past this, new ones are dropped (Redis is too slow or
 /// gone) and the drop is logged.
 const PUBLISH_QUEUE: usize = 65_536;
-/// How often each connection to Redis is checked.
+/// How often each connection to Redis is checked, and this node's address renewed.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A node whose address was not renewed for this long is gone.
+const NODE_EXPIRY_MS: u64 = 5_000;
 
 /// One node's link to the others. Cheap to clone.
 #[derive(Clone)]
@@ -83,6 +88,9 @@ struct Inner {
     /// Requests of this node waiting for answers, by request id.
     pending: Mutex<HashMap<String, mpsc::UnboundedSender<Answer>>>,
     up: AtomicBool,
+    advertise: Option<http::Uri>,
+    /// Every node's address, by id, as last read from Redis.
+    peers: Mutex<HashMap<String, http::Uri>>,
 }
 
 /// A response from another node: the object and the binaries it carried.
@@ -131,8 +139,11 @@ impl Cluster {
             routes: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             up: AtomicBool::new(false),
+            advertise: options.advertise,
+            peers: Mutex::new(HashMap::new()),
         }));
         io.set_adapter(Arc::new(cluster.clone()));
+        io.set_peers(Arc::new(cluster.clone()));
         tokio::spawn(cluster.clone().run(client, outgoing_rx, changes_rx));
         Ok(cluster)
     }
@@ -361,6 +372,9 @@ impl Cluster {
             };
             let (a, b) = tokio::join!(ping(&mut publisher), ping(&mut subscriber));
             let up = a.is_ok() && b.is_ok();
+            if up {
+                self.renew_nodes(&mut publisher).await;
+            }
             let was = self.0.up.swap(up, Ordering::Relaxed);
             if was && !up {
                 let e = a
@@ -378,6 +392,44 @@ impl Cluster {
                 }
                 tracing::info!(channels = channels.len(), "cluster: Redis is back");
             }
+        }
+    }
+
+    /// Writes this node's address with the time, and reads every node's: the table of where
+    /// sessions live. An entry not renewed within `NODE_EXPIRY_MS` is dropped.
+    async fn renew_nodes(&self, conn: &mut ConnectionManager) {
+        let table = format!("{}-courier-nodes", self.0.key);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut pipe = redis::pipe();
+        if let Some(url) = &self.0.advertise {
+            pipe.hset(&table, &self.0.uid, format!("{now} {url}"))
+                .ignore();
+        }
+        pipe.hgetall(&table);
+        let Ok((all,)) = pipe.query_async::<(HashMap<String, String>,)>(conn).await else {
+            return;
+        };
+        let mut peers = HashMap::new();
+        let mut expired = Vec::new();
+        for (node, entry) in all {
+            let Some((at, url)) = entry.split_once(' ') else {
+                continue;
+            };
+            if at.parse::<u64>().is_ok_and(|at| at + NODE_EXPIRY_MS < now) {
+                expired.push(node);
+            } else if let Ok(uri) = url.parse::<http::Uri>() {
+                peers.insert(node, uri);
+            }
+        }
+        *self.0.peers.lock() = peers;
+        if !expired.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("HDEL")
+                .arg(&table)
+                .arg(&expired)
+                .query_async(conn)
+                .await;
         }
     }
 
@@ -737,6 +789,19 @@ fn fetched(s: &courier_server::Socket) -> Value {
         "data": info.data,
         "transport": info.transport,
     })
+}
+
+impl courier_server::Peers for Cluster {
+    fn node_id(&self) -> &str {
+        &self.0.uid
+    }
+
+    fn address_of(&self, node: &str) -> Option<http::Uri> {
+        if node == self.0.uid {
+            return None;
+        }
+        self.0.peers.lock().get(node).cloned()
+    }
 }
 
 impl Adapter for Cluster {

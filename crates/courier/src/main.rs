@@ -143,19 +143,19 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         Io::with_store(config.clone(), store.clone())
     };
     hub::install(&io, &settings.hub)?;
-    let cluster = clustered
-        .then(|| {
-            courier_cluster::Cluster::start(
-                &io,
-                courier_cluster::Options {
-                    url: settings.cluster.redis_url.clone(),
-                    key: settings.cluster.key.clone(),
-                    requests_timeout: Duration::from_millis(settings.cluster.requests_timeout_ms),
-                },
-            )
-        })
-        .transpose()
-        .context("cluster.redis_url")?;
+    let listener = bind(&settings.server.listen).await?;
+    let addr = listener.local_addr()?;
+    let cluster = if clustered {
+        let options = courier_cluster::Options {
+            url: settings.cluster.redis_url.clone(),
+            key: settings.cluster.key.clone(),
+            requests_timeout: Duration::from_millis(settings.cluster.requests_timeout_ms),
+            advertise: Some(advertise_url(&settings.cluster.advertise_url, addr)?),
+        };
+        Some(courier_cluster::Cluster::start(&io, options)?)
+    } else {
+        None
+    };
     let app = api::router(
         io.clone(),
         cluster.clone(),
@@ -163,8 +163,6 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         config.max_payload,
     );
 
-    let listener = bind(&settings.server.listen).await?;
-    let addr = listener.local_addr()?;
     // Printed whatever the log level: scripts and tests wait for this line.
     eprintln!("courier listening on http://{addr}");
     tracing::info!(
@@ -199,6 +197,24 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     store.close().await.context("flushing the store")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Where the other nodes of a cluster reach this one.
+fn advertise_url(setting: &str, addr: std::net::SocketAddr) -> anyhow::Result<http::Uri> {
+    if !setting.is_empty() {
+        return setting
+            .parse()
+            .with_context(|| format!("cluster.advertise_url: {setting:?}"));
+    }
+    let ip = if addr.ip().is_unspecified() {
+        tracing::warn!(
+            "cluster.advertise_url not set: other nodes reach this one at 127.0.0.1, which only works on one machine"
+        );
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        addr.ip()
+    };
+    Ok(format!("http://{}", std::net::SocketAddr::new(ip, addr.port())).parse()?)
 }
 
 fn open_store(settings: &Settings) -> anyhow::Result<Store> {

@@ -74,6 +74,10 @@ pub struct Cluster {
     pub key: String,
     /// How long an operation on every node waits at most for the others' answers.
     pub requests_timeout_ms: u64,
+    /// Where the other nodes reach this one, e.g. `http://10.0.0.5:3000`, to forward the
+    /// requests of clients whose session is here. Empty: `http://` and the listening address
+    /// (127.0.0.1 when listening on every interface).
+    pub advertise_url: String,
 }
 
 impl Default for Cluster {
@@ -82,6 +86,7 @@ impl Default for Cluster {
             redis_url: String::new(),
             key: "socket.io".into(),
             requests_timeout_ms: 5000,
+            advertise_url: String::new(),
         }
     }
 }
