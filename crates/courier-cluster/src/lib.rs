@@ -121,6 +121,8 @@ impl Cluster {
     /// Redis is made (and made again whenever it is lost) in the background, and until it is
     /// up the node serves its own clients alone.
     pub fn start(io: &Io, options: Options) -> Result<Cluster, Error> {
+        // For rediss:// (a second install, by another part of the process, is as good).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = redis::Client::open(options.url.as_str()).map_err(Error::Url)?;
         let (outgoing, outgoing_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (changes, changes_rx) = mpsc::unbounded_channel();
@@ -187,6 +189,7 @@ impl Cluster {
                 .set_connection_timeout(Some(Duration::from_secs(2)))
                 .set_response_timeout(Some(Duration::from_secs(2)))
                 .set_max_delay(Duration::from_secs(2))
+                .set_number_of_retries(1)
         };
         let mut warned = false;
         let (publisher, subscriber) = loop {
