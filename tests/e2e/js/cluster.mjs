@@ -337,3 +337,60 @@ export async function startCluster(t, { courier = 3, node = 0, config = {}, env 
   };
   return cluster;
 }
+
+// --- forwarding between nodes -----------------------------------------------------------------
+
+/** Opens an Engine.IO polling session on `node` (a bare handshake); resolves with its sid. */
+async function handshake(node) {
+  const res = await fetch(`${node.url}/socket.io/?EIO=4&transport=polling`, { signal: AbortSignal.timeout(5000) });
+  const text = await res.text();
+  if (res.status !== 200 || !text.startsWith("0")) throw new Error(`handshake on ${node.url} answered ${res.status} ${text}`);
+  return JSON.parse(text.slice(1)).sid;
+}
+
+/** POSTs Engine.IO packets for `sid` to `node`; resolves with {status, body}. */
+async function postPackets(node, sid, packets) {
+  const res = await fetch(`${node.url}/socket.io/?EIO=4&transport=polling&sid=${encodeURIComponent(sid)}`, {
+    method: "POST",
+    headers: { "content-type": "text/plain;charset=UTF-8" },
+    body: packets,
+    signal: AbortSignal.timeout(5000),
+  });
+  return { status: res.status, body: await res.text() };
+}
+
+/**
+ * Whether `via` forwards requests of a session `owner` made: a session is opened on `owner`, a
+ * noop (packet 6) for it is POSTed to `via`, and the session is closed again. Resolves with the
+ * answer `via` gave ({status, body}, 200 when forwarded).
+ */
+export async function probeForwarding(owner, via) {
+  const sid = await handshake(owner);
+  try {
+    return await postPackets(via, sid, "6");
+  } finally {
+    await postPackets(owner, sid, "1").catch(() => {});
+  }
+}
+
+/**
+ * Waits until every node forwards to every other one: each node learns the others' addresses
+ * from Redis on its own schedule, so a node that has just started may not know the latest.
+ */
+export async function waitForwarding(nodes, { ms = READY_TIMEOUT_MS } = {}) {
+  for (const owner of nodes) {
+    for (const via of nodes) {
+      if (via === owner) continue;
+      let last;
+      await waitFor(
+        async () => {
+          last = await probeForwarding(owner, via).catch((err) => ({ error: err.message }));
+          return last.status === 200;
+        },
+        { ms, every: 50, what: `${via.url} to forward requests of sessions on ${owner.url}` },
+      ).catch((err) => {
+        throw new Error(`${err.message}; last answer ${JSON.stringify(last)}`);
+      });
+    }
+  }
+}

@@ -12,6 +12,7 @@ Each node has a data directory of its own, so a test can restart or kill one on 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -217,3 +218,30 @@ class Cluster:
         self.nodes[i] = self._launch(old.via, old.data_dir, listen=f"127.0.0.1:{old.port}")
         self.redis.wait_subscribers(len(self.nodes))
         return self.nodes[i]
+
+
+def probe_forwarding(owner, via):
+    """Opens a bare Engine.IO session on `owner`, POSTs a noop (packet 6) for it to `via` and
+    closes the session; returns `via`'s answer (200 when it forwarded the request)."""
+    base = "/socket.io/?EIO=4&transport=polling"
+    r = requests.get(owner.url + base, timeout=5)
+    assert r.status_code == 200 and r.text.startswith("0"), f"handshake on {owner.url}: {r.text}"
+    sid = json.loads(r.text[1:])["sid"]
+    try:
+        return requests.post(f"{via.url}{base}&sid={sid}", data=b"6", timeout=5,
+                             headers={"content-type": "text/plain;charset=UTF-8"})
+    finally:
+        try:
+            requests.post(f"{owner.url}{base}&sid={sid}", data=b"1", timeout=5)
+        except requests.RequestException:
+            pass
+
+
+def wait_forwarding(nodes, timeout=READY_TIMEOUT):
+    """Waits until every node forwards to every other one: each learns the others' addresses
+    from Redis on its own schedule, so one just started may not know the latest."""
+    for owner in nodes:
+        for via in nodes:
+            if via is not owner:
+                eventually(lambda owner=owner, via=via: probe_forwarding(owner, via).status_code == 200,
+                           timeout=timeout, message=f"{via.url} to forward requests of sessions on {owner.url}")
