@@ -10,7 +10,10 @@
 //! When Redis cannot be reached, each node keeps serving its own clients, says so in its log
 //! and in [`Cluster::status`], and reconnects and subscribes again by itself.
 
+mod recovery;
 mod wire;
+
+pub use recovery::RecoveryOptions;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +46,9 @@ pub struct Options {
     /// Where the other nodes reach this one (`http://host:port`), to forward the requests of
     /// clients whose session is here; `None` forwards nothing to this node.
     pub advertise: Option<http::Uri>,
+    /// Connection state recovery shared by the nodes (sessions and the log in Redis), so that
+    /// a client is recovered by whichever node it comes back to; `None` when recovery is off.
+    pub recovery: Option<RecoveryOptions>,
 }
 
 /// What [`Cluster::status`] reports.
@@ -89,6 +95,7 @@ struct Inner {
     pending: Mutex<HashMap<String, mpsc::UnboundedSender<Answer>>>,
     up: AtomicBool,
     advertise: Option<http::Uri>,
+    recovery: Option<RecoveryOptions>,
     /// Every node's address, by id, as last read from Redis.
     peers: Mutex<HashMap<String, http::Uri>>,
 }
@@ -96,20 +103,51 @@ struct Inner {
 /// A response from another node: the object and the binaries it carried.
 type Answer = (Value, Vec<Bytes>);
 
-#[derive(Debug, Clone)]
-enum Route {
-    Broadcast { nsp: String, room: Option<Room> },
-    Request { nsp: String },
-    Response,
+/// A request sent and waiting for answers.
+struct Asking {
+    id: String,
+    answers: mpsc::UnboundedReceiver<Answer>,
+    listening: oneshot::Receiver<usize>,
 }
 
-/// A message for the publisher task. With `numsub`, the publish is counted: the task also asks
-/// Redis, in the same transaction, how many nodes listen on the channel.
-struct Outgoing {
-    channel: String,
-    message: Vec<u8>,
-    numsub: Option<oneshot::Sender<usize>>,
+#[derive(Debug, Clone)]
+enum Route {
+    Broadcast {
+        nsp: String,
+        room: Option<Room>,
+    },
+    Request {
+        nsp: String,
+    },
+    Response,
+    /// A node announcing its address (`<id> <url>`).
+    Announce,
+    /// This node's own channel: others see it is alive while it listens there.
+    Node,
 }
+
+/// A command for the publisher task, which sends them in order. With a reply, the command
+/// answers a count, given minus the second number.
+struct Outgoing {
+    cmd: redis::Cmd,
+    reply: Option<Reply>,
+}
+
+type Reply = (oneshot::Sender<usize>, usize);
+
+/// `PUBLISH`, and how many listen on the channel by name, at once.
+const COUNTED_PUBLISH: &str = "redis.call('PUBLISH', KEYS[1], ARGV[1]) \
+     return redis.call('PUBSUB', 'NUMSUB', KEYS[1])[2]";
+
+/// A recoverable broadcast: appended to the namespace's log (KEYS[1], at most ARGV[1] entries,
+/// with its rooms, except and data), then published on KEYS[2] with the log's id for it as a
+/// fourth element of the `[uid, packet, opts]` array (Node servers read the first three).
+/// With ARGV[6] = 1, answers how many listen on the channel by name.
+pub(crate) const LOGGED_PUBLISH: &str = "local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], \
+     '*', 'r', ARGV[2], 'e', ARGV[3], 'd', ARGV[4]) \
+     redis.call('PUBLISH', KEYS[2], '\\148' .. string.sub(ARGV[5], 2) .. cmsgpack.pack(id)) \
+     if ARGV[6] == '1' then return redis.call('PUBSUB', 'NUMSUB', KEYS[2])[2] end \
+     return 0";
 
 enum Change {
     Namespace(String),
@@ -142,6 +180,7 @@ impl Cluster {
             pending: Mutex::new(HashMap::new()),
             up: AtomicBool::new(false),
             advertise: options.advertise,
+            recovery: options.recovery,
             peers: Mutex::new(HashMap::new()),
         }));
         io.set_adapter(Arc::new(cluster.clone()));
@@ -214,6 +253,7 @@ impl Cluster {
         };
         let _ = self.0.publisher.set(publisher);
         let _ = self.0.subscriber.set(subscriber);
+        self.join_nodes().await;
         self.0.up.store(true, Ordering::Relaxed);
         tracing::info!(node = %self.0.uid, "cluster: connected to Redis");
         tokio::spawn(self.clone().publish_loop(outgoing));
@@ -222,78 +262,56 @@ impl Cluster {
         self.subscription_loop(changes).await;
     }
 
-    /// Publishes queued broadcasts in order, as many as are waiting in one round trip.
+    /// Sends the queued commands in order, as many as are waiting in one round trip.
     async fn publish_loop(self, mut rx: mpsc::Receiver<Outgoing>) {
         let mut conn = self.0.publisher.get().expect("connected").clone();
         let mut batch = Vec::new();
         while rx.recv_many(&mut batch, 256).await > 0 {
             let mut pipe = redis::pipe();
-            let mut plain = 0;
-            for mut out in batch.drain(..) {
-                match out.numsub.take() {
+            let mut replies = Vec::new();
+            for out in batch.drain(..) {
+                pipe.add_command(out.cmd);
+                match out.reply {
+                    Some(r) => replies.push(r),
                     None => {
-                        pipe.cmd("PUBLISH")
-                            .arg(&out.channel)
-                            .arg(&out.message)
-                            .ignore();
-                        plain += 1;
-                    }
-                    Some(tx) => {
-                        if plain > 0 {
-                            self.send_pipe(&mut conn, &pipe).await;
-                            pipe = redis::pipe();
-                            plain = 0;
-                        }
-                        let n = self.counted_publish(&mut conn, &out).await;
-                        let _ = tx.send(n);
+                        pipe.ignore();
                     }
                 }
             }
-            if plain > 0 {
-                self.send_pipe(&mut conn, &pipe).await;
+            match pipe.query_async::<Vec<i64>>(&mut conn).await {
+                Ok(counts) => {
+                    for ((tx, minus), n) in replies.into_iter().zip(counts) {
+                        let _ = tx.send((n.max(0) as usize).saturating_sub(minus));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster: broadcasts or sessions not sent to Redis");
+                }
             }
         }
     }
 
-    async fn send_pipe(&self, conn: &mut ConnectionManager, pipe: &redis::Pipeline) {
-        if let Err(e) = pipe.query_async::<()>(conn).await {
-            tracing::warn!(error = %e, "cluster: broadcasts not sent to the other nodes");
-        }
-    }
-
-    /// Publishes and returns how many other Courier nodes listen on the channel (Node servers
-    /// listen with a pattern, which `PUBSUB NUMSUB` does not count).
-    async fn counted_publish(&self, conn: &mut ConnectionManager, out: &Outgoing) -> usize {
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(&out.channel)
-            .cmd("PUBLISH")
-            .arg(&out.channel)
-            .arg(&out.message)
-            .ignore();
-        match pipe.query_async::<(Vec<(String, usize)>,)>(conn).await {
-            Ok((subs,)) => {
-                let n = subs.first().map_or(0, |(_, n)| *n);
-                n.saturating_sub(usize::from(self.0.routes.lock().contains_key(&out.channel)))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cluster: broadcast not sent to the other nodes");
-                0
-            }
-        }
-    }
-
-    fn enqueue(&self, channel: String, message: Vec<u8>, numsub: Option<oneshot::Sender<usize>>) {
-        let out = Outgoing {
-            channel,
-            message,
-            numsub,
-        };
+    /// Queues `cmd` behind everything this node sent before.
+    fn enqueue(&self, cmd: redis::Cmd, reply: Option<Reply>) {
+        let out = Outgoing { cmd, reply };
         if let Err(mpsc::error::TrySendError::Full(_)) = self.0.outgoing.try_send(out) {
-            tracing::warn!("cluster: publish queue full, broadcast not sent to the other nodes");
+            tracing::warn!("cluster: queue to Redis full, broadcast not sent to the other nodes");
         }
+    }
+
+    fn publish(&self, channel: &str, message: Vec<u8>) {
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(channel).arg(message);
+        self.enqueue(cmd, None);
+    }
+
+    /// Publishes, then answers how many other Courier nodes listen on the channel: they listen
+    /// by name, which `PUBSUB NUMSUB` counts, and Node servers by pattern, which it does not.
+    fn publish_counted(&self, channel: &str, message: Vec<u8>, tx: oneshot::Sender<usize>) {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(COUNTED_PUBLISH).arg(1).arg(channel).arg(message);
+        let own = usize::from(self.0.routes.lock().contains_key(channel));
+        self.enqueue(cmd, Some((tx, own)));
     }
 
     /// Keeps the subscriptions in step with the namespaces and rooms this node has.
@@ -342,7 +360,7 @@ impl Cluster {
                                 },
                             );
                             add.push(name);
-                        } else if !wanted && routes.remove(&name).is_some() {
+                        } else if !wanted && routes.contains_key(&name) {
                             remove.push(name);
                         }
                     }
@@ -356,6 +374,12 @@ impl Cluster {
             if !remove.is_empty() {
                 if let Err(e) = conn.unsubscribe(&remove).await {
                     tracing::debug!(error = %e, "cluster: unsubscribe failed");
+                }
+                // Only now: what arrived until the unsubscribe took effect was still routed
+                // (and a count asked for was answered).
+                let mut routes = self.0.routes.lock();
+                for name in &remove {
+                    routes.remove(name);
                 }
             }
         }
@@ -377,6 +401,16 @@ impl Cluster {
             let up = a.is_ok() && b.is_ok();
             if up {
                 self.renew_nodes(&mut publisher).await;
+                if self.0.recovery.is_some() {
+                    // Live sessions outlive a crash of this node by the recovery window.
+                    let window =
+                        self.window().as_millis() as u64 + 2 * HEARTBEAT.as_millis() as u64;
+                    let _: redis::RedisResult<()> = redis::cmd("PEXPIRE")
+                        .arg(self.live_key(&self.0.uid))
+                        .arg(window)
+                        .query_async(&mut publisher)
+                        .await;
+                }
             }
             let was = self.0.up.swap(up, Ordering::Relaxed);
             if was && !up {
@@ -395,6 +429,51 @@ impl Cluster {
                 }
                 tracing::info!(channels = channels.len(), "cluster: Redis is back");
             }
+        }
+    }
+
+    fn nodes_channel(&self) -> String {
+        format!("{}-courier-nodes", self.0.key)
+    }
+
+    fn node_channel(&self, node: &str) -> String {
+        format!("{}-courier-node#{node}", self.0.key)
+    }
+
+    /// Listens on this node's channel and for announcements, writes this node's address and
+    /// announces it, so that the other nodes forward to this one from now on, not from their
+    /// next heartbeat.
+    async fn join_nodes(&self) {
+        let mut sub = self.0.subscriber.get().expect("connected").clone();
+        let mut publisher = self.0.publisher.get().expect("connected").clone();
+        let (own, all) = (self.node_channel(&self.0.uid), self.nodes_channel());
+        {
+            let mut routes = self.0.routes.lock();
+            routes.insert(own.clone(), Route::Node);
+            routes.insert(all.clone(), Route::Announce);
+        }
+        if let Err(e) = sub.subscribe(&[own, all.clone()]).await {
+            tracing::warn!(error = %e, "cluster: subscribe failed; retried when Redis is back");
+        }
+        self.renew_nodes(&mut publisher).await;
+        if let Some(url) = &self.0.advertise {
+            let _: redis::RedisResult<()> = redis::cmd("PUBLISH")
+                .arg(&all)
+                .arg(format!("{} {url}", self.0.uid))
+                .query_async(&mut publisher)
+                .await;
+        }
+    }
+
+    fn on_announce(&self, message: &[u8]) {
+        let Some((node, url)) = std::str::from_utf8(message)
+            .ok()
+            .and_then(|m| m.split_once(' '))
+        else {
+            return;
+        };
+        if let Ok(uri) = url.parse::<http::Uri>() {
+            self.0.peers.lock().insert(node.to_owned(), uri);
         }
     }
 
@@ -457,36 +536,56 @@ impl Cluster {
                 Some(Route::Broadcast { nsp, room }) => self.on_broadcast(&nsp, room, &message),
                 Some(Route::Request { nsp }) => self.on_request(&nsp, &message),
                 Some(Route::Response) => self.on_response(&message),
-                None => {}
+                Some(Route::Announce) => self.on_announce(&message),
+                Some(Route::Node) | None => {}
             }
         }
     }
 
     fn on_broadcast(&self, nsp: &str, room: Option<Room>, message: &[u8]) {
-        let Some(b) = wire::decode_broadcast(message) else {
+        let Some(mut b) = wire::decode_broadcast(message) else {
             tracing::debug!(nsp, "cluster: malformed broadcast ignored");
             return;
         };
-        if b.uid == self.0.uid || b.nsp != nsp {
+        // A logged broadcast comes back to its sender too, which delivers it then: every node
+        // delivers in the log's order.
+        if b.uid == self.0.uid && b.offset.is_none() {
             return;
         }
-        let Some(ns) = self.0.io.get(nsp) else {
-            return;
-        };
-        if room.is_some_and(|r| !ns.has_room(&r)) {
-            return;
-        }
-        let mut op = operator(&ns, &b.targets);
-        if b.volatile {
-            op = op.volatile();
-        }
-        let n = op.emit_payload(&b.event, b.payload).unwrap_or(0);
-        if let Some((id, uid)) = b.count {
+        let count = b.count.take();
+        let n = self.deliver(nsp, room, b);
+        if let Some((id, uid)) = count {
             self.respond(
                 nsp,
                 Some(&uid),
                 json!({"type": kind::COUNT, "requestId": id, "count": n}),
             );
+        }
+    }
+
+    /// Delivers a broadcast from the channel of `room` (or the namespace's) to this node's
+    /// targeted sockets; returns how many it reached.
+    fn deliver(&self, nsp: &str, room: Option<Room>, b: wire::Incoming) -> usize {
+        let Some(ns) = self.0.io.get(nsp).filter(|_| b.nsp == nsp) else {
+            return 0;
+        };
+        if room.is_some_and(|r| !ns.has_room(&r)) {
+            return 0;
+        }
+        let mut op = operator(&ns, &b.targets);
+        if b.volatile {
+            op = op.volatile();
+        }
+        let (event, payload) = (b.event, b.payload);
+        match b.offset {
+            Some(offset) => {
+                let mut data = Vec::with_capacity(payload.args.len() + 1);
+                data.push(Value::String(event));
+                data.extend(payload.args);
+                let data = serde_json::to_vec(&data).expect("JSON values serialize");
+                op.emit_logged(&data, offset)
+            }
+            None => op.emit_payload(&event, payload).unwrap_or(0),
         }
     }
 
@@ -672,7 +771,7 @@ impl Cluster {
     fn publish_response(&self, nsp: &str, uid: Option<&str>, bytes: Vec<u8>) {
         let ch = self.channels(nsp);
         let channel = uid.map_or(ch.response.clone(), |u| ch.response_to(u));
-        self.enqueue(channel, bytes, None);
+        self.publish(&channel, bytes);
     }
 
     /// Publishes a request on `channel` and collects answers until `done` says they are all
@@ -687,10 +786,38 @@ impl Cluster {
         done: impl Fn(&[Answer], usize) -> bool,
         timeout: Duration,
     ) -> Vec<Answer> {
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let asking = self.start_asking(id, |tx| self.publish_counted(&channel, message, tx));
+        self.collect(asking, nodes, done, timeout).await
+    }
+
+    /// Registers request `id`, then sends it with `send`, which is given where to put the
+    /// number of nodes listening.
+    fn start_asking(&self, id: &str, send: impl FnOnce(oneshot::Sender<usize>)) -> Asking {
+        let (tx, answers) = mpsc::unbounded_channel();
         self.0.pending.lock().insert(id.to_owned(), tx);
-        let (count_tx, count_rx) = oneshot::channel();
-        self.enqueue(channel, message, Some(count_tx));
+        let (count_tx, listening) = oneshot::channel();
+        send(count_tx);
+        Asking {
+            id: id.to_owned(),
+            answers,
+            listening,
+        }
+    }
+
+    /// Collects the answers to a request; see [`Cluster::ask`].
+    async fn collect(
+        &self,
+        asking: Asking,
+        nodes: Option<usize>,
+        done: impl Fn(&[Answer], usize) -> bool,
+        timeout: Duration,
+    ) -> Vec<Answer> {
+        let Asking {
+            id,
+            answers: mut rx,
+            listening: count_rx,
+        } = asking;
+        let id = id.as_str();
         let mut answers = Vec::new();
         let deadline = tokio::time::Instant::now() + timeout;
         if let Ok(Ok(listening)) = tokio::time::timeout_at(deadline, count_rx).await {
@@ -722,7 +849,7 @@ impl Cluster {
 }
 
 /// Whether every node asked has answered once.
-fn one_each(answers: &[Answer], nodes: usize) -> bool {
+pub(crate) fn one_each(answers: &[Answer], nodes: usize) -> bool {
     answers.len() >= nodes
 }
 
@@ -821,7 +948,7 @@ impl Adapter for Cluster {
 
     fn broadcast(&self, b: Broadcast) {
         let channel = self.channels(&b.nsp).for_targets(&b.targets);
-        self.enqueue(channel, wire::encode_broadcast(&self.0.uid, &b, None), None);
+        self.publish(&channel, wire::encode_broadcast(&self.0.uid, &b, None));
     }
 
     fn broadcast_counted(&self, b: Broadcast) -> BoxFuture<'static, usize> {
@@ -953,11 +1080,54 @@ impl Adapter for Cluster {
             "opts": wire::targets_json(targets),
             "rooms": rooms,
         });
-        self.enqueue(
-            ch.request,
+        self.publish(
+            &ch.request,
             serde_json::to_vec(&req).expect("JSON values serialize"),
-            None,
         );
+    }
+
+    fn shares_recovery(&self) -> bool {
+        self.0.recovery.is_some()
+    }
+
+    fn node_id(&self) -> &str {
+        &self.0.uid
+    }
+
+    fn broadcast_logged(
+        &self,
+        b: Broadcast,
+        data: Bytes,
+        count: bool,
+    ) -> BoxFuture<'static, usize> {
+        self.log_and_publish(b, data, count)
+    }
+
+    fn recovery_position(&self, nsp: &str) -> BoxFuture<'static, u64> {
+        self.position(nsp)
+    }
+
+    fn save_session(&self, pid: &str, record: courier_server::store::SessionRecord) {
+        self.keep_session(pid, record);
+    }
+
+    fn drop_session(&self, pid: &str) {
+        self.forget_session(pid);
+    }
+
+    fn take_session(
+        &self,
+        pid: &str,
+    ) -> BoxFuture<'static, Option<courier_server::store::SessionRecord>> {
+        self.take(pid)
+    }
+
+    fn recoverable_after(
+        &self,
+        nsp: &str,
+        after: u64,
+    ) -> BoxFuture<'static, Option<Vec<courier_server::store::RecoveryEvent>>> {
+        self.after(nsp, after)
     }
 
     fn disconnect_sockets(

@@ -85,6 +85,23 @@ pub struct Incoming {
     pub volatile: bool,
     /// Set on a Courier broadcast whose sender counts recipients: (request id, sender uid).
     pub count: Option<(String, String)>,
+    /// Where the shared recovery log holds it, for a recoverable broadcast.
+    pub offset: Option<u64>,
+}
+
+/// Bits of an offset that hold the sequence part of a log id (`<ms>-<seq>`).
+const SEQ_BITS: u32 = 20;
+
+/// The offset clients see for the log id `<ms>-<seq>`: one number, ordered as the ids are.
+pub fn offset_of_id(id: &str) -> Option<u64> {
+    let (ms, seq) = id.split_once('-')?;
+    let (ms, seq) = (ms.parse::<u64>().ok()?, seq.parse::<u64>().ok()?);
+    (seq < 1 << SEQ_BITS && ms < 1 << (64 - SEQ_BITS)).then_some(ms << SEQ_BITS | seq)
+}
+
+/// The log id of an offset.
+pub fn id_of_offset(offset: u64) -> String {
+    format!("{}-{}", offset >> SEQ_BITS, offset & ((1 << SEQ_BITS) - 1))
 }
 
 /// Encodes a broadcast: `[uid, {type, data, nsp}, {rooms, except, flags}]`.
@@ -121,6 +138,10 @@ pub fn decode_broadcast(bytes: &[u8]) -> Option<Incoming> {
     if parts.len() < 3 {
         return None;
     }
+    let offset = match parts.len() {
+        3 => None,
+        _ => parts.pop()?.as_str().and_then(offset_of_id),
+    };
     let opts = parts.pop()?;
     let packet = parts.pop()?;
     let uid = parts.pop()?.as_str()?.to_owned();
@@ -144,6 +165,7 @@ pub fn decode_broadcast(bytes: &[u8]) -> Option<Incoming> {
         targets,
         volatile,
         count,
+        offset,
     })
 }
 
@@ -395,6 +417,17 @@ mod tests {
         assert_eq!(got.nsp, "/");
         assert_eq!(got.payload.args, vec![Value::Null]);
         assert_eq!(got.targets.rooms, vec![Room::from("42")]);
+    }
+
+    #[test]
+    fn offsets_keep_the_order_of_log_ids() {
+        let a = offset_of_id("1796165938714-0").unwrap();
+        let b = offset_of_id("1796165938714-7").unwrap();
+        let c = offset_of_id("1796165938715-0").unwrap();
+        assert!(a < b && b < c);
+        assert_eq!(id_of_offset(b), "1796165938714-7");
+        assert_eq!(offset_of_id("12-x"), None);
+        assert_eq!(offset_of_id("5-1048576"), None);
     }
 
     #[test]

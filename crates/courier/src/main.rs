@@ -151,6 +151,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             key: settings.cluster.key.clone(),
             requests_timeout: Duration::from_millis(settings.cluster.requests_timeout_ms),
             advertise: Some(advertise_url(&settings.cluster.advertise_url, addr)?),
+            recovery: settings
+                .recovery
+                .enabled
+                .then(|| courier_cluster::RecoveryOptions {
+                    window: Duration::from_millis(settings.recovery.window_ms),
+                    max_events: settings.recovery.max_events,
+                }),
         };
         Some(courier_cluster::Cluster::start(&io, options)?)
     } else {

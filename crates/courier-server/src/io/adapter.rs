@@ -15,6 +15,7 @@ use serde_json::Value;
 use super::namespace::{Namespace, Room};
 use crate::engine::Sid;
 use courier_proto::payload::Payload;
+use courier_store::{RecoveryEvent, SessionRecord};
 
 /// Which sockets of a namespace an operation is for: those in any of `rooms` (every socket when
 /// empty), minus those in any of `except`. A socket id names the room holding only that socket.
@@ -98,6 +99,46 @@ pub trait Adapter: Send + Sync + 'static {
         targets: &Targets,
         close: bool,
     ) -> BoxFuture<'static, usize>;
+
+    // Connection state recovery shared by every node. When `shares_recovery` is false, the
+    // node's own store keeps sessions and the log, and the methods below are not called.
+
+    /// Whether recovery sessions and the log of recoverable broadcasts live with the adapter,
+    /// so that a client can be recovered by any node.
+    fn shares_recovery(&self) -> bool;
+
+    /// This node's id, which starts the private id of every session it makes.
+    fn node_id(&self) -> &str;
+
+    /// Logs a recoverable broadcast (`data`: its `[event, ...args]` JSON) and delivers it on
+    /// every node, this one included, in the order of the log. With `count`, resolves to how
+    /// many sockets it reached.
+    fn broadcast_logged(
+        &self,
+        b: Broadcast,
+        data: bytes::Bytes,
+        count: bool,
+    ) -> BoxFuture<'static, usize>;
+
+    /// The log's position now: a socket that connects now has missed nothing before it.
+    fn recovery_position(&self, nsp: &str) -> BoxFuture<'static, u64>;
+
+    /// Keeps `record` as the session `pid` (`expires_ms` is `LIVE_SESSION` while connected).
+    fn save_session(&self, pid: &str, record: SessionRecord);
+
+    /// Forgets the session `pid` (its socket left on purpose).
+    fn drop_session(&self, pid: &str);
+
+    /// Takes the session `pid` if it can be recovered now (its connection is gone).
+    fn take_session(&self, pid: &str) -> BoxFuture<'static, Option<SessionRecord>>;
+
+    /// The logged broadcasts of `nsp` after `after`, or `None` if some of them are no longer
+    /// kept.
+    fn recoverable_after(
+        &self,
+        nsp: &str,
+        after: u64,
+    ) -> BoxFuture<'static, Option<Vec<RecoveryEvent>>>;
 }
 
 /// Waits for `remote`, or answers at once when there is no adapter.

@@ -201,7 +201,7 @@ impl Conn {
         let mut auth = packet
             .data
             .unwrap_or_else(|| Value::Object(Default::default()));
-        let attempt = self.recovery_attempt(&nsp, &mut auth);
+        let attempt = self.recovery_attempt(&mut auth);
         let conn = self.clone();
         self.run(async move {
             let restored = match attempt {
@@ -213,7 +213,11 @@ impl Conn {
                 None => (None, None),
             };
             let recovered = restore.is_some();
-            let socket = Socket::new(ns.clone(), conn.clone(), auth, restore);
+            let position = match (&restore, conn.io.shared_recovery()) {
+                (None, Some(a)) => Some(a.recovery_position(&nsp).await),
+                _ => None,
+            };
+            let socket = Socket::new(ns.clone(), conn.clone(), auth, restore, position);
             // A recovered session passed the middlewares when it first connected.
             if !recovered {
                 for m in ns.middlewares() {
@@ -259,15 +263,29 @@ impl Conn {
         });
     }
 
-    /// With recovery on, takes `pid` and `offset` out of the auth payload and, if they name a
-    /// live session of this namespace, takes that session.
-    fn recovery_attempt(&self, nsp: &str, auth: &mut Value) -> Option<RecoveryAttempt> {
-        let store = self.io.recovery.as_ref()?;
+    /// With recovery on, takes `pid` and `offset` out of the auth payload.
+    fn recovery_attempt(&self, auth: &mut Value) -> Option<RecoveryAttempt> {
+        self.io.recovery.as_ref()?;
         let obj = auth.as_object_mut()?;
         let pid = obj.remove("pid");
         let offset = obj.remove("offset");
-        let pid = pid?.as_str()?.to_owned();
-        let session = store.take_session(&pid)?;
+        Some(RecoveryAttempt {
+            pid: pid?.as_str()?.to_owned(),
+            offset: offset.as_ref().and_then(Value::as_str).map(str::to_owned),
+        })
+    }
+
+    /// What to restore for `attempt`: if it names a session of this namespace whose connection
+    /// is gone, every broadcast it missed is still kept (older ones are read from disk or from
+    /// the cluster's shared log) and they fit in its outbound queue.
+    async fn restore(&self, nsp: &str, attempt: RecoveryAttempt) -> Option<(Restore, Replay)> {
+        let store = self.io.recovery.as_ref()?;
+        let shared = self.io.shared_recovery();
+        let RecoveryAttempt { pid, offset } = attempt;
+        let session = match shared {
+            Some(a) => a.take_session(&pid).await?,
+            None => store.take_session(&pid)?,
+        };
         if session.nsp != nsp {
             return None;
         }
@@ -277,29 +295,15 @@ impl Conn {
         }
         // A client that received no recoverable broadcast has no offset: it missed everything
         // since its session began.
-        let after = match offset.as_ref().and_then(Value::as_str) {
+        let after = match offset {
             Some(o) => o.parse::<u64>().ok()?,
             None => session.since.saturating_sub(1),
         };
-        Some(RecoveryAttempt {
-            pid,
-            session,
-            after,
-        })
-    }
-
-    /// What to restore for `attempt`, if every broadcast it missed is still kept (older ones
-    /// are read from disk) and they fit in its outbound queue.
-    async fn restore(&self, nsp: &str, attempt: RecoveryAttempt) -> Option<(Restore, Replay)> {
-        let store = self.io.recovery.as_ref()?;
-        let RecoveryAttempt {
-            pid,
-            session,
-            after,
-        } = attempt;
-        let missed: Vec<bytes::Bytes> = store
-            .recoverable_after(nsp, after)
-            .await?
+        let events = match shared {
+            Some(a) => a.recoverable_after(nsp, after).await?,
+            None => store.recoverable_after(nsp, after).await?,
+        };
+        let missed: Vec<bytes::Bytes> = events
             .iter()
             .filter(|e| recovery::was_for(e, &session.sid, &session.rooms))
             .map(|e| recovery::with_offset(nsp, &e.data, e.offset))
@@ -362,8 +366,7 @@ impl Violation {
 /// A CONNECT that names a recoverable session.
 struct RecoveryAttempt {
     pid: String,
-    session: courier_store::SessionRecord,
-    after: u64,
+    offset: Option<String>,
 }
 
 /// What a recovered socket gets back after its CONNECT answer.

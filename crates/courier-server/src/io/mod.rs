@@ -94,10 +94,18 @@ impl Shared {
             if recoverable {
                 let window = store.options().recovery_window.as_millis() as u64;
                 self.save_session(socket, courier_store::now_ms() + window);
+            } else if let Some(a) = self.shared_recovery() {
+                a.drop_session(pid);
             } else {
                 store.take_session(pid);
             }
         }
+    }
+
+    /// The adapter, when recovery is on and shared by the nodes of a cluster.
+    pub(crate) fn shared_recovery(&self) -> Option<&Arc<dyn Adapter>> {
+        self.recovery.as_ref()?;
+        self.adapter.get().filter(|a| a.shares_recovery())
     }
 
     /// Keeps what recovery would restore of `socket`. While the socket is connected this runs
@@ -122,7 +130,10 @@ impl Shared {
             subscriptions: socket.0.subscriptions.lock().clone(),
             expires_ms,
         };
-        store.put_session(pid, record);
+        match self.shared_recovery() {
+            Some(a) => a.save_session(pid, record),
+            None => store.put_session(pid, record),
+        }
     }
 
     /// The namespace a client asks for: an existing one, or a new one from a dynamic pattern.

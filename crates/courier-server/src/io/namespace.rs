@@ -281,6 +281,14 @@ impl Namespace {
     }
 }
 
+/// The `[event, ...args]` JSON of a broadcast, as the recovery log keeps it.
+fn event_data(event: &str, args: &[serde_json::Value]) -> bytes::Bytes {
+    let mut data = Vec::with_capacity(args.len() + 1);
+    data.push(serde_json::Value::String(event.to_owned()));
+    data.extend(args.iter().cloned());
+    bytes::Bytes::from(serde_json::to_vec(&data).expect("JSON values serialize"))
+}
+
 /// A set of sockets chosen by rooms, to emit to or act on. Built from [`Namespace::to`],
 /// [`Socket::to`] and friends.
 #[derive(Clone)]
@@ -393,8 +401,16 @@ impl BroadcastOperator {
 
     /// Sends `event` with a payload, encoded once for every recipient, to this node's sockets
     /// and those of the other nodes. Returns how many of this node's sockets it was queued for.
+    /// (With a cluster whose nodes share recovery, a recoverable broadcast reaches this node's
+    /// sockets through the shared log too, and 0 is returned.)
     pub fn emit_payload(&self, event: &str, payload: Payload) -> Result<usize, EmitError> {
         if let Some(a) = self.adapter() {
+            if self.logged_by(a, &payload) {
+                let data = event_data(event, &payload.args);
+                // Queued before the call returns; the future would only wait for a count.
+                drop(a.broadcast_logged(self.remote(event, &payload), data, false));
+                return Ok(0);
+            }
             a.broadcast(self.remote(event, &payload));
         }
         self.emit_here(event, payload)
@@ -402,39 +418,67 @@ impl BroadcastOperator {
 
     /// Like [`BroadcastOperator::emit_payload`], and counts the sockets of every node.
     pub async fn emit_counted(&self, event: &str, payload: Payload) -> Result<usize, EmitError> {
-        let remote = self
-            .adapter()
-            .map(|a| a.broadcast_counted(self.remote(event, &payload)));
+        let Some(a) = self.adapter() else {
+            return self.emit_here(event, payload);
+        };
+        if self.logged_by(a, &payload) {
+            let data = event_data(event, &payload.args);
+            return Ok(a
+                .broadcast_logged(self.remote(event, &payload), data, true)
+                .await);
+        }
+        let remote = a.broadcast_counted(self.remote(event, &payload));
         let here = self.emit_here(event, payload)?;
-        Ok(here + or_default(remote).await)
+        Ok(here + remote.await)
     }
 
-    fn emit_here(&self, event: &str, payload: Payload) -> Result<usize, EmitError> {
-        let out = match &self.ns.0.recovery {
-            // As with the reference server, only plain events (no binary, not volatile) are
-            // logged for recovery; they carry their offset as the last argument.
-            Some(store) if !self.volatile && payload.attachments.is_empty() => {
-                let mut data = Vec::with_capacity(payload.args.len() + 1);
-                data.push(serde_json::Value::String(event.to_owned()));
-                data.extend(payload.args);
-                let data =
-                    bytes::Bytes::from(serde_json::to_vec(&data).expect("JSON values serialize"));
-                let rooms = self.rooms.iter().map(|r| r.to_string()).collect();
-                let except = self.except.iter().map(|r| r.to_string()).collect();
-                let offset = store.log_recoverable(self.ns.name(), rooms, except, data.clone());
-                Outbound::Text(super::recovery::with_offset(self.ns.name(), &data, offset))
-            }
-            _ => super::message::outbound(payload, |args, n| {
-                Packet::event(self.ns.name(), event, args, n)
-            }),
-        };
+    /// As with the reference server, only plain events (no binary, not volatile) are logged
+    /// for recovery; they carry their offset as the last argument.
+    fn recoverable(&self, payload: &Payload) -> bool {
+        self.ns.0.recovery.is_some() && !self.volatile && payload.attachments.is_empty()
+    }
+
+    /// Whether `a` logs and delivers this broadcast (recovery shared by the nodes).
+    fn logged_by(&self, a: &Arc<dyn Adapter>, payload: &Payload) -> bool {
+        self.recoverable(payload) && a.shares_recovery()
+    }
+
+    /// Sends a broadcast the shared recovery log holds at `offset`; `data` is its
+    /// `[event, ...args]` JSON. Returns how many of this node's sockets it was queued for.
+    pub fn emit_logged(&self, data: &[u8], offset: u64) -> usize {
+        let out = Outbound::Text(super::recovery::with_offset(self.ns.name(), data, offset));
+        self.send_to_targets(&out)
+    }
+
+    fn send_to_targets(&self, out: &Outbound) -> usize {
         let mut sent = 0;
         self.for_each_target(|socket| {
             if send_or_close(&socket.0.conn.session, out.clone(), self.volatile).is_ok() {
                 sent += 1;
             }
         });
-        Ok(sent)
+        sent
+    }
+
+    fn emit_here(&self, event: &str, payload: Payload) -> Result<usize, EmitError> {
+        // With recovery shared by the nodes, what arrives here unlogged (from a Node server)
+        // is delivered without an offset: offsets come from the shared log only.
+        let local_log = self.ns.0.recovery.as_ref().filter(|_| {
+            self.recoverable(&payload) && !self.ns.adapter().is_some_and(|a| a.shares_recovery())
+        });
+        let out = match local_log {
+            Some(store) => {
+                let data = event_data(event, &payload.args);
+                let rooms = self.rooms.iter().map(|r| r.to_string()).collect();
+                let except = self.except.iter().map(|r| r.to_string()).collect();
+                let offset = store.log_recoverable(self.ns.name(), rooms, except, data.clone());
+                Outbound::Text(super::recovery::with_offset(self.ns.name(), &data, offset))
+            }
+            None => super::message::outbound(payload, |args, n| {
+                Packet::event(self.ns.name(), event, args, n)
+            }),
+        };
+        Ok(self.send_to_targets(&out))
     }
 
     /// Sends `event` to every target, on every node, with an ack request and waits for each

@@ -99,14 +99,23 @@ impl Socket {
         conn: Arc<Conn>,
         auth: Value,
         restore: Option<Restore>,
+        shared_position: Option<u64>,
     ) -> Socket {
         let recovered = restore.is_some();
         let (id, pid, since, data) = match restore {
             Some(r) => (r.sid, Some(r.pid), r.since, r.data),
             None => {
                 let recovery = conn.io.recovery.as_ref();
-                let pid = recovery.map(|_| new_id());
-                let since = recovery.map_or(0, |store| store.recovery_offset());
+                // A cluster's node id starts the pid: any node can tell whose session it is.
+                let pid = recovery.map(|_| match conn.io.shared_recovery() {
+                    Some(a) => format!("{}{}", a.node_id(), new_id()).into(),
+                    None => new_id(),
+                });
+                let since = match (shared_position, recovery) {
+                    (Some(position), _) => position,
+                    (None, Some(store)) => store.recovery_offset(),
+                    (None, None) => 0,
+                };
                 (new_id(), pid, since, Value::Null)
             }
         };
