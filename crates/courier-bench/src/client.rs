@@ -126,6 +126,26 @@ pub async fn connect(
     Ok(ws)
 }
 
+/// Joins `room` with the hub's `courier:join` and waits for its ack (answering pings meanwhile).
+pub async fn join(ws: &mut Ws, room: &str) -> anyhow::Result<()> {
+    ws.send(sio_event("courier:join", Value::from(room), Some(1)))
+        .await?;
+    loop {
+        let text = next_text(ws).await?;
+        match classify(Proto::SocketIo, &text) {
+            Incoming::Ping => ws.send(pong()).await?,
+            Incoming::Ack(1, body) => {
+                let answer: Value = serde_json::from_slice(body).context("bad join ack")?;
+                if answer[0]["ok"] != Value::Bool(true) {
+                    bail!("courier:join {room:?} refused: {answer}");
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+}
+
 async fn next_text(ws: &mut Ws) -> anyhow::Result<Bytes> {
     match ws.next().await {
         Some(Ok(m)) if m.is_text() => Ok(m.into_payload().into()),

@@ -5,6 +5,11 @@
 //! and nobody is disconnected for being slow; deliveries are counted by the receivers over
 //! `secs`. Latency: broadcasts at a fixed `rate` for `secs`; every receiver records how long
 //! each took from the publisher's send.
+//!
+//! On a cluster (`--room`, `--receivers`): receivers and publisher join one room with
+//! `courier:join`, the receivers' worker processes spread over the given nodes, and the publisher
+//! emits `message`, which the hub relays to the other members of its rooms, across nodes.
+//! `--cpu LABEL=PID` reports each node's (or Redis's) CPU time on its own.
 
 use std::time::Duration;
 
@@ -17,7 +22,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::client::{self, Incoming, Proto, Target};
 use crate::hist::Hist;
 use crate::procstat::{BusyMeter, CpuMeter};
-use crate::worker::{Plan, Role, Workers};
+use crate::worker::{Place, Plan, Role, Workers};
 use crate::{Common, Metrics, cpu_metrics, ms, round, say};
 
 /// `courier bench fanout`.
@@ -46,6 +51,24 @@ pub struct FanoutArgs {
     /// Broadcasts per second during the latency measurement (default: 100,000 deliveries/s).
     #[arg(long)]
     rate: Option<f64>,
+    /// Servers for the receivers, one per worker process in turn (default: --url, which the
+    /// publisher uses in any case).
+    #[arg(long, value_delimiter = ',')]
+    receivers: Vec<String>,
+    /// Everyone joins this room, and the publisher emits `message` to it through the hub's relay
+    /// instead of asking for a `broadcast`.
+    #[arg(long)]
+    room: Option<String>,
+    /// Also report this process's CPU time, as `cpu_us_per_delivery_LABEL` and
+    /// `cpu_us_per_broadcast_LABEL` (repeatable).
+    #[arg(long, value_name = "LABEL=PID", value_parser = labelled_pid)]
+    cpu: Vec<(String, u32)>,
+}
+
+fn labelled_pid(s: &str) -> Result<(String, u32), String> {
+    let (label, pid) = s.split_once('=').ok_or("expected LABEL=PID")?;
+    let pid = pid.parse().map_err(|e| format!("bad pid {pid:?}: {e}"))?;
+    Ok((label.to_owned(), pid))
 }
 
 /// The publishing connection: frames to send go through a channel to a task that also reads
@@ -55,13 +78,20 @@ struct Publisher {
     proto: Proto,
     size: usize,
     seq: u64,
+    /// The event to emit: `broadcast`, or `message` when relayed to a room.
+    event: &'static str,
 }
 
 impl Publisher {
-    async fn open(target: &Target, size: usize) -> anyhow::Result<Publisher> {
-        let ws = client::connect(target, &target.builder()?, None)
+    async fn open(target: &Target, size: usize, room: Option<&str>) -> anyhow::Result<Publisher> {
+        let mut ws = client::connect(target, &target.builder()?, None)
             .await
             .context("connecting the publisher")?;
+        if let Some(room) = room {
+            client::join(&mut ws, room)
+                .await
+                .context("the publisher joining its room")?;
+        }
         let (mut sink, mut stream) = ws.split();
         let (tx, mut rx) = mpsc::channel::<tokio_websockets::Message>(1024);
         let proto = target.proto;
@@ -93,6 +123,11 @@ impl Publisher {
             proto,
             size,
             seq: 0,
+            event: if room.is_some() {
+                "message"
+            } else {
+                "broadcast"
+            },
         })
     }
 
@@ -100,7 +135,7 @@ impl Publisher {
         self.seq += 1;
         let payload = client::mark(phase, self.seq, self.size);
         let msg = match self.proto {
-            Proto::SocketIo => client::sio_event("broadcast", Value::String(payload), None),
+            Proto::SocketIo => client::sio_event(self.event, Value::String(payload), None),
             _ => client::raw_frame(b'b', &payload),
         };
         self.tx
@@ -150,7 +185,16 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Metrics> {
         depth: 1,
         payload: a.payload,
     };
-    let mut w = Workers::start(&a.common.url, &plan).await?;
+    let urls = if a.receivers.is_empty() {
+        vec![a.common.url.clone()]
+    } else {
+        a.receivers.clone()
+    };
+    let place = Place {
+        urls: &urls,
+        room: a.room.as_deref(),
+    };
+    let mut w = Workers::start_at(&place, &plan).await?;
     say!(
         "fanout: {} receivers in {} processes ({} failed) in {:.1}s",
         w.ready,
@@ -160,7 +204,7 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Metrics> {
     );
     anyhow::ensure!(w.ready > 0, "no receiver could connect");
     let receivers = w.ready as u64;
-    let mut publisher = Publisher::open(&target, a.payload).await?;
+    let mut publisher = Publisher::open(&target, a.payload, a.room.as_deref()).await?;
     let mut seen = Seen {
         done: vec![0; w.len()],
     };
@@ -169,6 +213,7 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Metrics> {
     let start = Instant::now();
     let mut measuring = false;
     let mut cpu = None;
+    let mut labelled: Vec<(&str, CpuMeter)> = Vec::new();
     let mut counts = Vec::new();
     let mut stalls = 0u64;
     while counts.len() < w.len() {
@@ -179,6 +224,11 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Metrics> {
             measuring = true;
             w.send(&json!({"cmd": "measure", "secs": a.secs})).await?;
             cpu = Some((CpuMeter::start(a.common.pid), BusyMeter::start()));
+            labelled = a
+                .cpu
+                .iter()
+                .map(|(l, pid)| (l.as_str(), CpuMeter::start(Some(*pid))))
+                .collect();
         }
         match tokio::time::timeout(Duration::from_secs(1), w.recv()).await {
             Ok(l) => {
@@ -202,6 +252,7 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Metrics> {
         Some((c, b)) => (c.used(), b.percent()),
         None => (None, None),
     };
+    let labelled: Vec<(&str, Option<f64>)> = labelled.iter().map(|(l, c)| (*l, c.used())).collect();
     let client_cpu: f64 = counts.iter().filter_map(|c| c["cpu"].as_f64()).sum();
     let per_sec: f64 = counts
         .iter()
@@ -259,6 +310,21 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Metrics> {
         Some(client_cpu),
         busy,
     );
+    // Every receiver sees every broadcast, so this is how many were sent in the window.
+    let broadcasts = delivered_in_window / receivers as f64;
+    for (label, used) in labelled {
+        if let (Some(cpu), true) = (used, broadcasts > 0.0) {
+            let us = cpu * 1e6;
+            m.insert(
+                format!("cpu_us_per_delivery_{label}"),
+                round(us / delivered_in_window, 3),
+            );
+            m.insert(
+                format!("cpu_us_per_broadcast_{label}"),
+                round(us / broadcasts, 3),
+            );
+        }
+    }
     m.insert("clients".into(), json!(receivers));
     m.insert(
         "latency_rate_per_s".into(),

@@ -70,6 +70,9 @@ pub struct WorkerArgs {
     /// Echo: payload bytes.
     #[arg(long, default_value_t = 100)]
     payload: usize,
+    /// Join this room (`courier:join`) once connected, before counting as ready.
+    #[arg(long)]
+    room: Option<String>,
 }
 
 /// Echo clients' phases.
@@ -182,7 +185,13 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         let args = args.clone();
         tokio::task::spawn_local(async move {
             let permit = gate.acquire().await.expect("semaphore open");
-            let ws = client::connect(&target, &builder, args.bind).await;
+            let ws = match (
+                client::connect(&target, &builder, args.bind).await,
+                &args.room,
+            ) {
+                (Ok(mut ws), Some(room)) => client::join(&mut ws, room).await.map(|()| ws),
+                (ws, _) => ws,
+            };
             drop(permit);
             let ws = match ws {
                 Ok(ws) => ws,
@@ -405,9 +414,32 @@ pub struct Plan {
     pub payload: usize,
 }
 
+/// Where a scenario's clients connect.
+pub struct Place<'a> {
+    /// Servers, one per worker process in turn (a cluster's nodes).
+    pub urls: &'a [String],
+    /// A room every client joins (`courier:join`) before it counts as ready.
+    pub room: Option<&'a str>,
+}
+
 impl Workers {
     /// Starts the workers and waits until each has connected its clients.
     pub async fn start(url: &str, plan: &Plan) -> anyhow::Result<Workers> {
+        let urls = [url.to_owned()];
+        Workers::start_at(
+            &Place {
+                urls: &urls,
+                room: None,
+            },
+            plan,
+        )
+        .await
+    }
+
+    /// Starts the workers, worker `i` on `place.urls[i % len]`, and waits until each has
+    /// connected its clients.
+    pub async fn start_at(place: &Place<'_>, plan: &Plan) -> anyhow::Result<Workers> {
+        anyhow::ensure!(!place.urls.is_empty(), "no server to connect to");
         let procs = plan
             .procs
             .max(plan.clients.div_ceil(MAX_PER_PROCESS))
@@ -427,12 +459,17 @@ impl Workers {
                 ((base + i) / 250) as u8,
                 (1 + (base + i) % 250) as u8,
             );
-            let mut child = Command::new(&exe)
-                .args(["bench", "worker", "--url", url, "--role"])
+            let url = &place.urls[i % place.urls.len()];
+            let mut cmd = Command::new(&exe);
+            cmd.args(["bench", "worker", "--url", url, "--role"])
                 .arg(format!("{:?}", plan.role).to_lowercase())
                 .args(["--clients", &n.to_string(), "--bind", &ip.to_string()])
                 .args(["--depth", &plan.depth.to_string()])
-                .args(["--payload", &plan.payload.to_string()])
+                .args(["--payload", &plan.payload.to_string()]);
+            if let Some(room) = place.room {
+                cmd.args(["--room", room]);
+            }
+            let mut child = cmd
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .kill_on_drop(true)
