@@ -366,10 +366,10 @@ impl Cluster {
                     }
                 }
             }
-            if !add.is_empty() {
-                if let Err(e) = conn.subscribe(&add).await {
-                    tracing::warn!(error = %e, channels = add.len(), "cluster: subscribe failed; retried when Redis is back");
-                }
+            if !add.is_empty()
+                && let Err(e) = conn.subscribe(&add).await
+            {
+                tracing::warn!(error = %e, channels = add.len(), "cluster: subscribe failed; retried when Redis is back");
             }
             if !remove.is_empty() {
                 if let Err(e) = conn.unsubscribe(&remove).await {
@@ -422,10 +422,10 @@ impl Cluster {
                 tracing::error!(error = %e, "cluster: lost Redis; serving this node's clients alone until it is back");
             } else if !was && up {
                 let channels: Vec<String> = self.0.routes.lock().keys().cloned().collect();
-                if !channels.is_empty() {
-                    if let Err(e) = subscriber.subscribe(&channels).await {
-                        tracing::warn!(error = %e, "cluster: subscribing again failed");
-                    }
+                if !channels.is_empty()
+                    && let Err(e) = subscriber.subscribe(&channels).await
+                {
+                    tracing::warn!(error = %e, "cluster: subscribing again failed");
                 }
                 tracing::info!(channels = channels.len(), "cluster: Redis is back");
             }
@@ -636,7 +636,11 @@ impl Cluster {
                         .unwrap_or_default();
                     let op = operator(&ns, &targets);
                     for r in rooms {
-                        if join { op.join(r) } else { op.leave(&r) }
+                        if join {
+                            op.join(r);
+                        } else {
+                            op.leave(&r);
+                        }
                     }
                     None
                 } else {
@@ -648,9 +652,9 @@ impl Cluster {
                     match (socket, room) {
                         (Some(s), Some(r)) => {
                             if join {
-                                s.join(r)
+                                s.join(r);
                             } else {
-                                s.leave(&r)
+                                s.leave(&r);
                             }
                             Some(json!({"requestId": id}))
                         }
@@ -672,9 +676,9 @@ impl Cluster {
                         .and_then(|s| ns.socket(s));
                     socket.map(|s| {
                         if close {
-                            s.close_connection()
+                            s.close_connection();
                         } else {
-                            s.disconnect()
+                            s.disconnect();
                         }
                         json!({"requestId": id})
                     })

@@ -577,7 +577,12 @@ impl BroadcastOperator {
     pub fn join(&self, room: impl Into<Room>) {
         let room = room.into();
         if let Some(a) = self.adapter() {
-            a.change_rooms(self.ns.name(), &self.targets(), &[room.clone()], true);
+            a.change_rooms(
+                self.ns.name(),
+                &self.targets(),
+                std::slice::from_ref(&room),
+                true,
+            );
         }
         for s in self.sockets() {
             s.join(room.clone());
