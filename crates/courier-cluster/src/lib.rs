@@ -189,6 +189,19 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Waits (at most `timeout`) until everything this node queued for Redis has been sent:
+    /// at shutdown, so that the sessions of its clients are handed over before it exits.
+    pub async fn flush(&self, timeout: Duration) {
+        if !self.0.up.load(Ordering::Relaxed) {
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        let mut cmd = redis::cmd("ECHO");
+        cmd.arg(0);
+        self.enqueue(cmd, Some((tx, 0)));
+        let _ = tokio::time::timeout(timeout, rx).await;
+    }
+
     /// Whether Redis answers, and this node's id.
     pub fn status(&self) -> Status {
         Status {

@@ -197,6 +197,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     stop.cancel();
     let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
     io.shutdown(grace).await;
+    if let Some(c) = &cluster {
+        c.flush(grace).await;
+    }
     match tokio::time::timeout(grace, server).await {
         Ok(joined) => joined.context("server task")??,
         Err(_) => tracing::warn!("some HTTP requests were still open after the grace period"),

@@ -205,3 +205,26 @@ test("recovery across nodes: with Redis stopped, a node still delivers its broad
   await until("the local broadcast", () => news.length === 1);
   assert.equal(news[0], "local");
 });
+
+test("recovery across nodes: the clients of a node stopped gracefully are recovered by the others", async (t) => {
+  const cluster = await startCluster(t, { courier: 3, config: RECOVERY });
+  const [a, b, c] = cluster.nodes;
+  const proxy = await startProxy(t, a.url);
+  const socket = client(t, proxy.url);
+  await connected(socket);
+  const news = record(socket, "news");
+  assert.equal((await ask(socket, "courier:join", "team")).ok, true);
+  const id = socket.id;
+  // Connected when A shuts down: A hands the session over as it closes the connection.
+  proxy.hold();
+  await a.stop();
+  await proxy.waiting();
+  await emit(c, { rooms: ["team"], event: "news", data: ["while A was gone"] });
+  const back = connected(socket);
+  proxy.release(b.url);
+  await back;
+  assert.equal(socket.recovered, true);
+  assert.equal(socket.id, id);
+  await until("the missed broadcast", () => news.length === 1);
+  assert.deepEqual(news, ["while A was gone"]);
+});
