@@ -16,7 +16,7 @@ mod wire;
 pub use recovery::RecoveryOptions;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -68,9 +68,9 @@ pub enum Error {
     Url(#[source] redis::RedisError),
 }
 
-/// Broadcasts waiting to be published; past this, new ones are dropped (Redis is too slow or
-/// gone) and the drop is logged.
-const PUBLISH_QUEUE: usize = 65_536;
+/// Commands waiting to be sent to Redis; past this, new ones are dropped (Redis is too slow or
+/// gone) and the drop is logged, at most once a second.
+const PUBLISH_QUEUE: usize = 16_384;
 /// How often each connection to Redis is checked, and this node's address renewed.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A node whose address was not renewed for this long is gone.
@@ -94,6 +94,8 @@ struct Inner {
     /// Requests of this node waiting for answers, by request id.
     pending: Mutex<HashMap<String, mpsc::UnboundedSender<Answer>>>,
     up: AtomicBool,
+    /// When a full queue was last logged (ms since the epoch).
+    full_logged_ms: AtomicU64,
     advertise: Option<http::Uri>,
     recovery: Option<RecoveryOptions>,
     /// Every node's address, by id, as last read from Redis.
@@ -179,6 +181,7 @@ impl Cluster {
             routes: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             up: AtomicBool::new(false),
+            full_logged_ms: AtomicU64::new(0),
             advertise: options.advertise,
             recovery: options.recovery,
             peers: Mutex::new(HashMap::new()),
@@ -297,9 +300,11 @@ impl Cluster {
                         let _ = tx.send((n.max(0) as usize).saturating_sub(minus));
                     }
                 }
-                Err(e) => {
+                // While Redis is away the heartbeat has said so once; no line per batch.
+                Err(e) if self.0.up.load(Ordering::Relaxed) => {
                     tracing::warn!(error = %e, "cluster: broadcasts or sessions not sent to Redis");
                 }
+                Err(e) => tracing::debug!(error = %e, "cluster: not sent, Redis is away"),
             }
         }
     }
@@ -308,7 +313,20 @@ impl Cluster {
     fn enqueue(&self, cmd: redis::Cmd, reply: Option<Reply>) {
         let out = Outgoing { cmd, reply };
         if let Err(mpsc::error::TrySendError::Full(_)) = self.0.outgoing.try_send(out) {
-            tracing::warn!("cluster: queue to Redis full, broadcast not sent to the other nodes");
+            let now = courier_server::store::now_ms();
+            let last = self.0.full_logged_ms.load(Ordering::Relaxed);
+            if now >= last + 1000
+                && self
+                    .0
+                    .full_logged_ms
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(
+                    queued = PUBLISH_QUEUE,
+                    "cluster: queue to Redis full, broadcasts and sessions dropped"
+                );
+            }
         }
     }
 

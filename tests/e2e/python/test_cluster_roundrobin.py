@@ -61,3 +61,37 @@ def test_polling_client_through_a_round_robin_proxy(balanced, sio_client):
     assert client.call("chat", "still here?", timeout=5)["ok"] is True
     Api(cluster.nodes[2].url).emit(event="news", data=["still here"])
     assert news.get(timeout=5) == ("still here",)
+
+
+def test_clients_of_a_node_killed_with_sigkill_reconnect_to_the_others(balanced, sio_client):
+    cluster, proxy = balanced
+    # A client on each node: the proxy sends each handshake to the next node in turn.
+    clients, news = [], queue.Queue()
+    for _ in cluster.nodes:
+        c = sio_client(reconnection=True, reconnection_delay=0.1, reconnection_delay_max=0.3)
+        c.on("news", lambda *args, c=c: news.put((c, args)))
+        c.connect(proxy.url, transports=["websocket"], wait_timeout=5)
+        clients.append(c)
+    owner = {c: next(n for n in cluster.nodes if c.eio.sid.startswith(health(n)["cluster"]["node"]))
+             for c in clients}
+    victim = cluster.nodes[0]
+    gone = [c for c in clients if owner[c] is victim]
+    assert gone, "one client is on the node that will be killed"
+    old_sids = {c.get_sid("/") for c in gone}
+    victim.kill()
+    survivors = cluster.nodes[1:]
+
+    def back():
+        return all(c.connected and c.get_sid("/") not in old_sids for c in gone)
+
+    eventually(back, timeout=20, message="the killed node's clients reconnected elsewhere")
+    assert Api(survivors[0].url).emit(event="news", data=["after the kill"])["recipients"] == len(clients)
+    got = {news.get(timeout=5)[0] for _ in clients}
+    assert got == set(clients), "every client got the emit"
+
+    def listed():
+        sids = {s["sid"] for s in Api(survivors[1].url).get("/api/v1/sockets").json()["sockets"]}
+        assert sids == {c.get_sid("/") for c in clients}, sids
+        return True
+
+    eventually(listed, timeout=10, message="the survivors list exactly the connected sockets")
