@@ -197,7 +197,12 @@ impl Namespace {
     }
 
     pub(crate) fn remove(&self, socket: &Socket) {
-        let Some((sid, member)) = self.0.sockets.remove(socket.id()) else {
+        // Only this socket's entry: a recovered socket with the same id may already be in.
+        let Some((sid, member)) = self
+            .0
+            .sockets
+            .remove_if(socket.id(), |_, m| Arc::ptr_eq(&m.socket.0, &socket.0))
+        else {
             return;
         };
         for room in member.rooms {
