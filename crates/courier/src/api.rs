@@ -162,8 +162,9 @@ fn targets(
     rooms: &[String],
     except: &[String],
 ) -> Result<BroadcastOperator, ApiError> {
+    // A namespace from a pattern may have sockets on other nodes of a cluster only.
     let ns = io
-        .get(namespace)
+        .get_or_create(namespace)
         .ok_or_else(|| ApiError::not_found(format!("no namespace {namespace:?}")))?;
     let mut op = ns.broadcast();
     for r in rooms {

@@ -425,3 +425,14 @@ test("durable streams are refused on a cluster node, clearly, over the API and f
     assert.match(answer.error.message, /cluster/, event);
   }
 });
+
+test("emit through a node with no socket in a namespace from a pattern reaches that namespace's sockets on the others", async (t) => {
+  const cluster = await startCluster(t, { courier: 2, config: { hub: { namespace_patterns: ["^/shop-[0-9]+$"] } } });
+  const [a, b] = cluster.nodes;
+  const onB = await connect(t, b.url, "/shop-7");
+  const got = once(onB, "price");
+  const answer = await api(a, "POST", "/api/v1/emit", { namespace: "/shop-7", event: "price", data: [12] });
+  assert.equal(answer.status, 200, JSON.stringify(answer.body));
+  assert.equal(answer.body.recipients, 1);
+  assert.deepEqual(await got, [12]);
+});

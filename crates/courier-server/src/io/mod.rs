@@ -247,6 +247,13 @@ impl Io {
         self.shared.namespaces.read().get(name).cloned()
     }
 
+    /// The namespace `name`: an existing one, or a new one if a dynamic pattern accepts the
+    /// name (as a client's CONNECT would create it). On a cluster node, an operation on a
+    /// namespace whose sockets are on other nodes needs it here too.
+    pub fn get_or_create(&self, name: &str) -> Option<Namespace> {
+        self.shared.namespace_for(name)
+    }
+
     /// Namespaces created on first use for every name `matcher` accepts.
     pub fn dynamic<F>(&self, matcher: F) -> DynamicNamespace
     where
