@@ -91,6 +91,8 @@ struct Inner {
     changes: mpsc::UnboundedSender<Change>,
     /// What each subscribed channel carries.
     routes: Mutex<HashMap<String, Route>>,
+    /// Channels Redis confirmed, and who waits for one to be.
+    subscribed: Mutex<Subscribed>,
     /// Requests of this node waiting for answers, by request id.
     pending: Mutex<HashMap<String, mpsc::UnboundedSender<Answer>>>,
     up: AtomicBool,
@@ -104,6 +106,15 @@ struct Inner {
 
 /// A response from another node: the object and the binaries it carried.
 type Answer = (Value, Vec<Bytes>);
+
+#[derive(Default)]
+struct Subscribed {
+    confirmed: HashSet<String>,
+    waiting: HashMap<String, Vec<oneshot::Sender<()>>>,
+}
+
+/// Longest wait for a room's subscription before a join is answered anyway.
+const ROOM_READY_WAIT: Duration = Duration::from_secs(2);
 
 /// A request sent and waiting for answers.
 struct Asking {
@@ -179,6 +190,7 @@ impl Cluster {
             outgoing,
             changes,
             routes: Mutex::new(HashMap::new()),
+            subscribed: Mutex::new(Subscribed::default()),
             pending: Mutex::new(HashMap::new()),
             up: AtomicBool::new(false),
             full_logged_ms: AtomicU64::new(0),
@@ -397,10 +409,26 @@ impl Cluster {
                     }
                 }
             }
-            if !add.is_empty()
-                && let Err(e) = conn.subscribe(&add).await
-            {
-                tracing::warn!(error = %e, channels = add.len(), "cluster: subscribe failed; retried when Redis is back");
+            if !add.is_empty() {
+                match conn.subscribe(&add).await {
+                    Ok(()) => {
+                        let mut subs = self.0.subscribed.lock();
+                        for name in add {
+                            for tx in subs.waiting.remove(&name).unwrap_or_default() {
+                                let _ = tx.send(());
+                            }
+                            subs.confirmed.insert(name);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, channels = add.len(), "cluster: subscribe failed; retried when Redis is back");
+                        // Whoever waits is answered now rather than at the end of its wait.
+                        let mut subs = self.0.subscribed.lock();
+                        for name in &add {
+                            subs.waiting.remove(name);
+                        }
+                    }
+                }
             }
             if !remove.is_empty() {
                 if let Err(e) = conn.unsubscribe(&remove).await {
@@ -409,8 +437,11 @@ impl Cluster {
                 // Only now: what arrived until the unsubscribe took effect was still routed
                 // (and a count asked for was answered).
                 let mut routes = self.0.routes.lock();
+                let mut subs = self.0.subscribed.lock();
                 for name in &remove {
                     routes.remove(name);
+                    subs.confirmed.remove(name);
+                    subs.waiting.remove(name);
                 }
             }
         }
@@ -607,16 +638,9 @@ impl Cluster {
         if b.volatile {
             op = op.volatile();
         }
-        let (event, payload) = (b.event, b.payload);
         match b.offset {
-            Some(offset) => {
-                let mut data = Vec::with_capacity(payload.args.len() + 1);
-                data.push(Value::String(event));
-                data.extend(payload.args);
-                let data = serde_json::to_vec(&data).expect("JSON values serialize");
-                op.emit_logged(&data, offset)
-            }
-            None => op.emit_payload(&event, payload).unwrap_or(0),
+            Some(offset) => op.emit_logged(&b.event, &b.payload.args, offset),
+            None => op.emit_payload(&b.event, b.payload).unwrap_or(0),
         }
     }
 
@@ -637,15 +661,10 @@ impl Cluster {
         let t = req.get("type").and_then(Value::as_u64);
         let answer = match t {
             Some(kind::SOCKETS) => {
-                let rooms = req
-                    .get("rooms")
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(wire::room_of_json).collect())
-                    .unwrap_or_default();
                 let op = operator(
                     &ns,
                     &Targets {
-                        rooms,
+                        rooms: wire::rooms_in(&req, "rooms"),
                         except: Vec::new(),
                     },
                 );
@@ -660,13 +679,8 @@ impl Cluster {
             Some(k @ (kind::REMOTE_JOIN | kind::REMOTE_LEAVE)) => {
                 let join = k == kind::REMOTE_JOIN;
                 if let Some(targets) = targets {
-                    let rooms: Vec<Room> = req
-                        .get("rooms")
-                        .and_then(Value::as_array)
-                        .map(|a| a.iter().filter_map(wire::room_of_json).collect())
-                        .unwrap_or_default();
                     let op = operator(&ns, &targets);
-                    for r in rooms {
+                    for r in wire::rooms_in(&req, "rooms") {
                         if join {
                             op.join(r);
                         } else {
@@ -981,6 +995,19 @@ impl Adapter for Cluster {
             .send(Change::Room(ns.name().to_owned(), room.clone()));
     }
 
+    fn room_ready(&self, ns: &Namespace, room: &Room) -> BoxFuture<'static, ()> {
+        let channel = self.channels(ns.name()).room(room);
+        let mut subs = self.0.subscribed.lock();
+        if subs.confirmed.contains(&channel) || !self.0.up.load(Ordering::Relaxed) {
+            return Box::pin(async {});
+        }
+        let (tx, rx) = oneshot::channel();
+        subs.waiting.entry(channel).or_default().push(tx);
+        Box::pin(async move {
+            let _ = tokio::time::timeout(ROOM_READY_WAIT, rx).await;
+        })
+    }
+
     fn broadcast(&self, b: Broadcast) {
         let channel = self.channels(&b.nsp).for_targets(&b.targets);
         self.publish(&channel, wire::encode_broadcast(&self.0.uid, &b, None));
@@ -1091,11 +1118,7 @@ impl Adapter for Cluster {
                 .filter_map(|s| {
                     Some(SocketInfo {
                         id: s.get("id")?.as_str()?.into(),
-                        rooms: s
-                            .get("rooms")
-                            .and_then(Value::as_array)
-                            .map(|a| a.iter().filter_map(wire::room_of_json).collect())
-                            .unwrap_or_default(),
+                        rooms: wire::rooms_in(s, "rooms"),
                         data: s.get("data").cloned().unwrap_or(Value::Null),
                         transport: s
                             .get("transport")

@@ -249,16 +249,19 @@ pub fn targets_json(t: &Targets) -> Value {
 
 /// Reads `{rooms, except}` of a JSON request.
 pub fn targets_from_json(opts: &Value) -> Targets {
-    let list = |name| -> Vec<Room> {
-        opts.get(name)
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(room_of_json).collect())
-            .unwrap_or_default()
-    };
     Targets {
-        rooms: list("rooms"),
-        except: list("except"),
+        rooms: rooms_in(opts, "rooms"),
+        except: rooms_in(opts, "except"),
     }
+}
+
+/// The room names listed under `key` of a JSON object.
+pub fn rooms_in(object: &Value, key: &str) -> Vec<Room> {
+    object
+        .get(key)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(room_of_json).collect())
+        .unwrap_or_default()
 }
 
 pub fn room_of_json(v: &Value) -> Option<Room> {

@@ -2,9 +2,11 @@
 //! membership through `courier:join` / `courier:leave`, and relaying of client events to the
 //! sender's rooms.
 
+use std::future::Future;
 use std::sync::Arc;
 
-use courier_server::{ConnectError, Io, Message, Payload, Setup, Socket, error_answer};
+use courier_server::{ConnectError, Io, Message, Payload, Room, Setup, Socket, error_answer};
+use futures_util::future::{Either, join_all};
 use serde_json::{Value, json};
 
 use crate::settings::Hub as HubSettings;
@@ -57,17 +59,21 @@ fn setup<S: Setup>(ns: &S, rules: &Arc<HubSettings>) {
             socket.on_disconnect(|socket, reason| async move {
                 tracing::info!(sid = %socket.id(), nsp = socket.ns().name(), reason = reason.as_str(), "client disconnected");
             });
-            socket.on_any(move |socket, msg| {
-                handle(&rules, &socket, msg);
-                async {}
-            });
+            socket.on_any(move |socket, msg| handle(&rules, &socket, msg));
         }
     });
 }
 
-fn handle(rules: &HubSettings, socket: &Socket, mut msg: Message) {
+/// Answers a client event. A join is answered once the rooms are live on every node (at once on
+/// a single node), so that what another node sends right after the answer arrives.
+fn handle(
+    rules: &HubSettings,
+    socket: &Socket,
+    mut msg: Message,
+) -> impl Future<Output = ()> + Send + 'static + use<> {
+    let mut joined = Vec::new();
     let answer = match msg.event.as_str() {
-        "courier:join" | "courier:leave" => rooms_request(rules, socket, &msg),
+        "courier:join" | "courier:leave" => rooms_request(rules, socket, &msg, &mut joined),
         // Reached only when the hub has no streams (a cluster node).
         "courier:subscribe" | "courier:unsubscribe" | "courier:publish" => {
             error_answer("unavailable", NO_STREAMS_IN_CLUSTER)
@@ -77,7 +83,15 @@ fn handle(rules: &HubSettings, socket: &Socket, mut msg: Message) {
         }
         _ => relay(rules, socket, &mut msg),
     };
-    let _ = msg.ack(&answer);
+    if joined.is_empty() {
+        let _ = msg.ack(&answer);
+        return Either::Left(std::future::ready(()));
+    }
+    let ns = socket.ns().clone();
+    Either::Right(async move {
+        join_all(joined.iter().map(|r| ns.room_ready(r))).await;
+        let _ = msg.ack(&answer);
+    })
 }
 
 /// Why a cluster node refuses durable streams.
@@ -87,7 +101,13 @@ pub const NO_STREAMS_IN_CLUSTER: &str = "durable streams are not available on a 
 /// Longest room name a client may join.
 const MAX_ROOM_NAME: usize = 256;
 
-fn rooms_request(rules: &HubSettings, socket: &Socket, msg: &Message) -> Value {
+/// Joins or leaves the rooms `msg` names; the rooms joined go to `joined`.
+fn rooms_request(
+    rules: &HubSettings,
+    socket: &Socket,
+    msg: &Message,
+    joined: &mut Vec<Room>,
+) -> Value {
     if !rules.client_rooms {
         return error_answer(
             "forbidden",
@@ -136,7 +156,9 @@ fn rooms_request(rules: &HubSettings, socket: &Socket, msg: &Message) -> Value {
     }
     for name in names {
         if msg.event == "courier:join" {
-            socket.join(name);
+            let room = Room::from(name);
+            socket.join(room.clone());
+            joined.push(room);
         } else {
             socket.leave(&name);
         }

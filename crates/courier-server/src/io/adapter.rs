@@ -75,6 +75,10 @@ pub trait Adapter: Send + Sync + 'static {
     /// [`Namespace::has_room`] says which, at the time the adapter looks.
     fn room_changed(&self, ns: &Namespace, room: &Room);
 
+    /// Resolves once broadcasts to `room` from the other nodes reach this node (the cluster
+    /// listens for the room), or after a short wait if it cannot tell.
+    fn room_ready(&self, ns: &Namespace, room: &Room) -> BoxFuture<'static, ()>;
+
     /// Sends `b` to the other nodes.
     fn broadcast(&self, b: Broadcast);
 

@@ -154,6 +154,16 @@ impl Namespace {
         self.0.rooms.contains_key(room) || self.0.sockets.contains_key(room)
     }
 
+    /// Resolves once broadcasts to `room` from every node reach this one: at once on a single
+    /// node; on a cluster, once it listens for the room (a socket that just joined a room it is
+    /// the first here to be in can miss what another node sends before that).
+    pub fn room_ready(&self, room: &Room) -> BoxFuture<'static, ()> {
+        match self.adapter() {
+            Some(a) => a.room_ready(self, room),
+            None => Box::pin(std::future::ready(())),
+        }
+    }
+
     /// Every socket of this node.
     pub fn sockets(&self) -> Vec<Socket> {
         self.0.sockets.iter().map(|m| m.socket.clone()).collect()
@@ -448,10 +458,11 @@ impl BroadcastOperator {
         self.recoverable(payload) && a.shares_recovery()
     }
 
-    /// Sends a broadcast the shared recovery log holds at `offset`; `data` is its
-    /// `[event, ...args]` JSON. Returns how many of this node's sockets it was queued for.
-    pub fn emit_logged(&self, data: &[u8], offset: u64) -> usize {
-        let out = Outbound::Text(super::recovery::with_offset(self.ns.name(), data, offset));
+    /// Sends a broadcast that the shared recovery log holds at `offset`. Returns how many of
+    /// this node's sockets it was queued for.
+    pub fn emit_logged(&self, event: &str, args: &[serde_json::Value], offset: u64) -> usize {
+        let data = event_data(event, args);
+        let out = Outbound::Text(super::recovery::with_offset(self.ns.name(), &data, offset));
         self.send_to_targets(&out)
     }
 
