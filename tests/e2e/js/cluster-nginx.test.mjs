@@ -34,7 +34,8 @@ async function startNginx(t, nodes) {
     .replace("listen 80;", `listen 127.0.0.1:${port};`);
   assert.ok(site.includes(new URL(nodes[2].url).host) && site.includes(String(port)), site);
   const conf = [
-    "worker_processes 1;",
+    // One process: killing it leaves no worker behind.
+    "master_process off;",
     `error_log ${dir}/error.log warn;`,
     `pid ${dir}/nginx.pid;`,
     "events {}",
