@@ -839,6 +839,19 @@ impl Cluster {
         self.collect(asking, nodes, done, timeout).await
     }
 
+    /// [`Cluster::ask`] with a JSON request and one answer from each node.
+    async fn ask_json(
+        &self,
+        id: &str,
+        channel: String,
+        req: &Value,
+        nodes: Option<usize>,
+    ) -> Vec<Answer> {
+        let message = serde_json::to_vec(req).expect("JSON values serialize");
+        self.ask(id, channel, message, nodes, one_each, self.0.timeout)
+            .await
+    }
+
     /// Registers request `id`, then sends it with `send`, which is given where to put the
     /// number of nodes listening.
     fn start_asking(&self, id: &str, send: impl FnOnce(oneshot::Sender<usize>)) -> Asking {
@@ -895,6 +908,14 @@ impl Cluster {
             .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rand::random_range(0..36)]))
             .collect()
     }
+}
+
+/// The sum of the nodes' `count` answers.
+pub(crate) fn counted(answers: &[Answer]) -> usize {
+    answers
+        .iter()
+        .filter_map(|(a, _)| a.get("count").and_then(Value::as_u64))
+        .sum::<u64>() as usize
 }
 
 /// Whether every node asked has answered once.
@@ -1022,10 +1043,7 @@ impl Adapter for Cluster {
             let answers = this
                 .ask(&id, channel, message, None, one_each, this.0.timeout)
                 .await;
-            answers
-                .iter()
-                .filter_map(|(a, _)| a.get("count").and_then(Value::as_u64))
-                .sum::<u64>() as usize
+            counted(&answers)
         })
     }
 
@@ -1101,16 +1119,7 @@ impl Adapter for Cluster {
                 "uid": this.0.uid, "requestId": id, "type": kind::REMOTE_FETCH,
                 "opts": wire::targets_json(&targets),
             });
-            let answers = this
-                .ask(
-                    &id,
-                    ch.request,
-                    serde_json::to_vec(&req).expect("JSON values serialize"),
-                    None,
-                    one_each,
-                    this.0.timeout,
-                )
-                .await;
+            let answers = this.ask_json(&id, ch.request, &req, None).await;
             answers
                 .iter()
                 .filter_map(|(a, _)| a.get("sockets")?.as_array())
@@ -1205,20 +1214,8 @@ impl Adapter for Cluster {
             });
             // Node servers act on it without answering; the Courier nodes answer with counts.
             let courier = this.courier_nodes_of(&ch).await;
-            let answers = this
-                .ask(
-                    &id,
-                    ch.request,
-                    serde_json::to_vec(&req).expect("JSON values serialize"),
-                    Some(courier),
-                    one_each,
-                    this.0.timeout,
-                )
-                .await;
-            answers
-                .iter()
-                .filter_map(|(a, _)| a.get("count").and_then(Value::as_u64))
-                .sum::<u64>() as usize
+            let answers = this.ask_json(&id, ch.request, &req, Some(courier)).await;
+            counted(&answers)
         })
     }
 }

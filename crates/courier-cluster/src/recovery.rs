@@ -21,7 +21,7 @@ use futures_util::future::BoxFuture;
 use serde_json::json;
 
 use crate::wire::{self, id_of_offset, offset_of_id};
-use crate::{Cluster, LOGGED_PUBLISH, one_each};
+use crate::{Cluster, LOGGED_PUBLISH, counted, one_each};
 
 /// Most missed broadcasts read back for one client; more and it starts afresh.
 const MAX_REPLAY: usize = 10_000;
@@ -92,13 +92,9 @@ impl Cluster {
         };
         let asking = self.start_asking(&id, |tx| self.enqueue(cmd, Some((tx, 0))));
         let this = self.clone();
-        Box::pin(async move {
-            let answers = this.collect(asking, None, one_each, this.0.timeout).await;
-            answers
-                .iter()
-                .filter_map(|(a, _)| a.get("count").and_then(serde_json::Value::as_u64))
-                .sum::<u64>() as usize
-        })
+        Box::pin(
+            async move { counted(&this.collect(asking, None, one_each, this.0.timeout).await) },
+        )
     }
 
     fn deliver_here(&self, b: &Broadcast) -> usize {

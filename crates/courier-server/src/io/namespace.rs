@@ -298,10 +298,15 @@ impl Namespace {
 
 /// The `[event, ...args]` JSON of a broadcast, as the recovery log keeps it.
 fn event_data(event: &str, args: &[serde_json::Value]) -> bytes::Bytes {
-    let mut data = Vec::with_capacity(args.len() + 1);
-    data.push(serde_json::Value::String(event.to_owned()));
-    data.extend(args.iter().cloned());
-    bytes::Bytes::from(serde_json::to_vec(&data).expect("JSON values serialize"))
+    // Written in place: the arguments are not copied into an array first.
+    let mut out = vec![b'['];
+    serde_json::to_writer(&mut out, event).expect("JSON values serialize");
+    for arg in args {
+        out.push(b',');
+        serde_json::to_writer(&mut out, arg).expect("JSON values serialize");
+    }
+    out.push(b']');
+    bytes::Bytes::from(out)
 }
 
 /// A set of sockets chosen by rooms, to emit to or act on. Built from [`Namespace::to`],
