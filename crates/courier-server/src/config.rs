@@ -42,6 +42,9 @@ pub struct Config {
     /// Namespaces in all (0 = no limit): past it no namespace is created from a dynamic
     /// pattern, and a CONNECT to a new one gets `Invalid namespace`. Default 10,000.
     pub max_namespaces: usize,
+    /// Count what the server does ([`crate::stats::Stats`], read by [`crate::Io::stats`]): one
+    /// atomic add per counted thing. Off, nothing is counted. Default on.
+    pub metrics: bool,
 }
 
 impl Default for Config {
@@ -62,6 +65,7 @@ impl Default for Config {
             max_sessions: 0,
             max_namespaces_per_connection: 32,
             max_namespaces: 10_000,
+            metrics: true,
         }
     }
 }

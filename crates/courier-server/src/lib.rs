@@ -21,6 +21,8 @@
 //! - `io::recovery`: connection state recovery. Broadcasts carry offsets; a lost session is kept
 //!   in the store and restored with the broadcasts it missed.
 //!
+//! - [`stats`]: what the server counts (one atomic add each), for metrics and the admin UI.
+//!
 //! Codecs live in `courier-proto`; this crate does the I/O and the semantics.
 #![warn(missing_docs)]
 
@@ -28,6 +30,7 @@ pub mod config;
 pub mod engine;
 mod io;
 mod serve;
+pub mod stats;
 
 pub use config::{Config, Cors};
 pub use courier_store as store;
@@ -35,7 +38,7 @@ pub use engine::Peers;
 pub use io::{
     AckError, AckSender, Acks, Adapter, Authorizer, Broadcast, BroadcastOperator, ConnectError,
     DisconnectReason, DynamicNamespace, EmitError, Handshake, Io, IoHandler, IoService, Message,
-    Namespace, Payload, Room, Setup, Socket, SocketInfo, Streams, Subscribed, Targets,
+    Namespace, Observer, Payload, Room, Setup, Socket, SocketInfo, Streams, Subscribed, Targets,
     error_answer,
 };
 pub use serve::{ServeOptions, serve, serve_with};

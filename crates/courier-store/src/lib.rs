@@ -4,6 +4,7 @@
 //! - [`Store`]: the front every caller uses. One writer task turns waiting requests into one
 //!   batch, commits it in one transaction (group commit), then updates the in-memory view
 //!   (stream numbers, a tail of recent entries, dedupe ids, consumers, recovery log) and answers.
+//! - [`stats`]: lock-free counters and histograms (the writer's commit and sync times).
 //! - [`Backend`]: what a persistence engine does with a batch; [`MemoryBackend`] for tests and
 //!   ephemeral hubs, [`SqliteBackend`] (WAL, fsync per group or per interval) by default.
 //!
@@ -14,6 +15,7 @@
 pub mod backend;
 pub mod memory;
 pub mod sqlite;
+pub mod stats;
 mod store;
 pub mod types;
 

@@ -21,6 +21,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch}
 use crate::backend::{Backend, Op, StreamId};
 use crate::memory::MemoryBackend;
 use crate::sqlite::{SqliteBackend, SyncPolicy};
+use crate::stats::StoreStats;
 use crate::types::*;
 
 /// Settings of a store.
@@ -135,6 +136,7 @@ struct Shared {
     recovery: Mutex<RecoveryLog>,
     dirty: Mutex<Dirty>,
     wake: Notify,
+    stats: StoreStats,
 }
 
 #[derive(Default)]
@@ -408,6 +410,7 @@ impl Store {
                 ..Dirty::default()
             }),
             wake: Notify::new(),
+            stats: StoreStats::default(),
         });
         let (tx, rx) = mpsc::channel(MAX_BATCH);
         let queued = Arc::new(Semaphore::new(queue_capacity(&shared.options) as usize));
@@ -434,6 +437,11 @@ impl Store {
     /// The settings in force.
     pub fn options(&self) -> &StoreOptions {
         &self.inner.shared.options
+    }
+
+    /// Counters and histograms of the store's writer, for metrics.
+    pub fn stats(&self) -> &StoreStats {
+        &self.inner.shared.stats
     }
 
     /// What the store holds in memory now.
@@ -761,6 +769,26 @@ impl Store {
             .iter()
             .filter(|((s, _), _)| s == stream)
             .map(|((_, n), r)| (n.clone(), r.clone()))
+            .collect()
+    }
+
+    /// Every consumer's numbers, without copying their pending sets: `(stream, consumer,
+    /// summary)` in stream and consumer order. One read lock for the whole walk, which a scrape
+    /// of 100,000 consumers holds for a few milliseconds.
+    pub fn consumer_summaries(&self) -> Vec<(String, String, ConsumerSummary)> {
+        self.state()
+            .consumers
+            .iter()
+            .map(|((s, n), r)| {
+                let st = &r.state;
+                let summary = ConsumerSummary {
+                    delivered: st.delivered(),
+                    pending: st.pending.len() as u64,
+                    redelivered: st.redelivered,
+                    dead_lettered: st.dead_lettered,
+                };
+                (s.clone(), n.clone(), summary)
+            })
             .collect()
     }
 
@@ -1171,9 +1199,15 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
             let result = if batch.ops.is_empty() {
                 Ok(())
             } else {
-                shared2.backend.commit(&batch.ops)
+                let started = Instant::now();
+                let result = shared2.backend.commit(&batch.ops);
+                let stats = &shared2.stats;
+                stats.commit_seconds.observe_duration(started.elapsed());
+                stats.group_size.observe(batch.replies.len() as u64);
+                result
             };
             if let Err(e) = &result {
+                shared2.stats.commit_failures.inc();
                 tracing::error!(error = %e, "store commit failed");
                 // The positions and sessions taken into the failed batch are still only in
                 // memory: the next batch writes them (they used to be dropped with the batch).
@@ -1184,7 +1218,7 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
                 apply(&shared2, &mut batch);
             }
             let result = match result {
-                Ok(()) if batch.close => shared2.backend.sync(),
+                Ok(()) if batch.close => timed_sync(&shared2),
                 other => other,
             };
             for reply in batch.replies.drain(..) {
@@ -1203,8 +1237,8 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
             && (closing || last_sync.elapsed() >= every)
         {
             last_sync = Instant::now();
-            let backend = shared.backend.clone();
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || backend.sync()).await {
+            let shared2 = shared.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || timed_sync(&shared2)).await {
                 tracing::error!(error = %e, "store sync failed");
             }
         }
@@ -1212,6 +1246,14 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
             return;
         }
     }
+}
+
+/// Makes what is committed durable, and times it.
+fn timed_sync(shared: &Shared) -> Result<(), StoreError> {
+    let started = Instant::now();
+    let result = shared.backend.sync();
+    shared.stats.sync_seconds.observe_duration(started.elapsed());
+    result
 }
 
 /// Turns waiting requests and dirty state into one batch.

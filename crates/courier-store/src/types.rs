@@ -180,6 +180,19 @@ pub struct ConsumerState {
     pub dead_lettered: u64,
 }
 
+/// A consumer's numbers, as metrics report them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsumerSummary {
+    /// The highest sequence number delivered so far.
+    pub delivered: Seq,
+    /// Delivered and not yet acknowledged.
+    pub pending: u64,
+    /// Deliveries that were repeats, over the consumer's life.
+    pub redelivered: u64,
+    /// Entries moved to the dead-letter stream, over the consumer's life.
+    pub dead_lettered: u64,
+}
+
 impl ConsumerState {
     /// Every entry up to this one is acknowledged (or was never delivered for retention).
     pub fn ack_floor(&self) -> Seq {

@@ -171,6 +171,9 @@ impl<H: Handler> Engine<H> {
                 let max = config.max_sessions;
                 if max > 0 && self.inner.sessions.len() >= max {
                     tracing::debug!(max, "handshake refused: max_sessions sessions are open");
+                    if let Some(s) = self.stats() {
+                        s.refuse(crate::stats::Refusal::MaxSessions);
+                    }
                     return Err(EngineError::TooManySessions);
                 }
                 match transport {

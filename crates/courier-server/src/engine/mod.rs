@@ -32,6 +32,7 @@ pub use session::{CloseReason, Outbound, SendError, Session, Sid, Transport, new
 use forward::Cluster;
 
 use crate::config::Config;
+use crate::stats::Stats;
 
 /// How long a long-polling session closed by the server waits for the GET that tells the client.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
@@ -52,6 +53,11 @@ pub trait Handler: Send + Sync + 'static {
 
     /// `connect_timeout` has passed since the session opened (called once, while it is open).
     fn on_connect_timeout(&self, conn: &Arc<Self::Conn>) {
+        let _ = conn;
+    }
+
+    /// The session moved from long-polling to WebSocket.
+    fn on_upgrade(&self, conn: &Arc<Self::Conn>) {
         let _ = conn;
     }
 
@@ -86,6 +92,7 @@ struct Inner<H: Handler> {
     /// The other nodes, once installed. Read at a handshake and for a sid not known here, never
     /// for a session found locally. A blocking lock (parking_lot): only cloned out of, at once.
     cluster: RwLock<Option<Arc<Cluster>>>,
+    stats: Option<Arc<Stats>>,
 }
 
 struct Entry<C> {
@@ -105,14 +112,40 @@ impl<C> Clone for Entry<C> {
 impl<H: Handler> Engine<H> {
     /// An engine with `config` that hands messages to `handler`.
     pub fn new(config: Config, handler: H) -> Self {
+        let stats = config.metrics.then(Arc::default);
+        Self::with_stats(config, handler, stats)
+    }
+
+    /// An engine that counts into `stats` (none: counts nothing).
+    pub(crate) fn with_stats(config: Config, handler: H, stats: Option<Arc<Stats>>) -> Self {
         Engine {
             inner: Arc::new(Inner {
                 config,
                 handler,
                 sessions: DashMap::new(),
                 cluster: RwLock::new(None),
+                stats,
             }),
         }
+    }
+
+    /// The counters, when the engine counts.
+    pub(crate) fn stats(&self) -> Option<&Stats> {
+        self.inner.stats.as_deref()
+    }
+
+    /// Open sessions by transport: `(polling, websocket)`. Walks the session table.
+    pub fn transport_counts(&self) -> (usize, usize) {
+        let mut ws = 0;
+        let mut all = 0;
+        for e in self.inner.sessions.iter() {
+            if e.session.is_closed() {
+                continue;
+            }
+            all += 1;
+            ws += usize::from(e.session.transport() == Transport::WebSocket);
+        }
+        (all - ws, ws)
     }
 
     /// The settings in force.
@@ -176,7 +209,15 @@ impl<H: Handler> Engine<H> {
             Some(cluster) => session::prefixed_id(&cluster.node),
             None => new_id(),
         };
-        let session = Session::new(sid, transport, self.inner.config.max_buffered_packets);
+        if let Some(s) = self.stats() {
+            s.opened(transport);
+        }
+        let session = Session::new(
+            sid,
+            transport,
+            self.inner.config.max_buffered_packets,
+            self.inner.stats.clone(),
+        );
         let conn = self.inner.handler.on_open(&session, parts);
         let entry = Entry { session, conn };
         self.inner
@@ -250,6 +291,9 @@ impl<H: Handler> Engine<H> {
             .close_reason()
             .unwrap_or(CloseReason::TransportClose);
         tracing::debug!(sid = %session.sid(), reason = reason.as_str(), "engine session closed");
+        if let Some(s) = self.stats() {
+            s.closed(reason);
+        }
         self.inner.handler.on_close(&entry.conn, reason);
         // A long-polling client closed gracefully by the server learns it from the close packet
         // its next GET receives, so the session stays findable until then (its GET comes right
@@ -291,6 +335,10 @@ impl<H: Handler> Engine<H> {
     /// Dispatches one decoded packet from the client.
     fn on_packet(&self, entry: &Entry<H::Conn>, packet: courier_proto::engine::Packet) {
         use courier_proto::engine::Packet;
+        if let Some(s) = self.stats() {
+            s.packets_in.inc();
+            s.bytes_in.add(packet_len(&packet));
+        }
         match packet {
             Packet::Message(data) => self.inner.handler.on_message(&entry.conn, data),
             // Any payload is allowed: a pong answers the last ping whatever it carries.
@@ -303,4 +351,16 @@ impl<H: Handler> Engine<H> {
             Packet::Open(_) | Packet::Noop | Packet::Upgrade => {}
         }
     }
+}
+
+/// The length of a packet as the client sent it, near enough for byte counts: the type digit
+/// and the payload (binary payloads as their raw length).
+fn packet_len(p: &courier_proto::engine::Packet) -> u64 {
+    use courier_proto::engine::Packet;
+    let payload = match p {
+        Packet::Message(Data::Text(b) | Data::Binary(b)) => b.len(),
+        Packet::Ping(d) | Packet::Pong(d) | Packet::Open(d) => d.len(),
+        _ => 0,
+    };
+    1 + payload as u64
 }

@@ -38,6 +38,7 @@ impl<H: Handler> Engine<H> {
         // session, as the reference server does for a poll closed prematurely.
         let mut abandoned = AbortOnDrop(Some(session));
         let mut out = BytesMut::new();
+        let mut sent = 0;
         // Biased: what was queued before a close is delivered first. After an abrupt close
         // (`Session::abort`) that is all this GET carries, as the sid is unknown from then on.
         let first = tokio::select! {
@@ -59,10 +60,12 @@ impl<H: Handler> Engine<H> {
                     }
                     write_item(&mut out, &item);
                 }
+                sent = packets;
             }
             None => {
                 // Closed: send what was queued before the close, then a close packet.
                 while let Some(item) = rx.try_recv() {
+                    sent += item.frames();
                     write_item(&mut out, &item);
                 }
                 if !out.is_empty() {
@@ -76,10 +79,15 @@ impl<H: Handler> Engine<H> {
                     b'1'
                 };
                 out.put_u8(last);
+                sent += 1;
                 session.note_close_sent();
             }
         }
         abandoned.0 = None;
+        if let Some(s) = &session.stats {
+            s.packets_out.add(sent as u64);
+            s.bytes_out.add(out.len() as u64);
+        }
         session.note_drained();
         text_response(out.freeze(), TEXT)
     }

@@ -1,5 +1,6 @@
 //! One Engine.IO session: its outbound queue, transport state and lifecycle.
 
+use crate::stats::Stats;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -45,6 +46,19 @@ impl Outbound {
             Outbound::WithAttachments(_, a) => 1 + a.len(),
             _ => 1,
         }
+    }
+
+    /// The bytes of this item's payloads.
+    pub fn len(&self) -> usize {
+        match self {
+            Outbound::Text(b) | Outbound::Binary(b) => b.len(),
+            Outbound::WithAttachments(t, a) => t.len() + a.iter().map(Bytes::len).sum::<usize>(),
+        }
+    }
+
+    /// Whether every payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -142,10 +156,17 @@ pub struct Session {
     is_closed: AtomicBool,
     // A blocking mutex (parking_lot, which does not poison): written once, read once, never held across an await.
     reason: Mutex<Option<CloseReason>>,
+    /// The server's counters, when it counts.
+    pub(crate) stats: Option<Arc<Stats>>,
 }
 
 impl Session {
-    pub(crate) fn new(sid: Sid, transport: Transport, queue: usize) -> Arc<Session> {
+    pub(crate) fn new(
+        sid: Sid,
+        transport: Transport,
+        queue: usize,
+        stats: Option<Arc<Stats>>,
+    ) -> Arc<Session> {
         let (tx, rx) = mpsc::channel(queue);
         Arc::new(Session {
             sid,
@@ -163,6 +184,7 @@ impl Session {
             closed: CancellationToken::new(),
             is_closed: AtomicBool::new(false),
             reason: Mutex::new(None),
+            stats,
         })
     }
 

@@ -23,6 +23,7 @@ use super::http::{EngineError, HttpResponse};
 use super::session::Outq;
 use super::{CloseReason, Engine, Entry, Handler, Outbound, Transport};
 use crate::serve::ConnectionSlot;
+use crate::stats::Stats;
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -140,6 +141,12 @@ impl<H: Handler> Engine<H> {
             rx = session.rx.lock() => rx,
             _ = session.closed() => return,
         };
+        if session.transport() == Transport::Polling {
+            if let Some(s) = self.stats() {
+                s.upgrades.inc();
+            }
+            self.inner.handler.on_upgrade(&entry.conn);
+        }
         session.set_transport(Transport::WebSocket);
         session.upgrading.store(false, Ordering::Release);
         let (reason, settled) = self.pump(&mut ws, &mut rx, &entry).await;
@@ -173,7 +180,7 @@ impl<H: Handler> Engine<H> {
                     if n == 0 {
                         return (CloseReason::TransportClose, false);
                     }
-                    if write_batch(ws, &mut batch).await.is_err() {
+                    if write_batch(ws, &mut batch, session.stats.as_deref()).await.is_err() {
                         return (CloseReason::TransportError, true);
                     }
                     session.note_drained();
@@ -199,7 +206,7 @@ impl<H: Handler> Engine<H> {
                     while let Some(item) = rx.try_recv() {
                         batch.push(item);
                     }
-                    let _ = write_batch(ws, &mut batch).await;
+                    let _ = write_batch(ws, &mut batch, session.stats.as_deref()).await;
                     // Like the reference server, a close frame without a status, except at
                     // shutdown, which says so.
                     let code = (session.close_reason() == Some(CloseReason::ServerShutdown))
@@ -261,7 +268,18 @@ async fn close_ws(ws: &mut Ws, code: Option<CloseCode>) {
 async fn write_batch(
     ws: &mut Ws,
     batch: &mut Vec<Outbound>,
+    stats: Option<&Stats>,
 ) -> Result<(), tokio_websockets::Error> {
+    if let Some(s) = stats {
+        // Counted once per batch: one add for the packets, one for their bytes.
+        let (mut packets, mut bytes) = (0, 0);
+        for item in batch.iter() {
+            packets += item.frames();
+            bytes += item.len();
+        }
+        s.packets_out.add(packets as u64);
+        s.bytes_out.add(bytes as u64);
+    }
     for item in batch.drain(..) {
         match item {
             Outbound::Text(t) => ws.feed(Message::text(t)).await?,

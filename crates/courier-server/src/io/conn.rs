@@ -16,6 +16,7 @@ use serde_json::Value;
 use super::Shared;
 use super::message::{DisconnectReason, Payload};
 use super::recovery;
+use crate::stats::{RecoveryRefusal, Refusal};
 use super::socket::{Handshake, Restore, Socket};
 use crate::engine::{CloseReason, Outbound, Session};
 
@@ -100,6 +101,17 @@ impl Conn {
 
     fn socket(&self, nsp: &str) -> Option<Socket> {
         self.sockets.lock().get(nsp).cloned()
+    }
+
+    /// The connection's sockets, one per namespace joined.
+    pub(crate) fn sockets(&self) -> Vec<Socket> {
+        self.sockets.lock().values().cloned().collect()
+    }
+
+    fn refuse(&self, r: Refusal) {
+        if let Some(s) = self.io.stats() {
+            s.refuse(r);
+        }
     }
 
     pub(crate) fn remove_socket(&self, nsp: &str) -> Option<Socket> {
@@ -189,11 +201,13 @@ impl Conn {
                 max,
                 "CONNECT refused: too many namespaces on one connection"
             );
+            self.refuse(Refusal::TooManyNamespaces);
             let err = serde_json::json!({"message": "Too many namespaces"});
             self.send(Packet::new(PacketType::ConnectError, nsp, Some(err)));
             return;
         }
         let Some(ns) = self.io.namespace_for(&nsp) else {
+            self.refuse(Refusal::InvalidNamespace);
             let err = serde_json::json!({"message": "Invalid namespace"});
             self.send(Packet::new(PacketType::ConnectError, nsp, Some(err)));
             return;
@@ -205,7 +219,17 @@ impl Conn {
         let conn = self.clone();
         self.run(async move {
             let restored = match attempt {
-                Some(attempt) => conn.restore(&nsp, attempt).await,
+                Some(attempt) => {
+                    let result = conn.restore(&nsp, attempt).await;
+                    if let Some(s) = conn.io.stats() {
+                        s.recovery_attempts.inc();
+                        match &result {
+                            Ok(_) => s.recovered.inc(),
+                            Err(r) => s.recovery_refused(*r),
+                        }
+                    }
+                    result.ok()
+                }
                 None => None,
             };
             let (restore, replay) = match restored {
@@ -227,6 +251,7 @@ impl Conn {
                             message = e.message,
                             "connection refused by middleware"
                         );
+                        conn.refuse(Refusal::Middleware);
                         let p = Packet::new(PacketType::ConnectError, &nsp, Some(e.to_json()));
                         conn.send(p);
                         return;
@@ -256,6 +281,12 @@ impl Conn {
                 }
             }
             socket.session_changed();
+            if let Some(s) = conn.io.stats() {
+                s.socket_connects.inc();
+            }
+            if let Some(o) = conn.io.observer() {
+                o.socket_connected(&socket);
+            }
             tracing::debug!(sid = %socket.id(), nsp, recovered, "socket connected");
             if let Some(h) = ns.connect_handler() {
                 h(socket).await;
@@ -278,31 +309,38 @@ impl Conn {
     /// What to restore for `attempt`: if it names a session of this namespace whose connection
     /// is gone, every broadcast it missed is still kept (older ones are read from disk or from
     /// the cluster's shared log) and they fit in its outbound queue.
-    async fn restore(&self, nsp: &str, attempt: RecoveryAttempt) -> Option<(Restore, Replay)> {
-        let store = self.io.recovery.as_ref()?;
+    async fn restore(
+        &self,
+        nsp: &str,
+        attempt: RecoveryAttempt,
+    ) -> Result<(Restore, Replay), RecoveryRefusal> {
+        let store = self.io.recovery.as_ref().ok_or(RecoveryRefusal::Unknown)?;
         let shared = self.io.shared_recovery();
         let RecoveryAttempt { pid, offset } = attempt;
         let session = match shared {
-            Some(a) => a.take_session(&pid).await?,
-            None => store.take_session(&pid)?,
+            Some(a) => a.take_session(&pid).await,
+            None => store.take_session(&pid),
         };
+        let session = session.ok_or(RecoveryRefusal::Unknown)?;
         if session.nsp != nsp {
-            return None;
+            return Err(RecoveryRefusal::WrongNamespace);
         }
         // The old connection is not known to be gone yet: no second socket with the same id.
-        if self.io.namespace_for(nsp)?.socket(&session.sid).is_some() {
-            return None;
+        let ns = self.io.namespace_for(nsp);
+        if ns.is_none_or(|ns| ns.socket(&session.sid).is_some()) {
+            return Err(RecoveryRefusal::StillConnected);
         }
         // A client that received no recoverable broadcast has no offset: it missed everything
         // since its session began.
         let after = match offset {
-            Some(o) => o.parse::<u64>().ok()?,
+            Some(o) => o.parse::<u64>().map_err(|_| RecoveryRefusal::BadOffset)?,
             None => session.since.saturating_sub(1),
         };
         let events = match shared {
-            Some(a) => a.recoverable_after(nsp, after).await?,
-            None => store.recoverable_after(nsp, after).await?,
+            Some(a) => a.recoverable_after(nsp, after).await,
+            None => store.recoverable_after(nsp, after).await,
         };
+        let events = events.ok_or(RecoveryRefusal::Expired)?;
         let missed: Vec<bytes::Bytes> = events
             .iter()
             .filter(|e| recovery::was_for(e, &session.sid, &session.rooms))
@@ -319,7 +357,7 @@ impl Conn {
                 room,
                 "not recovered: too many missed broadcasts"
             );
-            return None;
+            return Err(RecoveryRefusal::TooManyMissed);
         }
         let restore = Restore {
             sid: session.sid.as_str().into(),
@@ -332,7 +370,7 @@ impl Conn {
             missed,
             subscriptions: session.subscriptions,
         };
-        Some((restore, replay))
+        Ok((restore, replay))
     }
 
     pub(crate) fn on_close(&self, reason: CloseReason) {

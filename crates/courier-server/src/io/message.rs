@@ -105,7 +105,12 @@ pub(crate) fn send_or_close(
 ) -> Result<(), EmitError> {
     match session.send(out) {
         Ok(()) => Ok(()),
-        Err(SendError::Full) if volatile => Err(EmitError::Dropped),
+        Err(SendError::Full) if volatile => {
+            if let Some(s) = &session.stats {
+                s.volatile_drops.inc();
+            }
+            Err(EmitError::Dropped)
+        }
         Err(SendError::Full) => {
             tracing::warn!(sid = %session.sid(), "client too slow: outbound queue full, disconnecting");
             session.close(CloseReason::SlowClient);

@@ -5,6 +5,7 @@ mod adapter;
 mod conn;
 mod message;
 mod namespace;
+mod observer;
 mod recovery;
 mod socket;
 mod streams;
@@ -23,6 +24,7 @@ pub use message::{
     AckError, AckSender, ConnectError, DisconnectReason, EmitError, Message, Payload,
 };
 pub use namespace::{BroadcastOperator, Namespace, Room, Setup};
+pub use observer::Observer;
 pub use socket::{Handshake, Socket};
 pub use streams::{Authorizer, Streams, Subscribed, error_answer};
 
@@ -63,6 +65,9 @@ pub(crate) struct Shared {
     dynamic: RwLock<Vec<DynamicNamespace>>,
     /// Given to every namespace, once set.
     adapter: std::sync::OnceLock<Arc<dyn Adapter>>,
+    /// What the server counts, unless `config.metrics` is off (shared with the engine).
+    pub(crate) stats: Option<Arc<crate::stats::Stats>>,
+    pub(crate) observer: std::sync::OnceLock<Arc<dyn Observer>>,
 }
 
 type Matcher = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -82,6 +87,18 @@ impl Setup for DynamicNamespace {
 }
 
 impl Shared {
+    /// The counters, when the server counts.
+    #[inline]
+    pub(crate) fn stats(&self) -> Option<&crate::stats::Stats> {
+        self.stats.as_deref()
+    }
+
+    /// The observer, once one is installed.
+    #[inline]
+    pub(crate) fn observer(&self) -> Option<&Arc<dyn Observer>> {
+        self.observer.get()
+    }
+
     /// A socket is leaving: its subscriptions end, and if the connection was lost (rather than
     /// closed on purpose) its session is kept for recovery.
     pub(crate) fn socket_closing(&self, socket: &Socket, reason: DisconnectReason) {
@@ -161,7 +178,7 @@ impl Shared {
             );
             return None;
         }
-        let ns = Namespace::new(name, handlers, self.recovery.clone());
+        let ns = Namespace::new(name, handlers, self.recovery.clone(), self.stats.clone());
         self.adopt(&ns);
         map.insert(name.to_owned(), ns.clone());
         Some(ns)
@@ -200,15 +217,21 @@ impl Io {
     }
 
     fn build(config: Config, store: Option<courier_store::Store>, streams: bool) -> Io {
+        let stats: Option<Arc<crate::stats::Stats>> = config.metrics.then(Arc::default);
         let shared = Arc::new(Shared {
             recovery: store.clone().filter(|_| config.recovery),
-            streams: store.filter(|_| streams).map(Streams::new),
+            streams: store
+                .filter(|_| streams)
+                .map(|s| Streams::with_stats(s, stats.clone())),
             config: config.clone(),
             namespaces: RwLock::new(Default::default()),
             dynamic: RwLock::new(Vec::new()),
             adapter: Default::default(),
+            stats,
+            observer: Default::default(),
         });
-        let engine = Engine::new(config, IoHandler(shared.clone()));
+        let stats = shared.stats.clone();
+        let engine = Engine::with_stats(config, IoHandler(shared.clone()), stats);
         Io { shared, engine }
     }
 
@@ -223,7 +246,12 @@ impl Io {
         if let Some(ns) = map.get(name) {
             return ns.clone();
         }
-        let ns = Namespace::new(name, Default::default(), self.shared.recovery.clone());
+        let ns = Namespace::new(
+            name,
+            Default::default(),
+            self.shared.recovery.clone(),
+            self.shared.stats.clone(),
+        );
         self.shared.adopt(&ns);
         map.insert(name.to_owned(), ns.clone());
         ns
@@ -240,6 +268,27 @@ impl Io {
         for ns in existing {
             self.shared.adopt(&ns);
         }
+    }
+
+    /// Installs the observer told of sockets, rooms and events (see [`Observer`]). Call it
+    /// once, before serving; a second one is ignored.
+    pub fn set_observer(&self, observer: Arc<dyn Observer>) {
+        let _ = self.shared.observer.set(observer);
+    }
+
+    /// What the server counted so far; `None` when `config.metrics` is off.
+    pub fn stats(&self) -> Option<&crate::stats::Stats> {
+        self.shared.stats()
+    }
+
+    /// Open connections by transport: `(polling, websocket)`.
+    pub fn transport_counts(&self) -> (usize, usize) {
+        self.engine.transport_counts()
+    }
+
+    /// Every namespace that exists now.
+    pub fn namespaces(&self) -> Vec<Namespace> {
+        self.shared.namespaces.read().values().cloned().collect()
     }
 
     /// The namespace `name`, if it exists (statically or created from a pattern).
@@ -338,6 +387,14 @@ impl engine::Handler for IoHandler {
 
     fn on_close(&self, conn: &Arc<Conn>, reason: CloseReason) {
         conn.on_close(reason);
+    }
+
+    fn on_upgrade(&self, conn: &Arc<Conn>) {
+        if let Some(o) = self.0.observer() {
+            for s in conn.sockets() {
+                o.transport_upgraded(&s);
+            }
+        }
     }
 
     fn ready(&self, conn: &Arc<Conn>) -> Option<futures_util::future::BoxFuture<'static, ()>> {

@@ -77,6 +77,7 @@ struct Inner {
     recovery: Option<courier_store::Store>,
     /// Reaches the other nodes of a cluster; unset on a single node.
     adapter: OnceLock<Arc<dyn Adapter>>,
+    stats: Option<Arc<crate::stats::Stats>>,
 }
 
 struct Member {
@@ -95,6 +96,7 @@ impl Namespace {
         name: &str,
         handlers: Arc<RwLock<Handlers>>,
         recovery: Option<courier_store::Store>,
+        stats: Option<Arc<crate::stats::Stats>>,
     ) -> Self {
         Namespace(Arc::new(Inner {
             name: name.into(),
@@ -103,6 +105,7 @@ impl Namespace {
             handlers,
             recovery,
             adapter: OnceLock::new(),
+            stats,
         }))
     }
 
@@ -224,13 +227,14 @@ impl Namespace {
     }
 
     /// Puts a connected socket in `room`.
-    pub(crate) fn add_to_room(&self, sid: &Sid, room: Room) {
+    /// Returns whether it joined (it was connected and not in the room).
+    pub(crate) fn add_to_room(&self, sid: &Sid, room: Room) -> bool {
         // Lock order: the socket's entry, then the room index; never the other way.
         let Some(mut member) = self.0.sockets.get_mut(sid) else {
-            return;
+            return false;
         };
         if !member.rooms.insert(room.clone()) {
-            return;
+            return false;
         }
         let mut created = false;
         self.0
@@ -245,16 +249,20 @@ impl Namespace {
         if let (true, Some(a)) = (created, self.adapter()) {
             a.room_changed(self, &room);
         }
+        true
     }
 
-    pub(crate) fn remove_from_room(&self, sid: &Sid, room: &str) {
+    /// Returns whether it left (it was in the room).
+    pub(crate) fn remove_from_room(&self, sid: &Sid, room: &str) -> bool {
         let Some(mut member) = self.0.sockets.get_mut(sid) else {
-            return;
+            return false;
         };
         if member.rooms.remove(room) {
             drop(member);
             self.drop_member(room, sid);
+            return true;
         }
+        false
     }
 
     /// The rooms `sid` is in, its own id not included.
@@ -478,6 +486,10 @@ impl BroadcastOperator {
                 sent += 1;
             }
         });
+        if let Some(s) = &self.ns.0.stats {
+            s.broadcasts.inc();
+            s.broadcast_recipients.add(sent as u64);
+        }
         sent
     }
 
@@ -548,7 +560,12 @@ impl BroadcastOperator {
                 Ok(w) => match tokio::time::timeout_at(deadline, w).await {
                     Ok(Ok(p)) => Ok(p),
                     Ok(Err(_)) => Err(AckError::Disconnected),
-                    Err(_) => Err(AckError::Timeout),
+                    Err(_) => {
+                        if let Some(s) = self.ns.0.stats.as_deref() {
+                            s.ack_timeouts.inc();
+                        }
+                        Err(AckError::Timeout)
+                    }
                 },
             };
             (sid, res)

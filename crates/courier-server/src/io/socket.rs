@@ -239,6 +239,7 @@ impl Socket {
 
     /// Sends `event` with a whole payload (several or binary arguments).
     pub fn emit_payload(&self, event: &str, payload: Payload) -> Result<(), EmitError> {
+        self.note_sent(event, &payload);
         let nsp = self.0.ns.name();
         let out = super::message::outbound(payload, |args, n| Packet::event(nsp, event, args, n));
         send_or_close(&self.0.conn.session, out, false)
@@ -262,12 +263,33 @@ impl Socket {
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(p)) => Ok(p),
             Ok(Err(_)) => Err(AckError::Disconnected),
-            Err(_) => Err(AckError::Timeout),
+            Err(_) => {
+                self.note_ack_timeout();
+                Err(AckError::Timeout)
+            }
+        }
+    }
+
+    /// Counts an emit to this socket alone and tells the observer.
+    fn note_sent(&self, event: &str, payload: &Payload) {
+        let io = &self.0.conn.io;
+        if let Some(s) = io.stats() {
+            s.events_emitted.inc();
+        }
+        if let Some(o) = io.observer() {
+            o.event_sent(self, event, &payload.args);
+        }
+    }
+
+    pub(crate) fn note_ack_timeout(&self) {
+        if let Some(s) = self.0.conn.io.stats() {
+            s.ack_timeouts.inc();
         }
     }
 
     /// Sends `event` with a fresh ack id; the receiver resolves with the answer.
     pub(crate) fn send_with_ack(&self, event: &str, payload: Payload) -> Result<AckWait, AckError> {
+        self.note_sent(event, &payload);
         let id = self.0.next_ack.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.0.acks.lock().insert(id, AckSlot::Wait(tx));
@@ -294,6 +316,9 @@ impl Socket {
         build: impl FnOnce(u64) -> crate::engine::Outbound,
         on_ack: Box<dyn FnOnce(Payload) + Send>,
     ) -> bool {
+        if let Some(s) = self.0.conn.io.stats() {
+            s.events_emitted.inc();
+        }
         let id = self.0.next_ack.fetch_add(1, Ordering::Relaxed);
         self.0.acks.lock().insert(id, AckSlot::Call(on_ack));
         if send_or_close(&self.0.conn.session, build(id), false).is_err() {
@@ -305,14 +330,23 @@ impl Socket {
 
     /// Joins a room.
     pub fn join(&self, room: impl Into<Room>) {
-        self.0.ns.add_to_room(&self.0.id, room.into());
+        let room = room.into();
+        let observer = self.0.conn.io.observer();
+        let name = observer.map(|_| room.clone());
+        let added = self.0.ns.add_to_room(&self.0.id, room);
         self.session_changed();
+        if let (true, Some(o), Some(room)) = (added, observer, name) {
+            o.room_joined(self, &room);
+        }
     }
 
     /// Leaves a room.
     pub fn leave(&self, room: &str) {
-        self.0.ns.remove_from_room(&self.0.id, room);
+        let removed = self.0.ns.remove_from_room(&self.0.id, room);
         self.session_changed();
+        if let (true, Some(o)) = (removed, self.0.conn.io.observer()) {
+            o.room_left(self, room);
+        }
     }
 
     /// The rooms the socket is in, its own id included, sorted.
@@ -375,6 +409,12 @@ impl Socket {
         // Dropping the senders wakes every waiting emit_with_ack with `Disconnected`.
         self.0.acks.lock().clear();
         tracing::debug!(sid = %self.0.id, nsp = self.0.ns.name(), reason = reason.as_str(), "socket disconnected");
+        if let Some(s) = self.0.conn.io.stats() {
+            s.disconnected(reason);
+        }
+        if let Some(o) = self.0.conn.io.observer() {
+            o.socket_disconnected(self, reason);
+        }
         let handlers = std::mem::take(&mut *self.0.on_disconnect.lock());
         for h in handlers {
             run_now_or_spawn(h(self.clone(), reason));
@@ -391,6 +431,13 @@ impl Socket {
         let Value::String(event) = args.remove(0) else {
             return;
         };
+        let io = &self.0.conn.io;
+        if let Some(s) = io.stats() {
+            s.events_received.inc();
+        }
+        if let Some(o) = io.observer() {
+            o.event_received(self, &event, &args);
+        }
         let ack = packet.id.map(|id| AckSender {
             session: self.0.conn.session.clone(),
             nsp: self.0.ns.name_arc(),
@@ -424,6 +471,9 @@ impl Socket {
     /// Hands an acknowledgement from the client to whoever waits for it.
     pub(crate) fn resolve_ack(&self, id: u64, payload: Payload) {
         let slot = self.0.acks.lock().remove(&id);
+        if let (Some(_), Some(s)) = (&slot, self.0.conn.io.stats()) {
+            s.acks_received.inc();
+        }
         match slot {
             Some(AckSlot::Wait(tx)) => {
                 let _ = tx.send(payload);

@@ -58,6 +58,7 @@ struct Inner {
     // A blocking mutex (parking_lot): held to look up or register a runner, never across an await.
     runners: Mutex<HashMap<Key, mpsc::Sender<Cmd>>>,
     authorize: parking_lot::RwLock<Option<Authorizer>>,
+    stats: Option<Arc<crate::stats::Stats>>,
 }
 
 /// Decides whether a socket may use a reserved event (`courier:subscribe`, ...).
@@ -81,13 +82,32 @@ pub struct Subscribed {
 impl Streams {
     /// The engine over `store`.
     pub fn new(store: Store) -> Streams {
+        Self::with_stats(store, None)
+    }
+
+    pub(crate) fn with_stats(store: Store, stats: Option<Arc<crate::stats::Stats>>) -> Streams {
         Streams {
             inner: Arc::new(Inner {
                 store,
                 runners: Mutex::new(HashMap::new()),
                 authorize: parking_lot::RwLock::new(None),
+                stats,
             }),
         }
+    }
+
+    /// Counts the outcome of a publish.
+    fn count_publish(&self, r: Result<&Appended, &StoreError>) {
+        let Some(s) = &self.inner.stats else { return };
+        match r {
+            Ok(a) if a.duplicate => s.publish_duplicates.inc(),
+            Ok(_) => s.publishes.inc(),
+            Err(e) => s.publish_refused(e.code()),
+        }
+    }
+
+    fn stats(&self) -> Option<&crate::stats::Stats> {
+        self.inner.stats.as_deref()
     }
 
     /// Restricts the reserved events clients may use: `f(socket, event)` returning false answers
@@ -117,10 +137,13 @@ impl Streams {
         data: &Value,
         id: Option<String>,
     ) -> Result<Appended, StoreError> {
-        self.inner
+        let r = self
+            .inner
             .store
             .publish_one(stream, new_entry(event.to_owned(), data, id))
-            .await
+            .await;
+        self.count_publish(r.as_ref());
+        r
     }
 
     /// Subscribes `socket` to consumer `consumer` of `stream`, creating the consumer with
@@ -642,6 +665,9 @@ impl Runner {
                 };
                 let due = Instant::now() + Duration::from_millis(config.ack_wait_ms);
                 self.send_entry(&socket, &entry, 1);
+                if let Some(s) = self.streams.stats() {
+                    s.deliveries.inc();
+                }
                 state.pending.insert(entry.seq, 1);
                 flights.sent(entry.seq, socket.id().clone(), due, entry.size());
                 state.next = entry.seq + 1;
@@ -710,6 +736,9 @@ impl Runner {
                 flights.remove(seq);
                 state.pending.remove(&seq);
                 state.dead_lettered += 1;
+                if let Some(s) = self.streams.stats() {
+                    s.dead_lettered.inc();
+                }
                 changed = true;
                 tracing::info!(
                     stream,
@@ -727,6 +756,9 @@ impl Runner {
             self.send_entry(&socket, &entry, attempt);
             state.pending.insert(seq, attempt);
             state.redelivered += 1;
+            if let Some(s) = self.streams.stats() {
+                s.redeliveries.inc();
+            }
             let due = Instant::now() + config.redelivery_wait(attempt);
             flights.sent(seq, socket.id().clone(), due, entry.size());
             changed = true;
@@ -1049,9 +1081,12 @@ pub(crate) fn handle_reserved(
             let held = socket.0.conn.hold();
             let ack = msg.take_ack();
             drop(msg);
+            let counter = streams.clone();
             let done = Box::new(move |r: Result<Vec<Appended>, StoreError>| {
                 let _held = held;
-                let answer = match r.map(|mut v| v.remove(0)) {
+                let r = r.map(|mut v| v.remove(0));
+                counter.count_publish(r.as_ref());
+                let answer = match r {
                     Ok(a) => json!({"ok": true, "seq": a.seq, "duplicate": a.duplicate}),
                     Err(e) => store_error(&e),
                 };
