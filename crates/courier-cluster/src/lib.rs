@@ -15,6 +15,7 @@ mod wire;
 
 pub use recovery::RecoveryOptions;
 
+use courier_server::stats::Histogram;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -102,6 +103,18 @@ struct Inner {
     recovery: Option<RecoveryOptions>,
     /// Every node's address, by id, as last read from Redis.
     peers: Mutex<HashMap<String, http::Uri>>,
+    stats: ClusterStats,
+}
+
+/// Round trips to Redis, for metrics.
+#[derive(Debug)]
+pub struct ClusterStats {
+    /// The heartbeat's PING on the publishing connection, once a second.
+    pub ping_seconds: Histogram,
+    /// Each pipeline of queued broadcasts and sessions, sent and answered.
+    pub pipeline_seconds: Histogram,
+    /// Pipelines that failed (Redis away or refusing).
+    pub pipeline_failures: courier_server::stats::Counter,
 }
 
 /// A response from another node: the object and the binaries it carried.
@@ -193,6 +206,11 @@ impl Cluster {
             subscribed: Mutex::new(Subscribed::default()),
             pending: Mutex::new(HashMap::new()),
             up: AtomicBool::new(false),
+            stats: ClusterStats {
+                ping_seconds: Histogram::seconds(),
+                pipeline_seconds: Histogram::seconds(),
+                pipeline_failures: Default::default(),
+            },
             full_logged_ms: AtomicU64::new(0),
             advertise: options.advertise,
             recovery: options.recovery,
@@ -223,6 +241,21 @@ impl Cluster {
             redis_up: self.0.up.load(Ordering::Relaxed),
             node: self.0.uid.clone(),
         }
+    }
+
+    /// Round trips to Redis so far.
+    pub fn stats(&self) -> &ClusterStats {
+        &self.0.stats
+    }
+
+    /// Ids of the nodes this node knows of (itself included), as last read from Redis.
+    pub fn nodes(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.0.peers.lock().keys().cloned().collect();
+        if !ids.contains(&self.0.uid) {
+            ids.push(self.0.uid.clone());
+        }
+        ids.sort();
+        ids
     }
 
     fn channels(&self, nsp: &str) -> Channels {
@@ -306,7 +339,13 @@ impl Cluster {
                     }
                 }
             }
-            match pipe.query_async::<Vec<i64>>(&mut conn).await {
+            let started = std::time::Instant::now();
+            let result = pipe.query_async::<Vec<i64>>(&mut conn).await;
+            self.0.stats.pipeline_seconds.observe_duration(started.elapsed());
+            if result.is_err() {
+                self.0.stats.pipeline_failures.inc();
+            }
+            match result {
                 Ok(counts) => {
                     for ((tx, minus), n) in replies.into_iter().zip(counts) {
                         let _ = tx.send((n.max(0) as usize).saturating_sub(minus));
@@ -459,7 +498,15 @@ impl Cluster {
                 let mut c = c.clone();
                 async move { redis::cmd("PING").query_async::<String>(&mut c).await }
             };
-            let (a, b) = tokio::join!(ping(&mut publisher), ping(&mut subscriber));
+            let started = std::time::Instant::now();
+            let timed = async {
+                let r = ping(&mut publisher).await;
+                if r.is_ok() {
+                    self.0.stats.ping_seconds.observe_duration(started.elapsed());
+                }
+                r
+            };
+            let (a, b) = tokio::join!(timed, ping(&mut subscriber));
             let up = a.is_ok() && b.is_ok();
             if up {
                 self.renew_nodes(&mut publisher).await;

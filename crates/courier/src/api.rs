@@ -435,3 +435,9 @@ async fn delete_consumer(
     }
     Ok(Json(json!({"deleted": true})))
 }
+
+/// `routes` behind the same bearer-token check as `/api/v1` (when `token` is set).
+pub fn behind_token(routes: Router, io: Io, cluster: Option<Cluster>, token: String) -> Router {
+    let api = Api { io, cluster, token };
+    routes.layer(middleware::from_fn_with_state(api, authorize))
+}

@@ -9,6 +9,7 @@ mod alloc;
 mod api;
 mod cli;
 mod hub;
+mod observe;
 mod settings;
 
 use std::path::PathBuf;
@@ -49,6 +50,10 @@ enum Command {
         /// Join the cluster on this Redis, e.g. redis://127.0.0.1:6379 (see docs/cluster.md).
         #[arg(long)]
         redis: Option<String>,
+        /// Serve the Socket.IO admin UI's built files (ui/dist of @socket.io/admin-ui) from
+        /// this directory at /admin/ (see docs/observe.md).
+        #[arg(long)]
+        admin_ui: Option<PathBuf>,
     },
     /// Send an event to the hub's clients, through a socket or the HTTP API.
     Emit(cli::emit::Args),
@@ -73,12 +78,14 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             log,
             redis,
+            admin_ui,
         } => {
             let flags = Overrides {
                 listen,
                 data_dir,
                 log,
                 redis,
+                admin_ui,
             };
             let settings = Settings::load(config.as_deref(), std::env::vars(), flags)?;
             init_logging(&settings.server.log)?;
@@ -169,6 +176,14 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         settings.api.token.clone(),
         config.max_payload,
     );
+    let admin = settings.admin.enabled.then(|| {
+        let node = cluster.as_ref().map(|c| c.status().node);
+        observe::admin::install(&io, &settings.admin, node)
+    });
+    let app = observe::routes(&io, cluster.as_ref(), &settings, |r| {
+        api::behind_token(r, io.clone(), cluster.clone(), settings.api.token.clone())
+    })
+    .merge(app);
 
     // Printed whatever the log level: scripts and tests wait for this line.
     eprintln!("courier listening on http://{addr}");
@@ -203,6 +218,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     match tokio::time::timeout(grace, server).await {
         Ok(joined) => joined.context("server task")??,
         Err(_) => tracing::warn!("some HTTP requests were still open after the grace period"),
+    }
+    if let Some(a) = admin {
+        a.abort();
     }
     store.close().await.context("flushing the store")?;
     tracing::info!("stopped");

@@ -22,6 +22,9 @@ pub struct Settings {
     pub cluster: Cluster,
     /// Streams created at start-up (`[[stream]]` tables).
     pub stream: Vec<StreamDef>,
+    pub metrics: crate::observe::settings::Metrics,
+    pub admin: crate::observe::settings::Admin,
+    pub dashboard: crate::observe::settings::Dashboard,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -286,6 +289,7 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub log: Option<String>,
     pub redis: Option<String>,
+    pub admin_ui: Option<PathBuf>,
 }
 
 impl Settings {
@@ -340,6 +344,9 @@ impl Settings {
         if let Some(r) = flags.redis {
             settings.cluster.redis_url = r;
         }
+        if let Some(d) = flags.admin_ui {
+            settings.admin.ui_dir = d;
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -377,6 +384,7 @@ impl Settings {
             courier_server::store::check_name(&s.name)
                 .map_err(|e| anyhow::anyhow!("[[stream]]: {e}"))?;
         }
+        crate::observe::settings::validate(&self.admin)?;
         self.server_config().validate()?;
         Ok(())
     }
@@ -423,6 +431,7 @@ impl Settings {
                 origins: self.cors.origins.clone(),
                 credentials: self.cors.credentials,
             },
+            metrics: self.metrics.enabled,
             ..courier_server::Config::default()
         }
     }

@@ -149,6 +149,12 @@ impl Socket {
         &self.0.id
     }
 
+    /// The id of the Engine.IO connection the socket lives on (shared by the connection's
+    /// sockets in other namespaces).
+    pub fn connection_id(&self) -> &Sid {
+        self.0.conn.session.sid()
+    }
+
     /// The namespace.
     pub fn ns(&self) -> &Namespace {
         &self.0.ns
