@@ -814,6 +814,10 @@ impl Runner {
         let nsp = socket.ns().name();
         let meta =
             json!({"stream": stream, "seq": entry.seq, "id": entry.id, "deliveries": deliveries});
+        if let Some(o) = socket.0.conn.io.observer() {
+            let data = serde_json::from_slice(&entry.data).unwrap_or(Value::Null);
+            o.event_sent(socket, &entry.event, &[data, meta.clone()]);
+        }
         let tx = self.tx.clone();
         let seq = entry.seq;
         let sent = socket.send_with_callback(
