@@ -88,7 +88,10 @@ function renderChart() {
   const h = state.history;
   const max = Math.max(1, ...h.map((p) => Math.max(p.publishes, p.deliveries)));
   const now = Date.now();
-  const x = (t) => W - ((now - t) / (HISTORY * EVERY_MS)) * W;
+  // The window grows with the history, from one minute up to five.
+  const span = h.length ? now - h[0].t : 0;
+  const windowMs = Math.min(HISTORY * EVERY_MS, Math.max(60_000, span));
+  const x = (t) => W - ((now - t) / windowMs) * W;
   const y = (v) => H - 4 - (v / max) * (H - 12);
   const line = (key) => h.map((p) => `${x(p.t).toFixed(1)},${y(p[key]).toFixed(1)}`).join(" ");
   const ns = "http://www.w3.org/2000/svg";
