@@ -10,7 +10,12 @@ use courier_server::store::{Store, StoreOptions, SyncPolicy};
 use courier_server::{Config, Io, Setup};
 use tokio::net::TcpListener;
 
-pub async fn run(listen: String, data_dir: Option<PathBuf>, sync: String) -> anyhow::Result<()> {
+pub async fn run(
+    listen: String,
+    data_dir: Option<PathBuf>,
+    sync: String,
+    metrics: bool,
+) -> anyhow::Result<()> {
     let sync = match sync.as_str() {
         "always" => SyncPolicy::Always,
         "interval" => SyncPolicy::Interval,
@@ -24,7 +29,11 @@ pub async fn run(listen: String, data_dir: Option<PathBuf>, sync: String) -> any
     let store = Store::sqlite(&path, sync, StoreOptions::default())
         .with_context(|| format!("opening {}", path.display()))?;
 
-    let io = Io::with_store(Config::default(), store);
+    let config = Config {
+        metrics,
+        ..Config::default()
+    };
+    let io = Io::with_store(config, store);
     io.of("/").on_connect(|socket| async move {
         socket.on("echo", |_, mut msg| async move {
             let payload = std::mem::take(&mut msg.payload);

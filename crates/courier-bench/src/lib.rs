@@ -70,6 +70,9 @@ enum Mode {
         /// Tokio worker threads (default: one per core).
         #[arg(long)]
         threads: Option<usize>,
+        /// Count nothing (`Config::metrics` off), to measure what the counters cost.
+        #[arg(long)]
+        no_metrics: bool,
     },
     /// 100-byte broadcasts to N clients: deliveries/s at saturation, latency at a fixed rate.
     Fanout(fanout::FanoutArgs),
@@ -96,6 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         data_dir,
         sync,
         threads,
+        no_metrics,
     } = args.mode
     {
         let mut rt = tokio::runtime::Builder::new_multi_thread();
@@ -105,7 +109,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return rt
             .enable_all()
             .build()?
-            .block_on(hub::run(listen, data_dir, sync));
+            .block_on(hub::run(listen, data_dir, sync, !no_metrics));
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
