@@ -207,3 +207,15 @@ def test_metrics_of_a_cluster_node(start_cluster):
     assert len(ups) == 1 and ups[0][1] == 1.0, ups
     assert ups[0][0]["node"], "the node's id is a label"
     assert value(s, "courier_cluster_nodes", node=ups[0][0]["node"]) == 2
+
+
+def test_grafana_dashboard_uses_documented_metrics():
+    """docs/grafana-courier.json queries only metrics that /metrics has (as documented)."""
+    import json
+
+    dashboard = json.loads((DOCS.parent / "grafana-courier.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {re.sub(r"_(bucket|sum|count)$", "", n) for e in exprs for n in re.findall(r"courier_[a-z0-9_]+", e)}
+    documented = documented_metrics()
+    assert used, "the dashboard queries something"
+    assert used <= set(documented), f"not documented: {used - set(documented)}"
