@@ -341,7 +341,10 @@ impl Cluster {
             }
             let started = std::time::Instant::now();
             let result = pipe.query_async::<Vec<i64>>(&mut conn).await;
-            self.0.stats.pipeline_seconds.observe_duration(started.elapsed());
+            self.0
+                .stats
+                .pipeline_seconds
+                .observe_duration(started.elapsed());
             if result.is_err() {
                 self.0.stats.pipeline_failures.inc();
             }
@@ -502,7 +505,10 @@ impl Cluster {
             let timed = async {
                 let r = ping(&mut publisher).await;
                 if r.is_ok() {
-                    self.0.stats.ping_seconds.observe_duration(started.elapsed());
+                    self.0
+                        .stats
+                        .ping_seconds
+                        .observe_duration(started.elapsed());
                 }
                 r
             };

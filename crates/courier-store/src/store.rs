@@ -1252,7 +1252,10 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
 fn timed_sync(shared: &Shared) -> Result<(), StoreError> {
     let started = Instant::now();
     let result = shared.backend.sync();
-    shared.stats.sync_seconds.observe_duration(started.elapsed());
+    shared
+        .stats
+        .sync_seconds
+        .observe_duration(started.elapsed());
     result
 }
 

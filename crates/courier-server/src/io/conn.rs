@@ -16,9 +16,9 @@ use serde_json::Value;
 use super::Shared;
 use super::message::{DisconnectReason, Payload};
 use super::recovery;
-use crate::stats::{RecoveryRefusal, Refusal};
 use super::socket::{Handshake, Restore, Socket};
 use crate::engine::{CloseReason, Outbound, Session};
+use crate::stats::{RecoveryRefusal, Refusal};
 
 /// One client connection as the Socket.IO layer keeps it.
 pub struct Conn {

@@ -62,7 +62,10 @@ pub fn install(io: &Io, settings: &Settings, node: Option<String>) -> tokio::tas
             async move { a.authenticate(&socket).await }
         });
     } else {
-        tracing::warn!(namespace = settings.namespace, "admin UI without a login: anyone who reaches the hub may use it");
+        tracing::warn!(
+            namespace = settings.namespace,
+            "admin UI without a login: anyone who reaches the hub may use it"
+        );
     }
     let a = admin.clone();
     ns.on_connect(move |socket| {
@@ -262,7 +265,13 @@ impl AdminUi {
             }
             "join" | "leave" => {
                 let Some(room) = str_at(1) else { return };
-                tracing::info!(nsp, room, filter = str_at(2), command = msg.event, "admin UI: rooms");
+                tracing::info!(
+                    nsp,
+                    room,
+                    filter = str_at(2),
+                    command = msg.event,
+                    "admin UI: rooms"
+                );
                 let op = target(str_at(2));
                 if msg.event == "join" {
                     op.join(room.to_owned());

@@ -165,7 +165,8 @@ fn streams_json(store: &courier_server::store::Store) -> Value {
                     })
                 })
                 .collect();
-            let lag = |v: &Value| v["waiting"].as_u64().unwrap_or(0) + v["pending"].as_u64().unwrap_or(0);
+            let lag =
+                |v: &Value| v["waiting"].as_u64().unwrap_or(0) + v["pending"].as_u64().unwrap_or(0);
             consumers.sort_by_key(|v| std::cmp::Reverse(lag(v)));
             let more = consumers.len().saturating_sub(MAX_CONSUMERS_LISTED);
             consumers.truncate(MAX_CONSUMERS_LISTED);
@@ -196,7 +197,11 @@ async fn entries(
     Query(q): Query<EntriesQuery>,
 ) -> Response {
     let Some(streams) = d.io.streams() else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "this hub has no streams");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this hub has no streams",
+        );
     };
     let store = streams.store();
     let Some(info) = store.stream(&stream) else {
@@ -204,9 +209,11 @@ async fn entries(
     };
     let limit = q.limit.unwrap_or(50).clamp(1, MAX_ENTRIES);
     // By default the newest `limit` entries.
-    let from = q
-        .from
-        .unwrap_or_else(|| info.last_seq.saturating_sub(limit as u64 - 1).max(info.first_seq));
+    let from = q.from.unwrap_or_else(|| {
+        info.last_seq
+            .saturating_sub(limit as u64 - 1)
+            .max(info.first_seq)
+    });
     match store.read(&stream, from, limit).await {
         Ok(list) => {
             let list: Vec<Value> = list
@@ -229,7 +236,11 @@ async fn entries(
 
 async fn replay(State(d): State<Dash>, Path((stream, seq)): Path<(String, u64)>) -> Response {
     let Some(streams) = d.io.streams() else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "this hub has no streams");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this hub has no streams",
+        );
     };
     let entry = match streams.store().read(&stream, seq, 1).await {
         Ok(list) => list.into_iter().find(|e| e.seq == seq),
@@ -257,7 +268,13 @@ async fn replay(State(d): State<Dash>, Path((stream, seq)): Path<(String, u64)>)
         .await
     {
         Ok(a) => {
-            tracing::info!(from = stream, seq, to = target, new_seq = a.seq, "dead letter replayed");
+            tracing::info!(
+                from = stream,
+                seq,
+                to = target,
+                new_seq = a.seq,
+                "dead letter replayed"
+            );
             Json(json!({"stream": target, "seq": a.seq, "duplicate": a.duplicate})).into_response()
         }
         Err(e) => store_error(e),

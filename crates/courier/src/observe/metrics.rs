@@ -138,12 +138,8 @@ impl Out<'_, '_> {
                 })
                 .collect();
             buckets.push((f64::INFINITY, h.count - prev));
-            m.encode_family(&labels)?.encode_histogram::<Labels<'_>>(
-                h.sum,
-                h.count,
-                &buckets,
-                None,
-            )?;
+            m.encode_family(&labels)?
+                .encode_histogram::<Labels<'_>>(h.sum, h.count, &buckets, None)?;
         }
         Ok(())
     }
@@ -359,7 +355,10 @@ impl Hub {
         out.gauges(
             "courier_cluster_redis_up",
             "Whether this node's links to Redis answer (1) or not (0).",
-            [(vec![("node", node)], if status.redis_up { 1.0 } else { 0.0 })],
+            [(
+                vec![("node", node)],
+                if status.redis_up { 1.0 } else { 0.0 },
+            )],
         )?;
         out.gauges(
             "courier_cluster_nodes",
@@ -589,7 +588,10 @@ mod tests {
         let last = HashMap::from([("a", 100), ("b", 5)]);
         let rows = consumer_rows(&all, &last, 2);
         let names: Vec<_> = rows.iter().map(|r| (r.stream, r.consumer)).collect();
-        assert_eq!(names, [("a", "_other"), ("a", "c2"), ("a", "c3"), ("b", "_other")]);
+        assert_eq!(
+            names,
+            [("a", "_other"), ("a", "c2"), ("a", "c3"), ("b", "_other")]
+        );
         let other = &rows[0];
         assert_eq!((other.waiting, other.pending, other.redelivered), (0, 0, 1));
         assert_eq!(rows.iter().map(|r| r.waiting).sum::<u64>(), 90 + 10 + 5);

@@ -48,7 +48,10 @@ pub fn routes(
     }
     if settings.dashboard.enabled {
         open = open
-            .route("/dashboard", get(|| async { Redirect::permanent("/dashboard/") }))
+            .route(
+                "/dashboard",
+                get(|| async { Redirect::permanent("/dashboard/") }),
+            )
             .merge(dashboard::page());
         guarded = guarded.merge(dashboard::api(io.clone(), cluster.cloned()));
     }
@@ -78,10 +81,7 @@ pub fn routes(
 /// A file of `dir` (`index.html` for the directory itself), never one outside it.
 async fn static_file(dir: &Path, path: &str) -> Response {
     let rel = Path::new(path);
-    if rel
-        .components()
-        .any(|c| !matches!(c, Component::Normal(_)))
-    {
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
         return StatusCode::NOT_FOUND.into_response();
     }
     let mut file = dir.join(rel);
@@ -128,7 +128,11 @@ mod tests {
             "text/javascript; charset=utf-8"
         );
         for bad in ["../etc/passwd", "/etc/passwd", "js/../../x", "missing.js"] {
-            assert_eq!(static_file(&dir, bad).await.status(), StatusCode::NOT_FOUND, "{bad}");
+            assert_eq!(
+                static_file(&dir, bad).await.status(),
+                StatusCode::NOT_FOUND,
+                "{bad}"
+            );
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
