@@ -251,6 +251,18 @@ describe("admin UI: readonly and production", () => {
     assert.equal(got.event_received.length, 0);
   });
 
+  test("with recovery on, reports are not logged for recovery (no offset argument)", async (t) => {
+    const server = await startCourier({ config: { ...adminConfig(), recovery: { enabled: true } }, t });
+    const { got } = await admin(t, server);
+    const user = await connect(t, server.url);
+    await waitFor(() => got.server_stats.length >= 1 && hasEvent(got.socket_connected, (s) => s.id === user.id), {
+      ms: 5000,
+      what: "reports",
+    });
+    assert.equal(got.server_stats[0].length, 1, "server_stats has one argument");
+    assert.equal(got.socket_connected.find(([s]) => s.id === user.id).length, 2, "socket and date only");
+  });
+
   test("no password hash, no admin UI: the hub refuses to start", async () => {
     await assert.rejects(startCourier({ config: { admin: { enabled: true } } }), /password_hash/);
   });

@@ -288,13 +288,19 @@ impl AdminUi {
         }
     }
 
-    /// Sends `event` to every UI, on every node.
+    /// Sends `event` to every UI, on every node. Volatile: a report is not worth keeping for
+    /// connection state recovery, and a UI that reads too slowly misses reports rather than
+    /// being disconnected.
     fn tell(&self, event: &str, args: Vec<Value>) {
         // Nobody to tell: a single node with no UI connected pays nothing more.
         if !self.clustered && self.ns.is_empty() {
             return;
         }
-        let _ = self.ns.broadcast().emit_payload(event, Payload::from(args));
+        let _ = self
+            .ns
+            .broadcast()
+            .volatile()
+            .emit_payload(event, Payload::from(args));
     }
 
     /// Sends `server_stats` every two seconds.
