@@ -26,9 +26,17 @@ pub struct ServeOptions {
     /// answered `503 Service Unavailable` and closed before anything is read or kept for it.
     /// Default 0.
     pub max_connections: usize,
+    /// Where refused connections are counted (see [`crate::Io::stats_handle`]).
+    pub stats: Option<Arc<crate::stats::Stats>>,
 }
 
 impl ServeOptions {
+    /// Options that count refused connections in `stats`.
+    pub fn stats(mut self, stats: Option<Arc<crate::stats::Stats>>) -> Self {
+        self.stats = stats;
+        self
+    }
+
     /// Options with `max_connections`.
     pub fn max_connections(mut self, max: usize) -> Self {
         self.max_connections = max;
@@ -122,6 +130,9 @@ where
                 Ok(p) => Some(p),
                 Err(_) => {
                     tracing::debug!(%peer, "connection refused: max_connections reached");
+                    if let Some(s) = &options.stats {
+                        s.refuse(crate::stats::Refusal::MaxConnections);
+                    }
                     if let Ok(p) = refusals.clone().try_acquire_owned() {
                         tokio::spawn(async move {
                             refuse(stream).await;

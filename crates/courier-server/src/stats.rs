@@ -15,6 +15,8 @@ use crate::io::DisconnectReason;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Refusal {
+    /// A TCP connection past `ServeOptions::max_connections` (answered 503).
+    MaxConnections,
     /// A handshake while `max_sessions` sessions were open.
     MaxSessions,
     /// A CONNECT past `max_namespaces_per_connection`.
@@ -27,7 +29,8 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every cause, in label order.
-    pub const ALL: [Refusal; 4] = [
+    pub const ALL: [Refusal; 5] = [
+        Refusal::MaxConnections,
         Refusal::MaxSessions,
         Refusal::TooManyNamespaces,
         Refusal::InvalidNamespace,
@@ -37,6 +40,7 @@ impl Refusal {
     /// The cause as a metric label.
     pub fn as_str(self) -> &'static str {
         match self {
+            Refusal::MaxConnections => "max_connections",
             Refusal::MaxSessions => "max_sessions",
             Refusal::TooManyNamespaces => "max_namespaces_per_connection",
             Refusal::InvalidNamespace => "invalid_namespace",
@@ -153,7 +157,7 @@ pub struct Stats {
     /// Sessions closed, by reason.
     pub connections_closed: [Counter; 8],
     /// Handshakes and CONNECTs refused, by [`Refusal`].
-    pub refused: [Counter; 4],
+    pub refused: [Counter; 5],
     /// Engine.IO packets received (pongs and messages; each binary attachment is one).
     pub packets_in: Counter,
     /// Bytes of the packets received (their Engine.IO encoding).

@@ -204,7 +204,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let server = tokio::spawn(courier_server::serve_with(
         listener,
         app,
-        courier_server::ServeOptions::default().max_connections(settings.server.max_connections),
+        courier_server::ServeOptions::default()
+            .max_connections(settings.server.max_connections)
+            .stats(io.stats_handle()),
         stop.clone().cancelled_owned(),
     ));
     shutdown_signal().await;

@@ -219,3 +219,26 @@ def test_grafana_dashboard_uses_documented_metrics():
     documented = documented_metrics()
     assert used, "the dashboard queries something"
     assert used <= set(documented), f"not documented: {used - set(documented)}"
+
+
+def test_connections_past_max_connections_are_counted(start_courier, sio_client):
+    import socket as net
+
+    server = start_courier("[server]\nmax_connections = 2\n")
+    held = client(sio_client, server, token=None)  # one slot
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    idle = net.create_connection((host, int(port)))  # the other
+    try:
+        assert requests.get(server.url + "/health", timeout=5).status_code == 503
+    finally:
+        idle.close()
+
+    def refused():
+        try:
+            _, s = scrape(server.url)
+        except requests.RequestException:
+            return None
+        return value(s, "courier_handshakes_refused_total", cause="max_connections")
+
+    assert eventually(refused, timeout=10, message="a scrape once a slot is free") >= 1
+    held.disconnect()

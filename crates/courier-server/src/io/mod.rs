@@ -281,6 +281,11 @@ impl Io {
         self.shared.stats()
     }
 
+    /// The counters, shared, for [`crate::ServeOptions::stats`].
+    pub fn stats_handle(&self) -> Option<Arc<crate::stats::Stats>> {
+        self.shared.stats.clone()
+    }
+
     /// Open connections by transport: `(polling, websocket)`.
     pub fn transport_counts(&self) -> (usize, usize) {
         self.engine.transport_counts()
