@@ -10,6 +10,7 @@ import path from "node:path";
 import bcrypt from "bcryptjs";
 import { E2E_DIR, once, sleep, startCourier, waitFor } from "./harness.mjs";
 import { api, ask, BASE_OPTS, closeSocket, connect, connectError, io, record, waitConnected } from "./clients.mjs";
+import { startCluster } from "./cluster.mjs";
 
 const PASSWORD = "correct horse battery staple";
 const HASH = bcrypt.hashSync(PASSWORD, 8);
@@ -280,5 +281,31 @@ describe("admin UI: its built files served by the hub", () => {
     assert.equal(asset.status, 200);
     assert.match(asset.headers.get("content-type"), /^text\/javascript/);
     assert.equal((await fetch(server.url + "/admin/js/../../index.html")).status, 404);
+  });
+});
+
+describe("admin UI: a cluster", () => {
+  test("every node reports under its own server id to a UI on any node, and commands reach every node", async (t) => {
+    const cluster = await startCluster(t, { courier: 2, config: adminConfig() });
+    const [a, b] = cluster.nodes;
+    const { socket: ui, got } = await admin(t, a);
+    const onB = await connect(t, b.url, "/", { transports: ["websocket"] });
+    await waitFor(() => new Set(got.server_stats.map(([s]) => s.serverId)).size === 2, {
+      ms: 8000,
+      what: "server_stats from both nodes",
+    });
+    const ids = [...new Set(got.server_stats.map(([s]) => s.serverId))];
+    assert.ok(ids.every((id) => id.includes("#")), `host#node ids: ${ids}`);
+    // What happens on node b reaches the UI on node a.
+    await waitFor(() => hasEvent(got.socket_connected, (s) => s.id === onB.id), { what: "b's socket_connected" });
+    onB.emit("ping-b");
+    await waitFor(() => hasEvent(got.event_received, (nsp, id, args) => id === onB.id && args[0] === "ping-b"), {
+      what: "b's event_received",
+    });
+    // A command given on node a acts on node b's socket.
+    const seen = record(onB, "greeting");
+    ui.emit("emit", "/", onB.id, "greeting", "from a");
+    await waitFor(() => seen.length === 1, { what: "the greeting on node b" });
+    assert.deepEqual(seen[0], ["from a"]);
   });
 });
