@@ -6,7 +6,7 @@
 //! exports them reads them from the server's own tables when asked. With
 //! [`Config::metrics`](crate::Config::metrics) off the server has no `Stats` and counts nothing.
 
-pub use courier_store::stats::{Counter, Histogram, HistogramSnapshot};
+pub use courier_store::stats::{Counter, Histogram, HistogramSnapshot, ShardedCounter};
 
 use crate::engine::{CloseReason, Transport};
 use crate::io::DisconnectReason;
@@ -159,27 +159,27 @@ pub struct Stats {
     /// Handshakes and CONNECTs refused, by [`Refusal`].
     pub refused: [Counter; 5],
     /// Engine.IO packets received (pongs and messages; each binary attachment is one).
-    pub packets_in: Counter,
+    pub packets_in: ShardedCounter,
     /// Bytes of the packets received (their Engine.IO encoding).
-    pub bytes_in: Counter,
+    pub bytes_in: ShardedCounter,
     /// Engine.IO packets written to clients.
-    pub packets_out: Counter,
+    pub packets_out: ShardedCounter,
     /// Bytes of the packets written (text as sent; binary payloads as their length).
-    pub bytes_out: Counter,
+    pub bytes_out: ShardedCounter,
     /// Sockets that joined a namespace (recovered ones included).
     pub socket_connects: Counter,
     /// Sockets that left a namespace, by reason (see [`disconnect_labels`]).
     pub socket_disconnects: [Counter; 10],
     /// Events received from clients (reserved `courier:` events included).
-    pub events_received: Counter,
+    pub events_received: ShardedCounter,
     /// Events sent to one socket (stream deliveries included).
-    pub events_emitted: Counter,
+    pub events_emitted: ShardedCounter,
     /// Broadcasts sent from this node.
-    pub broadcasts: Counter,
+    pub broadcasts: ShardedCounter,
     /// Sockets of this node a broadcast was queued for, summed.
-    pub broadcast_recipients: Counter,
+    pub broadcast_recipients: ShardedCounter,
     /// Acknowledgements received from clients for an emit that asked for one.
-    pub acks_received: Counter,
+    pub acks_received: ShardedCounter,
     /// Emits with an ack that timed out waiting for it.
     pub ack_timeouts: Counter,
     /// Volatile packets dropped because the client's queue was full.
@@ -191,13 +191,13 @@ pub struct Stats {
     /// Attempts that did not, by [`RecoveryRefusal`].
     pub recovery_refused: [Counter; 6],
     /// Stream entries sent to subscribers for the first time.
-    pub deliveries: Counter,
+    pub deliveries: ShardedCounter,
     /// Stream entries sent again after `ack_wait`.
     pub redeliveries: Counter,
     /// Stream entries moved to a dead-letter stream.
     pub dead_lettered: Counter,
     /// Publishes confirmed as new entries.
-    pub publishes: Counter,
+    pub publishes: ShardedCounter,
     /// Publishes confirmed as duplicates of an entry with the same id.
     pub publish_duplicates: Counter,
     /// Publishes refused, by the error code answered (see [`PUBLISH_REFUSALS`]).

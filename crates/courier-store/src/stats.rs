@@ -1,6 +1,8 @@
 //! Lock-free counters and histograms, read by whoever exports metrics.
 //!
-//! Counting is one relaxed atomic add, so it can sit on any path. A [`Histogram`] has fixed
+//! Counting is one relaxed atomic add, so it can sit on any path; a [`ShardedCounter`], for what
+//! every connection's writer counts, adds to a cache line of the calling thread's own, so that
+//! threads never fight over one line. A [`Histogram`] has fixed
 //! bucket bounds chosen when it is made; an observation is two atomic adds and a short scan of
 //! the bounds. Readers see each number as of some instant, not all numbers as of one instant,
 //! which is what a metrics scrape needs.
@@ -28,6 +30,49 @@ impl Counter {
     /// The count so far.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Slots of a [`ShardedCounter`]: more than the worker threads of most machines; threads past
+/// it share slots (still correct, only contended).
+const SHARDS: usize = 16;
+
+/// One slot on a cache line of its own.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Slot(AtomicU64);
+
+/// A monotonic count added to from many threads at a high rate (per packet written, say): each
+/// thread adds to its own slot, a read sums them. One relaxed add to a line no other thread
+/// writes; measured on the fanout benchmark, a shared line per packet counter cost several
+/// per cent of the server's CPU on two cores.
+#[derive(Debug, Default)]
+pub struct ShardedCounter([Slot; SHARDS]);
+
+fn shard() -> usize {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static SHARD: usize = (NEXT.fetch_add(1, Ordering::Relaxed) as usize) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+impl ShardedCounter {
+    /// Adds one.
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Adds `n`.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0[shard()].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The count so far.
+    pub fn get(&self) -> u64 {
+        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -162,6 +207,26 @@ impl Default for StoreStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sharded_counts_add_up_across_threads() {
+        let c = std::sync::Arc::new(ShardedCounter::default());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        c.inc();
+                    }
+                    c.add(5);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(c.get(), 4 * 1005);
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative_and_inclusive() {
