@@ -3,6 +3,7 @@
 //! - `settings`: defaults, config file, environment and flags, validated once.
 //! - `hub`: what clients may do on a hub with no code (namespaces, auth, rooms, relay).
 //! - `api`: the HTTP API backends use (health, emit, disconnect, sockets).
+//! - `observe`: `/metrics`, the Socket.IO admin UI's namespace, the dashboard at `/dashboard/`.
 //! - `cli`: the client commands (emit, publish, listen, streams), on `courier-client`.
 
 mod alloc;

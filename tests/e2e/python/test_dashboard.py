@@ -149,6 +149,7 @@ def test_dashboard_shows_streams_and_consumers_and_replays_a_dead_letter(start_c
     )
     publisher.stop.set()
     publisher.join(5)
+    live.disconnect()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
