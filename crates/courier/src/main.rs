@@ -142,7 +142,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     } else {
         Io::with_store(config.clone(), store.clone())
     };
-    hub::install(&io, &settings.hub)?;
+    let verifier = settings.auth.verifier()?.map(std::sync::Arc::new);
+    hub::install(
+        &io,
+        &settings.hub,
+        hub::Gate::new(&settings, verifier.clone()),
+    )?;
     let listener = bind(&settings.server.listen).await?;
     let addr = listener.local_addr()?;
     let cluster = if clustered {
@@ -163,15 +168,27 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     } else {
         None
     };
-    let app = api::router(
-        io.clone(),
-        cluster.clone(),
-        settings.api.token.clone(),
-        config.max_payload,
-    );
+    let api_auth = api::ApiAuth {
+        token: settings.api.token.clone(),
+        verifier,
+        loopback_only: !settings.api_auth() && !settings.auth.allow_anonymous,
+    };
+    let app = api::router(io.clone(), cluster.clone(), api_auth, config.max_payload);
 
     // Printed whatever the log level: scripts and tests wait for this line.
     eprintln!("courier listening on http://{addr}");
+    if !settings.auth.allow_anonymous && !(settings.client_auth() && settings.api_auth()) {
+        let what = match (settings.client_auth(), settings.api_auth()) {
+            (false, false) => "clients and API calls",
+            (false, true) => "clients",
+            _ => "API calls",
+        };
+        eprintln!(
+            "courier: PROTECTED MODE: no authentication is configured, so only {what} from this \
+             machine are accepted. To accept others, configure [auth] (docs/auth.md), or open up \
+             on purpose with `[auth] allow_anonymous = true` (env COURIER_AUTH_ALLOW_ANONYMOUS=true)."
+        );
+    }
     tracing::info!(
         data_dir = %data_dir.display(),
         path = config.path,
@@ -182,6 +199,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         max_connections = settings.server.max_connections,
         max_disk_bytes = settings.store.max_disk_bytes,
         cluster = cluster.as_ref().map(|c| c.status().node),
+        jwt = settings.auth.jwt(),
         "hub ready"
     );
 
