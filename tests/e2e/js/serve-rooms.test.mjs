@@ -247,8 +247,8 @@ describe("rooms and relay", () => {
     assert.equal(res.status, 200);
     const sockets = [...res.body.sockets].sort((x, y) => (x.sid < y.sid ? -1 : 1));
     const expected = [
-      { sid: a.id, rooms: ["listing", "other", a.id].sort(), transport: "websocket" },
-      { sid: b.id, rooms: ["listing", b.id].sort(), transport: "polling" },
+      { sid: a.id, rooms: ["listing", "other", a.id].sort(), transport: "websocket", sub: null },
+      { sid: b.id, rooms: ["listing", b.id].sort(), transport: "polling", sub: null },
     ].sort((x, y) => (x.sid < y.sid ? -1 : 1));
     assert.deepEqual(
       sockets.map((s) => ({ ...s, rooms: [...s.rooms].sort() })),
