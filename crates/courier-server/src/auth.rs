@@ -416,7 +416,8 @@ impl JwtVerifier {
 fn public_key(pem: &[u8], validation: impl Fn(&[Algorithm]) -> Validation) -> Result<Key, String> {
     let text = String::from_utf8_lossy(pem);
     // Tried in turn: the PEM's label does not always say which kind of key it holds.
-    let tries: [(AlgorithmFamily, fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>); 3] = [
+    type Parse = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
+    let tries: [(AlgorithmFamily, Parse); 3] = [
         (AlgorithmFamily::Rsa, DecodingKey::from_rsa_pem),
         (AlgorithmFamily::Ec, DecodingKey::from_ec_pem),
         (AlgorithmFamily::Ed, DecodingKey::from_ed_pem),

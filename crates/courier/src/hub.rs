@@ -26,7 +26,7 @@ impl Gate {
     pub fn new(settings: &Settings, verifier: Option<Arc<JwtVerifier>>) -> Gate {
         Gate {
             tokens: settings.hub.auth_tokens.clone(),
-            loopback_only: !settings.client_auth() && !settings.auth.allow_anonymous,
+            loopback_only: settings.protected().0,
             verifier,
         }
     }

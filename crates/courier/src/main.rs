@@ -171,18 +171,19 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let api_auth = api::ApiAuth {
         token: settings.api.token.clone(),
         verifier,
-        loopback_only: !settings.api_auth() && !settings.auth.allow_anonymous,
+        loopback_only: settings.protected().1,
     };
     let app = api::router(io.clone(), cluster.clone(), api_auth, config.max_payload);
 
     // Printed whatever the log level: scripts and tests wait for this line.
     eprintln!("courier listening on http://{addr}");
-    if !settings.auth.allow_anonymous && !(settings.client_auth() && settings.api_auth()) {
-        let what = match (settings.client_auth(), settings.api_auth()) {
-            (false, false) => "clients and API calls",
-            (false, true) => "clients",
-            _ => "API calls",
-        };
+    let what = match settings.protected() {
+        (true, true) => Some("clients and API calls"),
+        (true, false) => Some("clients"),
+        (false, true) => Some("API calls"),
+        (false, false) => None,
+    };
+    if let Some(what) = what {
         eprintln!(
             "courier: PROTECTED MODE: no authentication is configured, so only {what} from this \
              machine are accepted. To accept others, configure [auth] (docs/auth.md), or open up \

@@ -534,6 +534,13 @@ impl Settings {
         !self.api.token.is_empty() || self.auth.jwt()
     }
 
+    /// Protected mode, for clients and for API calls: true where no authentication is
+    /// configured and anonymous access was not allowed, so only loopback peers are served.
+    pub fn protected(&self) -> (bool, bool) {
+        let open = self.auth.allow_anonymous;
+        (!open && !self.client_auth(), !open && !self.api_auth())
+    }
+
     /// The library configuration these settings describe.
     pub fn server_config(&self) -> courier_server::Config {
         let e = &self.engine;
