@@ -682,6 +682,44 @@ mod tests {
     }
 
     #[test]
+    fn protected_mode_is_judged_per_surface() {
+        let load = |pairs: &[(&str, &str)]| Settings::load(None, env(pairs), Overrides::default());
+        assert_eq!(load(&[]).unwrap().protected(), (true, true));
+        assert_eq!(
+            load(&[("COURIER_HUB_AUTH_TOKENS", "t")]).unwrap().protected(),
+            (false, true)
+        );
+        assert_eq!(
+            load(&[("COURIER_API_TOKEN", "k")]).unwrap().protected(),
+            (true, false)
+        );
+        let jwt = load(&[("COURIER_AUTH_JWT_SECRET", "s")]).unwrap();
+        assert_eq!(jwt.protected(), (false, false));
+        assert!(jwt.auth.verifier().unwrap().is_some());
+        let open = load(&[("COURIER_AUTH_ALLOW_ANONYMOUS", "true")]).unwrap();
+        assert_eq!(open.protected(), (false, false));
+        assert_eq!(open.limits.events_per_second, 1000);
+    }
+
+    #[test]
+    fn bad_auth_settings_are_named() {
+        let err = Settings::load(
+            None,
+            env(&[("COURIER_AUTH_JWT_PUBLIC_KEY_FILE", "/no/such/key.pem")]),
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("jwt_public_key_file"), "{err:#}");
+        let err = Settings::load(
+            None,
+            env(&[("COURIER_AUTH_DEFAULT", "rooms")]),
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("config file"), "{err:#}");
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         let dir =
             std::env::temp_dir().join(format!("courier-settings-typo-{}", std::process::id()));
