@@ -210,9 +210,9 @@ impl Access<'_> {
             Access::Join(room) => format!("not allowed to join room {room:?}"),
             Access::Relay(room) => format!("not allowed to send to room {room:?}"),
             Access::Publish(stream) => format!("not allowed to publish to stream {stream:?}"),
-            Access::Subscribe { stream, consumer } => format!(
-                "not allowed to subscribe to stream {stream:?} as consumer {consumer:?}"
-            ),
+            Access::Subscribe { stream, consumer } => {
+                format!("not allowed to subscribe to stream {stream:?} as consumer {consumer:?}")
+            }
         }
     }
 }
@@ -377,9 +377,10 @@ impl JwtVerifier {
         }
         let header = jsonwebtoken::decode_header(token).map_err(|e| map_error(&e))?;
         let key = match &header.kid {
-            Some(kid) if !self.by_kid.is_empty() => {
-                self.by_kid.get(kid).ok_or_else(|| invalid("unknown key id"))?
-            }
+            Some(kid) if !self.by_kid.is_empty() => self
+                .by_kid
+                .get(kid)
+                .ok_or_else(|| invalid("unknown key id"))?,
             _ => match header.alg.family() {
                 AlgorithmFamily::Hmac => self.hmac.as_ref(),
                 _ => self.public.as_ref(),
@@ -574,10 +575,22 @@ mod tests {
             c[k] = val;
             v.verify(&hs(Algorithm::HS256, "s3cret", c))
         };
-        assert_eq!(with("exp", json!(now - 60)).unwrap_err(), TokenError::Expired);
-        assert_eq!(with("nbf", json!(now + 60)).unwrap_err().code(), "invalid_token");
-        assert_eq!(with("iss", json!("other")).unwrap_err().code(), "invalid_token");
-        assert_eq!(with("aud", json!("other")).unwrap_err().code(), "invalid_token");
+        assert_eq!(
+            with("exp", json!(now - 60)).unwrap_err(),
+            TokenError::Expired
+        );
+        assert_eq!(
+            with("nbf", json!(now + 60)).unwrap_err().code(),
+            "invalid_token"
+        );
+        assert_eq!(
+            with("iss", json!("other")).unwrap_err().code(),
+            "invalid_token"
+        );
+        assert_eq!(
+            with("aud", json!("other")).unwrap_err().code(),
+            "invalid_token"
+        );
         assert_eq!(with("sub", json!("")).unwrap_err().code(), "invalid_token");
         // Within the leeway.
         assert!(with("exp", json!(now - 1)).is_ok());

@@ -8,16 +8,16 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use courier_cluster::Cluster;
 use courier_proto::socket::is_event_name;
-use courier_server::store::{ConsumerRecord, Seq, StoreError, StreamConfig, StreamInfo};
 use courier_server::auth::{JwtVerifier, Scope, TokenError};
 use courier_server::engine::RemoteAddr;
+use courier_server::store::{ConsumerRecord, Seq, StoreError, StreamConfig, StreamInfo};
 use courier_server::{BroadcastOperator, Io, Payload, Streams};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -93,7 +93,12 @@ impl ApiAuth {
         if identity.grants.api.contains(&scope) {
             return Ok(());
         }
-        tracing::info!(sub = identity.sub, path = req.uri().path(), scope = scope.as_str(), "API call denied: scope missing");
+        tracing::info!(
+            sub = identity.sub,
+            path = req.uri().path(),
+            scope = scope.as_str(),
+            "API call denied: scope missing"
+        );
         fail(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -182,7 +187,14 @@ impl IntoResponse for ApiError {
 async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response {
     match api.auth.check(&req) {
         Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            // Answered before the body is read: the connection cannot carry another request, and
+            // the client must know that rather than find it dropped under its next one.
+            let mut res = e.into_response();
+            let close = HeaderValue::from_static("close");
+            res.headers_mut().insert(header::CONNECTION, close);
+            res
+        }
     }
 }
 

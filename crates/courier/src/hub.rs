@@ -79,14 +79,20 @@ const PROTECTED: &str = "protected mode: this hub has no authentication configur
 /// Whether `ip` is this machine (IPv4-mapped IPv6 loopback included).
 pub fn is_loopback(ip: std::net::IpAddr) -> bool {
     match ip {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
         v4 => v4.is_loopback(),
     }
 }
 
 /// Compares secrets in time that does not depend on where they differ.
 pub fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// Applies the hub settings to `io`.

@@ -686,7 +686,9 @@ mod tests {
         let load = |pairs: &[(&str, &str)]| Settings::load(None, env(pairs), Overrides::default());
         assert_eq!(load(&[]).unwrap().protected(), (true, true));
         assert_eq!(
-            load(&[("COURIER_HUB_AUTH_TOKENS", "t")]).unwrap().protected(),
+            load(&[("COURIER_HUB_AUTH_TOKENS", "t")])
+                .unwrap()
+                .protected(),
             (false, true)
         );
         assert_eq!(
@@ -709,7 +711,10 @@ mod tests {
             Overrides::default(),
         )
         .unwrap_err();
-        assert!(format!("{err:#}").contains("jwt_public_key_file"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("jwt_public_key_file"),
+            "{err:#}"
+        );
         let err = Settings::load(
             None,
             env(&[("COURIER_AUTH_DEFAULT", "rooms")]),

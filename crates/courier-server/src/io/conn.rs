@@ -2,8 +2,8 @@
 //! and the reassembly of binary packets.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
@@ -17,8 +17,8 @@ use serde_json::Value;
 use super::Shared;
 use super::message::{ConnectError, DisconnectReason, Payload};
 use super::recovery;
-use crate::auth::Access;
 use super::socket::{Handshake, Restore, Socket};
+use crate::auth::Access;
 use crate::engine::{CloseReason, Outbound, Session};
 
 /// One client connection as the Socket.IO layer keeps it.
@@ -277,9 +277,9 @@ impl Conn {
                 None => (None, None),
             };
             let fresh_auth = restore.is_some().then(|| auth.clone());
-            let position = match (&restore, conn.io.shared_recovery()) {
-                (None, Some(a)) => Some(a.recovery_position(&nsp).await),
-                _ => None,
+            let position = match restore {
+                None => conn.start_position(&nsp).await,
+                Some(_) => None,
             };
             let mut socket = Socket::new(ns.clone(), conn.clone(), auth, restore, position);
             // Unlike the reference server's default, middlewares run for a recovered session
@@ -291,10 +291,7 @@ impl Conn {
             if let Some(auth) = fresh_auth.filter(|_| socket.0.restored_sub != socket.sub()) {
                 tracing::info!(sid = %socket.id(), nsp, sub = socket.sub(), "not recovered: the session belongs to another identity");
                 replay = None;
-                let position = match conn.io.shared_recovery() {
-                    Some(a) => Some(a.recovery_position(&nsp).await),
-                    None => None,
-                };
+                let position = conn.start_position(&nsp).await;
                 socket = Socket::new(ns.clone(), conn.clone(), auth, None, position);
                 if !conn.admit(&ns, &socket).await {
                     return;
@@ -340,6 +337,14 @@ impl Conn {
                 h(socket).await;
             }
         });
+    }
+
+    /// Where a new session's recovery begins in a cluster's shared log (`None`: the local one).
+    async fn start_position(&self, nsp: &str) -> Option<u64> {
+        match self.io.shared_recovery() {
+            Some(a) => Some(a.recovery_position(nsp).await),
+            None => None,
+        }
     }
 
     /// Runs the namespace's middlewares on `socket`; a refusal is answered with CONNECT_ERROR.

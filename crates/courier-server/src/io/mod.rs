@@ -118,8 +118,7 @@ impl Shared {
         if let Some(streams) = &self.streams {
             streams.detach_all(socket);
         }
-        let recoverable =
-            matches!(reason, DisconnectReason::Connection(r) if !matches!(r, CloseReason::ParseError | CloseReason::RateLimited));
+        let recoverable = matches!(reason, DisconnectReason::Connection(r) if !matches!(r, CloseReason::ParseError | CloseReason::RateLimited));
         if let (Some(store), Some(pid)) = (&self.recovery, &socket.0.pid) {
             if recoverable {
                 let window = store.options().recovery_window.as_millis() as u64;

@@ -970,7 +970,13 @@ pub(crate) fn handle_reserved(
             }
             let max = io.config.max_subscriptions_per_socket;
             let key = (req.stream.clone(), req.consumer.clone());
-            let count = socket.0.subscriptions.lock().iter().filter(|k| **k != key).count();
+            let count = socket
+                .0
+                .subscriptions
+                .lock()
+                .iter()
+                .filter(|k| **k != key)
+                .count();
             if max > 0 && count >= max {
                 let why = format!("a socket may have at most {max} subscriptions");
                 let _ = msg.ack(&error_answer("too_many_subscriptions", why));
