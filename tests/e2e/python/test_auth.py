@@ -524,7 +524,7 @@ def test_api_scopes_route_by_route(start_courier):
         ({"Authorization": "Basic c3RhdGljLWFwaS1rZXk="}, "missing_token"),
         (bearer("static-api-key-not"), "invalid_token"),
         (bearer(scoped(["emit", "publish", "read", "manage"], exp_in=-60)), "expired_token"),
-        (bearer(jwt.encode(claims(sub="backend", courier={"api": ["read"]}), "other-secret", algorithm="HS256")),
+        (bearer(jwt.encode(claims(sub="backend", courier={"api": ["read"]}), SECRET + "-but-another-one", algorithm="HS256")),
          "invalid_token"),
     ]
     for headers, code in unauthenticated:
