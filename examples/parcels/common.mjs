@@ -1,9 +1,11 @@
-// What vendor.mjs and driver.mjs share: a connection to the Courier hub, a durable subscription
-// renewed on every (re)connection, publishing until the hub confirms, and a clean exit on Ctrl-C.
-// Nothing here is specific to Courier beyond three reserved events (courier:subscribe,
-// courier:publish, courier:unsubscribe): the client is the stock socket.io-client.
+// What vendor.mjs and driver.mjs share: a connection to the Courier hub with a fresh token each
+// time, a durable subscription renewed on every (re)connection, publishing until the hub
+// confirms, and a clean exit on Ctrl-C. Nothing here is specific to Courier beyond three reserved
+// events (courier:subscribe, courier:publish, courier:unsubscribe): the client is the stock
+// socket.io-client.
 
 import { io } from "socket.io-client";
+import { tokenFor } from "./tokens.mjs";
 
 export const HUB_URL = process.env.COURIER_URL || "http://127.0.0.1:3000";
 
@@ -22,11 +24,21 @@ export function checkName(name, what) {
   return name;
 }
 
-/** Connects to the hub; socket.io-client reconnects on its own whenever the hub goes away. */
-export function connect(who) {
-  const socket = io(HUB_URL, { reconnectionDelayMax: 2000 });
+/**
+ * Connects to the hub as `who` in `role`; socket.io-client reconnects on its own whenever the hub
+ * goes away, and calls `auth` again each time, so a reconnection always brings a fresh token.
+ */
+export function connect(who, role) {
+  const socket = io(HUB_URL, {
+    reconnectionDelayMax: 2000,
+    auth: (cb) => cb({ token: tokenFor(role, who) }),
+  });
   let unreachable = false;
   socket.on("connect_error", (err) => {
+    if (err.message === "unauthorized") {
+      log(who, `the hub refused our token (${err.data?.code}): ${err.data?.message}`);
+      return;
+    }
     if (!unreachable) log(who, `cannot reach the hub at ${HUB_URL} (${err.message}); retrying`);
     unreachable = true;
   });

@@ -20,7 +20,7 @@ if (!Number.isFinite(driveMs) || driveMs < 0) {
   process.exit(2);
 }
 
-const socket = connect(driver);
+const socket = connect(driver, "driver");
 const van = []; // parcels picked up and not yet delivered, in pickup order
 let connection = 0; // acks are only valid on the connection that received the parcel
 const delivered = new Set(); // parcels this driver delivered

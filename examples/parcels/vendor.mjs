@@ -33,7 +33,7 @@ const ADDRESSES = [
 
 const startedAt = Date.now();
 const statusStream = `parcels.status.${vendor}`;
-const socket = connect(vendor);
+const socket = connect(vendor, "vendor");
 const printed = new Set(); // updates printed by this run (the hub delivers at least once)
 let announcing = null;
 

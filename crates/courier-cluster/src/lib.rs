@@ -1041,6 +1041,7 @@ fn fetched(s: &courier_server::Socket) -> Value {
         "rooms": info.rooms,
         "data": info.data,
         "transport": info.transport,
+        "sub": info.sub,
     })
 }
 
@@ -1186,6 +1187,7 @@ impl Adapter for Cluster {
                             .get("transport")
                             .and_then(Value::as_str)
                             .map(str::to_owned),
+                        sub: s.get("sub").and_then(Value::as_str).map(str::to_owned),
                     })
                 })
                 .collect()

@@ -45,6 +45,28 @@ pub struct Config {
     /// Count what the server does ([`crate::stats::Stats`], read by [`crate::Io::stats`]): one
     /// atomic add per counted thing. Off, nothing is counted. Default on.
     pub metrics: bool,
+    /// Durable subscriptions one socket may hold (0 = no limit); one more is refused with
+    /// `too_many_subscriptions`. Default 100.
+    pub max_subscriptions_per_socket: usize,
+    /// Events per second one connection may send, over all its namespaces (0 = no limit). Past
+    /// it (and its burst) an event is refused: its ack gets `rate_limited`, and it is not
+    /// handled. Default 0.
+    pub events_per_second: u32,
+    /// Events a connection may send at once above its rate. Default 0 (the rate itself).
+    pub event_burst: u32,
+    /// Events refused within 10 s after which the connection is closed (`rate limited`, not
+    /// recoverable). 0 = never. Default 0.
+    pub rate_limit_disconnect: u32,
+    /// Engine.IO sessions one client address may have open (0 = no limit). Default 0.
+    pub max_sessions_per_ip: usize,
+    /// Handshakes one client address may make per second, with as many at once (0 = no limit).
+    /// Default 0.
+    pub handshakes_per_ip_per_second: u32,
+    /// Whether the per-address limits spare loopback clients, which behind a local reverse
+    /// proxy are every client. Default false.
+    pub exempt_loopback: bool,
+    /// Sockets one identity (JWT subject) may have at once (0 = no limit). Default 0.
+    pub max_sockets_per_sub: usize,
 }
 
 impl Default for Config {
@@ -66,6 +88,14 @@ impl Default for Config {
             max_namespaces_per_connection: 32,
             max_namespaces: 10_000,
             metrics: true,
+            max_subscriptions_per_socket: 100,
+            events_per_second: 0,
+            event_burst: 0,
+            rate_limit_disconnect: 0,
+            max_sessions_per_ip: 0,
+            handshakes_per_ip_per_second: 0,
+            exempt_loopback: false,
+            max_sockets_per_sub: 0,
         }
     }
 }

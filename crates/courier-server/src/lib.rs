@@ -15,17 +15,15 @@
 //!   in the store and restored with the broadcasts they missed.
 //! - [`serve`]: a ready HTTP/1.1 accept loop with graceful shutdown. [`Io::service`] is a plain
 //!   tower `Service`, so the hub also mounts in axum or any hyper server.
-//! - `io::streams`: the delivery engine. One runner per active consumer reads entries from the
-//!   [`store`], sends them to subscribed sockets as events with ack requests, and keeps the
-//!   consumer's position (pending, redelivery with backoff, dead letters, `max_ack_pending`).
-//! - `io::recovery`: connection state recovery. Broadcasts carry offsets; a lost session is kept
-//!   in the store and restored with the broadcasts it missed.
+//! - [`auth`]: identities (from JSON Web Tokens), grants as NATS-style patterns, and the
+//!   authorizer asked before a client joins a room, relays to it, publishes or subscribes.
 //!
 //! - [`stats`]: what the server counts (one atomic add each), for metrics and the admin UI.
 //!
 //! Codecs live in `courier-proto`; this crate does the I/O and the semantics.
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod config;
 pub mod engine;
 mod io;

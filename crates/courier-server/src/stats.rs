@@ -23,18 +23,27 @@ pub enum Refusal {
     TooManyNamespaces,
     /// A CONNECT to a namespace that does not exist (or `max_namespaces` was reached).
     InvalidNamespace,
-    /// A connect middleware said no (auth tokens, for `courier serve`).
+    /// A connect middleware said no (auth tokens or JWTs, for `courier serve`).
     Middleware,
+    /// A CONNECT past `max_sockets_per_sub` sockets of one identity.
+    MaxSocketsPerSub,
+    /// A handshake past `max_sessions_per_ip` sessions of one client address.
+    MaxSessionsPerIp,
+    /// A handshake past `handshakes_per_ip_per_second` of one client address.
+    HandshakeRate,
 }
 
 impl Refusal {
     /// Every cause, in label order.
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::MaxConnections,
         Refusal::MaxSessions,
         Refusal::TooManyNamespaces,
         Refusal::InvalidNamespace,
         Refusal::Middleware,
+        Refusal::MaxSocketsPerSub,
+        Refusal::MaxSessionsPerIp,
+        Refusal::HandshakeRate,
     ];
 
     /// The cause as a metric label.
@@ -45,6 +54,9 @@ impl Refusal {
             Refusal::TooManyNamespaces => "max_namespaces_per_connection",
             Refusal::InvalidNamespace => "invalid_namespace",
             Refusal::Middleware => "middleware",
+            Refusal::MaxSocketsPerSub => "max_sockets_per_sub",
+            Refusal::MaxSessionsPerIp => "max_sessions_per_ip",
+            Refusal::HandshakeRate => "handshakes_per_ip_per_second",
         }
     }
 }
@@ -65,17 +77,20 @@ pub enum RecoveryRefusal {
     Expired,
     /// More missed broadcasts than half the outbound queue.
     TooManyMissed,
+    /// The session belongs to another identity (JWT subject) than the one reconnecting.
+    OtherIdentity,
 }
 
 impl RecoveryRefusal {
     /// Every cause, in label order.
-    pub const ALL: [RecoveryRefusal; 6] = [
+    pub const ALL: [RecoveryRefusal; 7] = [
         RecoveryRefusal::Unknown,
         RecoveryRefusal::WrongNamespace,
         RecoveryRefusal::StillConnected,
         RecoveryRefusal::BadOffset,
         RecoveryRefusal::Expired,
         RecoveryRefusal::TooManyMissed,
+        RecoveryRefusal::OtherIdentity,
     ];
 
     /// The cause as a metric label.
@@ -87,12 +102,13 @@ impl RecoveryRefusal {
             RecoveryRefusal::BadOffset => "bad_offset",
             RecoveryRefusal::Expired => "log_expired",
             RecoveryRefusal::TooManyMissed => "too_many_missed",
+            RecoveryRefusal::OtherIdentity => "other_identity",
         }
     }
 }
 
 /// Every engine close reason, in label order.
-pub const CLOSE_REASONS: [CloseReason; 8] = [
+pub const CLOSE_REASONS: [CloseReason; 10] = [
     CloseReason::TransportClose,
     CloseReason::TransportError,
     CloseReason::PingTimeout,
@@ -101,6 +117,8 @@ pub const CLOSE_REASONS: [CloseReason; 8] = [
     CloseReason::ParseError,
     CloseReason::SlowClient,
     CloseReason::ConnectTimeout,
+    CloseReason::TokenExpired,
+    CloseReason::RateLimited,
 ];
 
 /// A close reason as a metric label: finer than Socket.IO's names (a slow client is a
@@ -115,6 +133,8 @@ pub fn close_label(r: CloseReason) -> &'static str {
         CloseReason::ParseError => "parse_error",
         CloseReason::SlowClient => "slow_client",
         CloseReason::ConnectTimeout => "connect_timeout",
+        CloseReason::TokenExpired => "token_expired",
+        CloseReason::RateLimited => "rate_limited",
     }
 }
 
@@ -155,9 +175,9 @@ pub struct Stats {
     /// Sessions upgraded from polling to WebSocket.
     pub upgrades: Counter,
     /// Sessions closed, by reason.
-    pub connections_closed: [Counter; 8],
+    pub connections_closed: [Counter; CLOSE_REASONS.len()],
     /// Handshakes and CONNECTs refused, by [`Refusal`].
-    pub refused: [Counter; 5],
+    pub refused: [Counter; Refusal::ALL.len()],
     /// Engine.IO packets received (pongs and messages; each binary attachment is one).
     pub packets_in: ShardedCounter,
     /// Bytes of the packets received (their Engine.IO encoding).
@@ -169,9 +189,11 @@ pub struct Stats {
     /// Sockets that joined a namespace (recovered ones included).
     pub socket_connects: Counter,
     /// Sockets that left a namespace, by reason (see [`disconnect_labels`]).
-    pub socket_disconnects: [Counter; 10],
+    pub socket_disconnects: [Counter; CLOSE_REASONS.len() + 2],
     /// Events received from clients (reserved `courier:` events included).
     pub events_received: ShardedCounter,
+    /// Events refused because their connection was past `events_per_second`.
+    pub events_rate_limited: Counter,
     /// Events sent to one socket (stream deliveries included).
     pub events_emitted: ShardedCounter,
     /// Broadcasts sent from this node.
@@ -189,7 +211,7 @@ pub struct Stats {
     /// Attempts that recovered the session.
     pub recovered: Counter,
     /// Attempts that did not, by [`RecoveryRefusal`].
-    pub recovery_refused: [Counter; 6],
+    pub recovery_refused: [Counter; RecoveryRefusal::ALL.len()],
     /// Stream entries sent to subscribers for the first time.
     pub deliveries: ShardedCounter,
     /// Stream entries sent again after `ack_wait`.

@@ -258,6 +258,9 @@ pub struct SessionRecord {
     pub subscriptions: Vec<(String, String)>,
     /// When the session stops being recoverable (ms since the epoch).
     pub expires_ms: u64,
+    /// The subject of the identity it had: only the same subject may recover it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
 }
 
 /// Where a kept recovery event is, without its data: what the store indexes at start-up.

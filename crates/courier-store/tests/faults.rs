@@ -146,6 +146,7 @@ async fn failed_commit_keeps_dirty_positions_sessions_and_broadcasts(kind: Kind)
         since: 1,
         subscriptions: vec![],
         expires_ms: now_ms() + 60_000,
+        sub: None,
     };
     store.put_session("pid", session.clone());
     let offset = store.log_recoverable("/", vec![], vec![], "[\"e\"]".into());

@@ -122,6 +122,7 @@ async fn consumer_saves_and_sessions_do_not_wait_for_retention_reads(kind: Kind)
                     since: 0,
                     subscriptions: Vec::new(),
                     expires_ms: LIVE_SESSION,
+                    sub: None,
                 },
             );
             done.store(true, Ordering::SeqCst);

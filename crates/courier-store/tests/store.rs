@@ -809,6 +809,7 @@ fn session(sid: &str, expires_ms: u64) -> SessionRecord {
         since: 3,
         subscriptions: vec![("orders".into(), "c".into())],
         expires_ms,
+        sub: None,
     }
 }
 

@@ -2,18 +2,21 @@
 //! disconnect, and a listing of sockets. JSON in, JSON out; every error is
 //! `{"error":{"code","message"}}` with a 4xx status.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use courier_cluster::Cluster;
 use courier_proto::socket::is_event_name;
+use courier_server::auth::{JwtVerifier, Scope, TokenError};
+use courier_server::engine::RemoteAddr;
 use courier_server::store::{ConsumerRecord, Seq, StoreError, StreamConfig, StreamInfo};
 use courier_server::{BroadcastOperator, Io, Payload, Streams};
 use serde::Deserialize;
@@ -27,15 +30,104 @@ const MAX_ACK_WAIT: Duration = Duration::from_secs(60);
 struct Api {
     io: Io,
     cluster: Option<Cluster>,
-    token: String,
+    auth: Arc<ApiAuth>,
+}
+
+/// Who may call the API: the static token (every scope), JWTs with `courier.api` scopes, or
+/// (with neither) anyone, from loopback only unless anonymous calls are allowed.
+pub struct ApiAuth {
+    /// The static token; empty: none.
+    pub token: String,
+    /// Verifies JWTs, when configured.
+    pub verifier: Option<Arc<JwtVerifier>>,
+    /// Protected mode: no API authentication configured and anonymous calls not allowed.
+    pub loopback_only: bool,
+}
+
+impl ApiAuth {
+    /// Checks a request's bearer token for the scope its route needs.
+    fn check(&self, req: &Request) -> Result<(), ApiError> {
+        let fail = |status, code: &'static str, message: String| {
+            Err(ApiError {
+                status,
+                code,
+                message,
+            })
+        };
+        if self.token.is_empty() && self.verifier.is_none() {
+            let local = req
+                .extensions()
+                .get::<RemoteAddr>()
+                .is_some_and(|a| crate::hub::is_loopback(a.0.ip()));
+            if self.loopback_only && !local {
+                return fail(
+                    StatusCode::FORBIDDEN,
+                    "protected_mode",
+                    "protected mode: this hub has no API authentication configured and accepts \
+                     only local calls; set api.token, configure [auth], or set [auth] \
+                     allow_anonymous = true"
+                        .into(),
+                );
+            }
+            return Ok(());
+        }
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !self.token.is_empty() && crate::hub::same(&self.token, given) {
+            return Ok(());
+        }
+        let identity = match &self.verifier {
+            Some(v) => v.verify(given),
+            None if given.is_empty() => Err(TokenError::Missing),
+            None => Err(TokenError::Invalid("not the API token".into())),
+        };
+        let identity = match identity {
+            Ok(i) => i,
+            Err(e) => return fail(StatusCode::UNAUTHORIZED, e.code(), e.to_string()),
+        };
+        let scope = scope_of(req.method(), req.uri().path());
+        if identity.grants.api.contains(&scope) {
+            return Ok(());
+        }
+        tracing::info!(
+            sub = identity.sub,
+            path = req.uri().path(),
+            scope = scope.as_str(),
+            "API call denied: scope missing"
+        );
+        fail(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("the token lacks the {:?} scope", scope.as_str()),
+        )
+    }
+}
+
+/// The scope a route needs: `read` for every GET, `publish` to publish, `emit` to emit or
+/// disconnect, `manage` for the rest (create or change streams, purge, delete consumers).
+fn scope_of(method: &Method, path: &str) -> Scope {
+    if *method == Method::GET {
+        Scope::Read
+    } else if path.ends_with("/publish") || path.contains("/replay/") {
+        // A replayed dead letter (the dashboard's) is a publish into its stream.
+        Scope::Publish
+    } else if path.ends_with("/emit") || path.ends_with("/disconnect") {
+        Scope::Emit
+    } else {
+        Scope::Manage
+    }
 }
 
 /// The router with the API and, as fallback, the hub's Engine.IO endpoint.
-pub fn router(io: Io, cluster: Option<Cluster>, token: String, max_body: usize) -> Router {
+pub fn router(io: Io, cluster: Option<Cluster>, auth: ApiAuth, max_body: usize) -> Router {
     let api = Api {
         io: io.clone(),
         cluster,
-        token,
+        auth: Arc::new(auth),
     };
     let v1 = Router::new()
         .route("/emit", post(emit))
@@ -94,22 +186,17 @@ impl IntoResponse for ApiError {
 }
 
 async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response {
-    if !api.token.is_empty() {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(api.token.as_str()) {
-            return ApiError {
-                status: StatusCode::UNAUTHORIZED,
-                code: "unauthorized",
-                message: "missing or wrong bearer token".into(),
-            }
-            .into_response();
+    match api.auth.check(&req) {
+        Ok(()) => next.run(req).await,
+        Err(e) => {
+            // Answered before the body is read: the connection cannot carry another request, and
+            // the client must know that rather than find it dropped under its next one.
+            let mut res = e.into_response();
+            let close = HeaderValue::from_static("close");
+            res.headers_mut().insert(header::CONNECTION, close);
+            res
         }
     }
-    next.run(req).await
 }
 
 /// A request body, or why it could not be read (too large, say).
@@ -261,7 +348,7 @@ async fn sockets(
         .fetch_sockets()
         .await
         .into_iter()
-        .map(|s| json!({"sid": s.id.as_ref(), "rooms": s.rooms, "transport": s.transport}))
+        .map(|s| json!({"sid": s.id.as_ref(), "rooms": s.rooms, "transport": s.transport, "sub": s.sub}))
         .collect();
     Ok(Json(json!({"sockets": list})))
 }
@@ -436,8 +523,30 @@ async fn delete_consumer(
     Ok(Json(json!({"deleted": true})))
 }
 
-/// `routes` behind the same bearer-token check as `/api/v1` (when `token` is set).
-pub fn behind_token(routes: Router, io: Io, cluster: Option<Cluster>, token: String) -> Router {
-    let api = Api { io, cluster, token };
+/// `routes` behind the same check as `/api/v1` (the scope of each route from [`scope_of`]).
+pub fn behind_token(routes: Router, io: Io, cluster: Option<Cluster>, auth: ApiAuth) -> Router {
+    let api = Api {
+        io,
+        cluster,
+        auth: Arc::new(auth),
+    };
     routes.layer(middleware::from_fn_with_state(api, authorize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observation_routes_need_read_and_a_replay_needs_publish() {
+        for path in [
+            "/metrics",
+            "/dashboard/api/summary",
+            "/dashboard/api/streams/orders.dlq/entries",
+        ] {
+            assert_eq!(scope_of(&Method::GET, path), Scope::Read, "{path}");
+        }
+        let replay = "/dashboard/api/streams/orders.dlq/replay/7";
+        assert_eq!(scope_of(&Method::POST, replay), Scope::Publish);
+    }
 }

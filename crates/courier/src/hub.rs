@@ -5,59 +5,128 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use courier_server::auth::{Access, JwtVerifier, TokenError, check_grants};
 use courier_server::{ConnectError, Io, Message, Payload, Room, Setup, Socket, error_answer};
 use futures_util::future::{Either, join_all};
 use serde_json::{Value, json};
 
-use crate::settings::Hub as HubSettings;
+use crate::settings::{Hub as HubSettings, Settings};
+
+/// Who may connect: static tokens, JWTs, or (with neither) anyone, from loopback only unless
+/// anonymous clients are allowed.
+pub struct Gate {
+    tokens: Vec<String>,
+    verifier: Option<Arc<JwtVerifier>>,
+    /// Protected mode: no authentication configured and anonymous clients not allowed.
+    loopback_only: bool,
+}
+
+impl Gate {
+    /// The gate `settings` describe, sharing `verifier` with the HTTP API.
+    pub fn new(settings: &Settings, verifier: Option<Arc<JwtVerifier>>) -> Gate {
+        Gate {
+            tokens: settings.hub.auth_tokens.clone(),
+            loopback_only: settings.protected().0,
+            verifier,
+        }
+    }
+
+    /// Checks a CONNECT; with a JWT, the socket gets the identity it names.
+    fn admit(&self, socket: &Socket) -> Result<(), ConnectError> {
+        let refuse = |code: &str, message: String| {
+            Err(ConnectError::new("unauthorized")
+                .with_data(json!({"code": code, "message": message})))
+        };
+        if self.loopback_only {
+            return match socket.handshake().address {
+                Some(a) if is_loopback(a.ip()) => Ok(()),
+                _ => refuse("protected_mode", PROTECTED.into()),
+            };
+        }
+        if self.tokens.is_empty() && self.verifier.is_none() {
+            return Ok(());
+        }
+        let token = socket
+            .auth()
+            .get("token")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !token.is_empty() && self.tokens.iter().any(|t| same(t, token)) {
+            return Ok(());
+        }
+        let verdict = match &self.verifier {
+            Some(v) => v.verify(token),
+            None if token.is_empty() => Err(TokenError::Missing),
+            None => Err(TokenError::Invalid("not a known token".into())),
+        };
+        match verdict {
+            Ok(identity) => {
+                socket.set_identity(identity);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::info!(nsp = socket.ns().name(), address = ?socket.handshake().address, code = e.code(), "CONNECT refused: {e}");
+                refuse(e.code(), e.to_string())
+            }
+        }
+    }
+}
+
+/// What a client refused by protected mode is told.
+const PROTECTED: &str = "protected mode: this hub has no authentication configured and accepts \
+     only local clients; configure [auth] or set [auth] allow_anonymous = true";
+
+/// Whether `ip` is this machine (IPv4-mapped IPv6 loopback included).
+pub fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+        v4 => v4.is_loopback(),
+    }
+}
+
+/// Compares secrets in time that does not depend on where they differ.
+pub fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
 
 /// Applies the hub settings to `io`.
-pub fn install(io: &Io, settings: &HubSettings) -> anyhow::Result<()> {
+pub fn install(io: &Io, settings: &HubSettings, gate: Gate) -> anyhow::Result<()> {
     let rules = Arc::new(settings.clone());
+    let gate = Arc::new(gate);
     for name in &settings.namespaces {
-        setup(&io.of(name), &rules);
+        setup(&io.of(name), &rules, &gate);
     }
     for pattern in &settings.namespace_patterns {
         let re = regex::Regex::new(pattern)?;
-        setup(&io.dynamic_regex(re), &rules);
+        setup(&io.dynamic_regex(re), &rules, &gate);
     }
-    if let Some(streams) = io.streams() {
-        let (publish, subscribe) = (settings.client_publish, settings.client_subscribe);
-        streams.set_authorizer(move |_, event| match event {
-            "courier:publish" => publish,
-            "courier:subscribe" => subscribe,
-            _ => true,
-        });
-    }
+    let (publish, subscribe) = (settings.client_publish, settings.client_subscribe);
+    io.set_authorizer(move |socket, access| match access {
+        Access::Publish(_) if !publish => Err("clients may not publish on this hub".into()),
+        Access::Subscribe { .. } if !subscribe => {
+            Err("clients may not subscribe on this hub".into())
+        }
+        _ => check_grants(socket, access),
+    });
     Ok(())
 }
 
-fn setup<S: Setup>(ns: &S, rules: &Arc<HubSettings>) {
-    if !rules.auth_tokens.is_empty() {
-        let tokens = rules.auth_tokens.clone();
-        ns.middleware(move |socket| {
-            let ok = socket
-                .auth()
-                .get("token")
-                .and_then(Value::as_str)
-                .is_some_and(|t| tokens.iter().any(|k| k == t));
-            async move {
-                if ok {
-                    Ok(())
-                } else {
-                    Err(ConnectError::new("unauthorized")
-                        .with_data(json!({"code": "unauthorized"})))
-                }
-            }
-        });
-    }
+fn setup<S: Setup>(ns: &S, rules: &Arc<HubSettings>, gate: &Arc<Gate>) {
+    let gate = gate.clone();
+    ns.middleware(move |socket| std::future::ready(gate.admit(&socket)));
     let rules = rules.clone();
     ns.on_connect(move |socket| {
         let rules = rules.clone();
         async move {
-            tracing::info!(sid = %socket.id(), nsp = socket.ns().name(), transport = socket.transport().name(), "client connected");
+            tracing::info!(sid = %socket.id(), nsp = socket.ns().name(), transport = socket.transport().name(), sub = socket.sub(), recovered = socket.recovered(), "client connected");
             socket.on_disconnect(|socket, reason| async move {
-                tracing::info!(sid = %socket.id(), nsp = socket.ns().name(), reason = reason.as_str(), "client disconnected");
+                tracing::info!(sid = %socket.id(), nsp = socket.ns().name(), sub = socket.sub(), reason = reason.as_str(), "client disconnected");
             });
             socket.on_any(move |socket, msg| handle(&rules, &socket, msg));
         }
@@ -154,6 +223,13 @@ fn rooms_request(
             );
         }
     }
+    if msg.event == "courier:join" {
+        for name in &names {
+            if let Err(why) = socket.authorize(&Access::Join(name)) {
+                return error_answer("forbidden", why);
+            }
+        }
+    }
     for name in names {
         if msg.event == "courier:join" {
             let room = Room::from(name);
@@ -171,9 +247,17 @@ fn relay(rules: &HubSettings, socket: &Socket, msg: &mut Message) -> Value {
         return error_answer("forbidden", "client events are not relayed on this hub");
     }
     let own = socket.id();
-    let rooms: Vec<_> = socket.rooms().into_iter().filter(|r| r != own).collect();
-    if rooms.is_empty() {
+    let joined: Vec<_> = socket.rooms().into_iter().filter(|r| r != own).collect();
+    if joined.is_empty() {
         return json!({"ok": true, "recipients": 0});
+    }
+    // Only to rooms the client may be in: a room a server handler put it in does not count.
+    let rooms: Vec<_> = joined
+        .into_iter()
+        .filter(|r| socket.authorize(&Access::Relay(r)).is_ok())
+        .collect();
+    if rooms.is_empty() {
+        return error_answer("forbidden", "not allowed to send to any of its rooms");
     }
     let mut targets = socket.broadcast();
     for r in rooms {

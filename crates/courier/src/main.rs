@@ -150,7 +150,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     } else {
         Io::with_store(config.clone(), store.clone())
     };
-    hub::install(&io, &settings.hub)?;
+    let verifier = settings.auth.verifier()?.map(std::sync::Arc::new);
+    hub::install(
+        &io,
+        &settings.hub,
+        hub::Gate::new(&settings, verifier.clone()),
+    )?;
     let listener = bind(&settings.server.listen).await?;
     let addr = listener.local_addr()?;
     let cluster = if clustered {
@@ -171,23 +176,36 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     } else {
         None
     };
-    let app = api::router(
-        io.clone(),
-        cluster.clone(),
-        settings.api.token.clone(),
-        config.max_payload,
-    );
+    let api_auth = || api::ApiAuth {
+        token: settings.api.token.clone(),
+        verifier: verifier.clone(),
+        loopback_only: settings.protected().1,
+    };
+    let app = api::router(io.clone(), cluster.clone(), api_auth(), config.max_payload);
     let admin = settings.admin.enabled.then(|| {
         let node = cluster.as_ref().map(|c| c.status().node);
         observe::admin::install(&io, &settings.admin, node)
     });
     let app = observe::routes(&io, cluster.as_ref(), &settings, |r| {
-        api::behind_token(r, io.clone(), cluster.clone(), settings.api.token.clone())
+        api::behind_token(r, io.clone(), cluster.clone(), api_auth())
     })
     .merge(app);
 
     // Printed whatever the log level: scripts and tests wait for this line.
     eprintln!("courier listening on http://{addr}");
+    let what = match settings.protected() {
+        (true, true) => Some("clients and API calls"),
+        (true, false) => Some("clients"),
+        (false, true) => Some("API calls"),
+        (false, false) => None,
+    };
+    if let Some(what) = what {
+        eprintln!(
+            "courier: PROTECTED MODE: no authentication is configured, so only {what} from this \
+             machine are accepted. To accept others, configure [auth] (docs/auth.md), or open up \
+             on purpose with `[auth] allow_anonymous = true` (env COURIER_AUTH_ALLOW_ANONYMOUS=true)."
+        );
+    }
     tracing::info!(
         data_dir = %data_dir.display(),
         path = config.path,
@@ -198,6 +216,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         max_connections = settings.server.max_connections,
         max_disk_bytes = settings.store.max_disk_bytes,
         cluster = cluster.as_ref().map(|c| c.status().node),
+        jwt = settings.auth.jwt(),
         "hub ready"
     );
 

@@ -20,6 +20,8 @@ pub struct Settings {
     pub recovery: Recovery,
     pub streams: Streams,
     pub cluster: Cluster,
+    pub auth: Auth,
+    pub limits: Limits,
     /// Streams created at start-up (`[[stream]]` tables).
     pub stream: Vec<StreamDef>,
     pub metrics: crate::observe::settings::Metrics,
@@ -90,6 +92,126 @@ impl Default for Cluster {
             key: "socket.io".into(),
             requests_timeout_ms: 5000,
             advertise_url: String::new(),
+        }
+    }
+}
+
+/// Who may connect and what they may touch (docs/auth.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    /// HMAC secret for HS256/384/512 tokens.
+    pub jwt_secret: String,
+    /// PEM public key for RS*, PS*, ES* or EdDSA tokens.
+    pub jwt_public_key_file: String,
+    /// A JWKS document; a token's `kid` picks the key.
+    pub jwks_file: String,
+    /// Required `iss`, when set.
+    pub issuer: String,
+    /// Required `aud`, when set.
+    pub audience: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway_ms: u64,
+    /// With no authentication configured, accept clients and API calls from other machines
+    /// too (protected mode off).
+    pub allow_anonymous: bool,
+    /// Grants of a token without a `courier` claim; `{sub}` is the token's subject.
+    pub default: courier_server::auth::GrantSpec,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            jwt_secret: String::new(),
+            jwt_public_key_file: String::new(),
+            jwks_file: String::new(),
+            issuer: String::new(),
+            audience: String::new(),
+            leeway_ms: 5000,
+            allow_anonymous: false,
+            default: Default::default(),
+        }
+    }
+}
+
+impl Auth {
+    /// Whether JSON Web Tokens are accepted.
+    pub fn jwt(&self) -> bool {
+        !(self.jwt_secret.is_empty()
+            && self.jwt_public_key_file.is_empty()
+            && self.jwks_file.is_empty())
+    }
+
+    /// The verifier these settings describe, if tokens are accepted.
+    pub fn verifier(&self) -> anyhow::Result<Option<courier_server::auth::JwtVerifier>> {
+        if !self.jwt() {
+            return Ok(None);
+        }
+        let read = |what: &str, path: &str| -> anyhow::Result<Option<Vec<u8>>> {
+            if path.is_empty() {
+                return Ok(None);
+            }
+            std::fs::read(path)
+                .map(Some)
+                .with_context(|| format!("auth.{what}: reading {path}"))
+        };
+        let jwks = read("jwks_file", &self.jwks_file)?
+            .map(String::from_utf8)
+            .transpose()
+            .context("auth.jwks_file: not UTF-8")?;
+        let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let options = courier_server::auth::JwtOptions {
+            secret: nonempty(&self.jwt_secret).map(String::into_bytes),
+            public_key_pem: read("jwt_public_key_file", &self.jwt_public_key_file)?,
+            jwks_json: jwks,
+            issuer: nonempty(&self.issuer),
+            audience: nonempty(&self.audience),
+            leeway: Duration::from_millis(self.leeway_ms),
+            default_grants: self.default.clone(),
+        };
+        let verifier = courier_server::auth::JwtVerifier::new(options)
+            .map_err(|e| anyhow::anyhow!("[auth]: {e}"))?;
+        // A template that cannot compile would refuse every token without a `courier` claim.
+        self.default
+            .compile(Some("subject"))
+            .map_err(|e| anyhow::anyhow!("[auth.default]: {e}"))?;
+        Ok(Some(verifier))
+    }
+}
+
+/// What one client may do, so that none can starve the others (docs/serve.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Events per second one connection may send (0 = no limit).
+    pub events_per_second: u32,
+    /// Events a connection may send at once above its rate.
+    pub event_burst: u32,
+    /// Refused events within 10 s after which the connection is closed (0 = never).
+    pub rate_limit_disconnect: u32,
+    /// Connections open at once from one address (0 = no limit).
+    pub connections_per_ip: usize,
+    /// Handshakes per second from one address (0 = no limit).
+    pub handshakes_per_ip_per_second: u32,
+    /// Sockets one token subject may have at once (0 = no limit).
+    pub connections_per_sub: usize,
+    /// Durable subscriptions one socket may hold (0 = no limit).
+    pub subscriptions_per_socket: usize,
+    /// The per-address limits spare loopback clients (a local reverse proxy is every client).
+    pub exempt_loopback: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            events_per_second: 1000,
+            event_burst: 2000,
+            rate_limit_disconnect: 5000,
+            connections_per_ip: 1000,
+            handshakes_per_ip_per_second: 50,
+            connections_per_sub: 100,
+            subscriptions_per_socket: 100,
+            exempt_loopback: true,
         }
     }
 }
@@ -386,6 +508,7 @@ impl Settings {
         }
         crate::observe::settings::validate(&self.admin)?;
         self.server_config().validate()?;
+        self.auth.verifier()?;
         Ok(())
     }
 
@@ -409,6 +532,23 @@ impl Settings {
         }
     }
 
+    /// Whether clients must authenticate: static tokens or JWTs.
+    pub fn client_auth(&self) -> bool {
+        !self.hub.auth_tokens.is_empty() || self.auth.jwt()
+    }
+
+    /// Whether API calls must authenticate: the static API token or JWTs.
+    pub fn api_auth(&self) -> bool {
+        !self.api.token.is_empty() || self.auth.jwt()
+    }
+
+    /// Protected mode, for clients and for API calls: true where no authentication is
+    /// configured and anonymous access was not allowed, so only loopback peers are served.
+    pub fn protected(&self) -> (bool, bool) {
+        let open = self.auth.allow_anonymous;
+        (!open && !self.client_auth(), !open && !self.api_auth())
+    }
+
     /// The library configuration these settings describe.
     pub fn server_config(&self) -> courier_server::Config {
         let e = &self.engine;
@@ -427,6 +567,14 @@ impl Settings {
             max_sessions: self.server.max_connections,
             max_namespaces_per_connection: e.max_namespaces_per_connection,
             max_namespaces: e.max_namespaces,
+            max_subscriptions_per_socket: self.limits.subscriptions_per_socket,
+            events_per_second: self.limits.events_per_second,
+            event_burst: self.limits.event_burst,
+            rate_limit_disconnect: self.limits.rate_limit_disconnect,
+            max_sessions_per_ip: self.limits.connections_per_ip,
+            handshakes_per_ip_per_second: self.limits.handshakes_per_ip_per_second,
+            exempt_loopback: self.limits.exempt_loopback,
+            max_sockets_per_sub: self.limits.connections_per_sub,
             cors: courier_server::Cors {
                 origins: self.cors.origins.clone(),
                 credentials: self.cors.credentials,
@@ -455,6 +603,7 @@ fn parse_like(default: &toml::Value, raw: &str) -> anyhow::Result<toml::Value> {
                 .map(|s| toml::Value::String(s.into()))
                 .collect(),
         ),
+        toml::Value::Table(_) => bail!("a table: set it in the config file"),
         _ => toml::Value::String(raw.into()),
     })
 }
@@ -539,6 +688,49 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("namespace_patterns"), "{err:#}");
+    }
+
+    #[test]
+    fn protected_mode_is_judged_per_surface() {
+        let load = |pairs: &[(&str, &str)]| Settings::load(None, env(pairs), Overrides::default());
+        assert_eq!(load(&[]).unwrap().protected(), (true, true));
+        assert_eq!(
+            load(&[("COURIER_HUB_AUTH_TOKENS", "t")])
+                .unwrap()
+                .protected(),
+            (false, true)
+        );
+        assert_eq!(
+            load(&[("COURIER_API_TOKEN", "k")]).unwrap().protected(),
+            (true, false)
+        );
+        let jwt = load(&[("COURIER_AUTH_JWT_SECRET", "s")]).unwrap();
+        assert_eq!(jwt.protected(), (false, false));
+        assert!(jwt.auth.verifier().unwrap().is_some());
+        let open = load(&[("COURIER_AUTH_ALLOW_ANONYMOUS", "true")]).unwrap();
+        assert_eq!(open.protected(), (false, false));
+        assert_eq!(open.limits.events_per_second, 1000);
+    }
+
+    #[test]
+    fn bad_auth_settings_are_named() {
+        let err = Settings::load(
+            None,
+            env(&[("COURIER_AUTH_JWT_PUBLIC_KEY_FILE", "/no/such/key.pem")]),
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("jwt_public_key_file"),
+            "{err:#}"
+        );
+        let err = Settings::load(
+            None,
+            env(&[("COURIER_AUTH_DEFAULT", "rooms")]),
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("config file"), "{err:#}");
     }
 
     #[test]

@@ -12,10 +12,12 @@ import { startCourier, withTimeout } from "./harness.mjs";
 import { api, connect } from "./clients.mjs";
 
 const N = 8000;
+// Backpressure is the subject here, not the per-connection rate limit (auth.test.mjs has that).
+const UNLIMITED = { limits: { events_per_second: 0 } };
 
 for (const transport of ["websocket", "polling"]) {
   test(`a flood of ${N} courier:publish over ${transport} is answered in full`, async (t) => {
-    const server = await startCourier({ t });
+    const server = await startCourier({ t, config: UNLIMITED });
     const socket = await connect(t, server.url, "/", { transports: [transport] });
     const reasons = [];
     socket.on("disconnect", (reason) => reasons.push(reason));
@@ -42,7 +44,7 @@ for (const transport of ["websocket", "polling"]) {
 }
 
 test(`a flood of ${N} relayed events with acks over polling is answered in full`, async (t) => {
-  const server = await startCourier({ t });
+  const server = await startCourier({ t, config: UNLIMITED });
   const socket = await connect(t, server.url, "/", { transports: ["polling"] });
   const reasons = [];
   socket.on("disconnect", (reason) => reasons.push(reason));

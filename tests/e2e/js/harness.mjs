@@ -165,6 +165,10 @@ function tomlValue(value) {
   }
   if (typeof value === "boolean") return value ? "true" : "false";
   if (Array.isArray(value)) return `[${value.map(tomlValue).join(", ")}]`;
+  if (value && typeof value === "object") {
+    const entries = Object.entries(value).filter(([, v]) => v !== undefined);
+    return `{ ${entries.map(([k, v]) => `${k} = ${tomlValue(v)}`).join(", ")} }`;
+  }
   throw new Error(`unsupported TOML value ${JSON.stringify(value)}`);
 }
 

@@ -15,6 +15,8 @@ import { api } from "./clients.mjs";
 
 const EXAMPLE_DIR = path.join(REPO_ROOT, "examples", "parcels");
 const EXAMPLE_CONFIG = path.join(EXAMPLE_DIR, "courier.toml");
+// The backend's API token in the example's courier.toml.
+const API_TOKEN = "parcel-demo-api-token";
 
 function requireExamplePackages() {
   const client = path.join(EXAMPLE_DIR, "node_modules", "socket.io-client", "package.json");
@@ -127,11 +129,11 @@ test("a vendor that was offline while drivers delivered learns of every delivery
   });
   const delivered = deliveriesBy([bob, alice]);
   assert.deepEqual([...delivered.keys()].sort(), [...announced].sort());
-  const queue = await api(hub, "GET", "/api/v1/streams/parcels.ready/consumers/drivers");
+  const queue = await api(hub, "GET", "/api/v1/streams/parcels.ready/consumers/drivers", undefined, { token: API_TOKEN });
   assert.equal(queue.status, 200, JSON.stringify(queue.body));
   assert.equal(queue.body.pending, 0, `no parcel left with the drivers: ${JSON.stringify(queue.body)}`);
   assert.equal(queue.body.waiting, 0, `no parcel left at the depot: ${JSON.stringify(queue.body)}`);
-  const statuses = await api(hub, "GET", "/api/v1/streams/parcels.status.acme");
+  const statuses = await api(hub, "GET", "/api/v1/streams/parcels.status.acme", undefined, { token: API_TOKEN });
   assert.equal(statuses.status, 200, JSON.stringify(statuses.body));
   assert.equal(statuses.body.entries, 12, `one in-transit and one delivered per parcel: ${JSON.stringify(statuses.body)}`);
 
@@ -145,7 +147,7 @@ test("a vendor that was offline while drivers delivered learns of every delivery
   assert.deepEqual([...inTransit].sort(), [...announced].sort(), `every parcel was reported in transit\n${back.output()}`);
   await waitFor(
     async () => {
-      const desk = await api(hub, "GET", "/api/v1/streams/parcels.status.acme/consumers/desk");
+      const desk = await api(hub, "GET", "/api/v1/streams/parcels.status.acme/consumers/desk", undefined, { token: API_TOKEN });
       return desk.body.pending === 0 && desk.body.waiting === 0 && desk.body.ack_floor === 12;
     },
     { ms: 5000, what: "the vendor's acks of all twelve updates" },

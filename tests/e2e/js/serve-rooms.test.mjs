@@ -247,8 +247,8 @@ describe("rooms and relay", () => {
     assert.equal(res.status, 200);
     const sockets = [...res.body.sockets].sort((x, y) => (x.sid < y.sid ? -1 : 1));
     const expected = [
-      { sid: a.id, rooms: ["listing", "other", a.id].sort(), transport: "websocket" },
-      { sid: b.id, rooms: ["listing", b.id].sort(), transport: "polling" },
+      { sid: a.id, rooms: ["listing", "other", a.id].sort(), transport: "websocket", sub: null },
+      { sid: b.id, rooms: ["listing", b.id].sort(), transport: "polling", sub: null },
     ].sort((x, y) => (x.sid < y.sid ? -1 : 1));
     assert.deepEqual(
       sockets.map((s) => ({ ...s, rooms: [...s.rooms].sort() })),
@@ -299,9 +299,10 @@ describe("features turned off", () => {
     const body = { namespace: "/", event: "x", data: [] };
     const none = await api(server, "POST", "/api/v1/emit", body);
     assert.equal(none.status, 401);
-    assert.equal(none.body.error.code, "unauthorized");
+    assert.equal(none.body.error.code, "missing_token");
     const wrong = await api(server, "POST", "/api/v1/emit", body, { token: "nope" });
     assert.equal(wrong.status, 401);
+    assert.equal(wrong.body.error.code, "invalid_token");
     const right = await api(server, "POST", "/api/v1/emit", body, { token: "backend-secret" });
     assert.equal(right.status, 200);
     assert.deepEqual(right.body, { recipients: 0 });

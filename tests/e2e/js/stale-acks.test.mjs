@@ -6,6 +6,9 @@
 // seq 2 (ack id 1 on the first connection) acknowledged the redelivery of seq 3 (ack id 1 on the
 // recovered one): seq 3 counted as done though no one acked it. Drivers that ack after a slow job
 // (see examples/parcels) call callbacks that old.
+//
+// The test itself failed one run in six under load: after the SIGKILL, seq 1's acknowledgement
+// could be younger than the last position save and seq 1 came again, which at-least-once allows.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -33,11 +36,15 @@ async function scenario(t, drop) {
 
   const server2 = await drop(server, socket);
   await waitFor(() => socket.connected && socket.recovered, { ms: 10_000, what: "a recovered reconnection" });
-  await waitFor(() => got.length === 5, { ms: 5000, what: "seqs 2 and 3 sent again" });
-  assert.deepEqual(got.slice(3).map((d) => [d.meta.seq, d.meta.deliveries]), [[2, 2], [3, 2]]);
+  const again = () => got.slice(3).filter((d) => d.meta.seq >= 2);
+  await waitFor(() => again().length === 2, { ms: 5000, what: "seqs 2 and 3 sent again" });
+  assert.deepEqual(again().map((d) => [d.meta.seq, d.meta.deliveries]), [[2, 2], [3, 2]]);
+  // A crash may lose an acknowledgement younger than the last position save (at least once):
+  // seq 1 may come again too, and is acknowledged again.
+  for (const d of got.slice(3).filter((d) => d.meta.seq === 1)) d.ack();
 
   got[1].ack(); // the old callback of seq 2, from the first connection
-  got.find((d, i) => i >= 3 && d.meta.seq === 2).ack(); // and the new one of seq 2
+  again()[0].ack(); // and the new one of seq 2
   // seq 3 was never acknowledged by anyone: it must still be pending.
   await waitFor(async () => (await consumer(server2)).ack_floor >= 2, { what: "seq 2 acked" });
   await new Promise((resolve) => setTimeout(resolve, 300));

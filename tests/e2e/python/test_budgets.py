@@ -123,6 +123,8 @@ def test_publish_flood_over_many_streams_stays_within_memory_and_disk_quotas(sta
     server = start_courier(
         f"[store]\ntail_memory_bytes = {tail_budget}\nmax_disk_bytes = {max_disk}\n"
         f"max_streams = {max_streams}\nmax_queued_bytes = {8 * MIB}\n"
+        # One reader checks every stream from one socket afterwards.
+        f"[limits]\nsubscriptions_per_socket = {max_streams}\n"
     )
     api = Api(server.url)
     base = settle_baseline(server, api)

@@ -120,7 +120,7 @@ def test_api_token(start_courier, sio_client):
 
     r = requests.post(f"{server.url}/api/v1/emit", json=body, timeout=5)
     assert r.status_code == 401
-    assert r.json()["error"]["code"] == "unauthorized"
+    assert r.json()["error"]["code"] == "missing_token"
     r = requests.post(
         f"{server.url}/api/v1/emit", json=body, headers={"Authorization": "Bearer wrong"}, timeout=5
     )

@@ -42,6 +42,12 @@ pub enum EngineError {
     /// A handshake while `max_sessions` sessions are open.
     #[error("Too many connections")]
     TooManySessions,
+    /// A handshake from an address that has `max_sessions_per_ip` sessions open.
+    #[error("Too many connections from this address")]
+    TooManyFromAddress,
+    /// A handshake past `handshakes_per_ip_per_second`.
+    #[error("Too many handshakes from this address")]
+    TooManyHandshakes,
 }
 
 impl EngineError {
@@ -52,7 +58,9 @@ impl EngineError {
             EngineError::BadHandshakeMethod => 2,
             EngineError::BadRequest | EngineError::PayloadTooLarge => 3,
             // The reference server's code for a handshake its `allowRequest` refuses.
-            EngineError::TooManySessions => 4,
+            EngineError::TooManySessions
+            | EngineError::TooManyFromAddress
+            | EngineError::TooManyHandshakes => 4,
             EngineError::UnsupportedProtocolVersion => 5,
         }
     }
@@ -61,6 +69,9 @@ impl EngineError {
         let status = match self {
             EngineError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             EngineError::TooManySessions => StatusCode::SERVICE_UNAVAILABLE,
+            EngineError::TooManyFromAddress | EngineError::TooManyHandshakes => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             _ => StatusCode::BAD_REQUEST,
         };
         let body = serde_json::json!({"code": self.code(), "message": self.to_string()});
@@ -175,6 +186,15 @@ impl<H: Handler> Engine<H> {
                         s.refuse(crate::stats::Refusal::MaxSessions);
                     }
                     return Err(EngineError::TooManySessions);
+                }
+                if let Err(e) = self.admit_address(&req) {
+                    if let Some(s) = self.stats() {
+                        s.refuse(match e {
+                            EngineError::TooManyHandshakes => crate::stats::Refusal::HandshakeRate,
+                            _ => crate::stats::Refusal::MaxSessionsPerIp,
+                        });
+                    }
+                    return Err(e);
                 }
                 match transport {
                     Transport::WebSocket if is_upgrade => self.upgrade_websocket(req, None),

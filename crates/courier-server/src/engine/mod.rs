@@ -17,7 +17,10 @@ mod polling;
 mod session;
 mod websocket;
 
+use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -93,6 +96,12 @@ struct Inner<H: Handler> {
     /// for a session found locally. A blocking lock (parking_lot): only cloned out of, at once.
     cluster: RwLock<Option<Arc<Cluster>>>,
     stats: Option<Arc<Stats>>,
+    /// Open sessions per client address, when `max_sessions_per_ip` is set.
+    per_ip: DashMap<IpAddr, usize>,
+    /// Handshakes per client address, when `handshakes_per_ip_per_second` is set.
+    handshakes: Option<governor::DefaultKeyedRateLimiter<IpAddr>>,
+    /// Handshakes counted, to prune `handshakes` now and then.
+    handshake_count: AtomicU64,
 }
 
 struct Entry<C> {
@@ -120,11 +129,15 @@ impl<H: Handler> Engine<H> {
     pub(crate) fn with_stats(config: Config, handler: H, stats: Option<Arc<Stats>>) -> Self {
         Engine {
             inner: Arc::new(Inner {
-                config,
                 handler,
                 sessions: DashMap::new(),
                 cluster: RwLock::new(None),
                 stats,
+                per_ip: DashMap::new(),
+                handshakes: NonZeroU32::new(config.handshakes_per_ip_per_second)
+                    .map(|n| governor::RateLimiter::keyed(governor::Quota::per_second(n))),
+                handshake_count: AtomicU64::new(0),
+                config,
             }),
         }
     }
@@ -203,6 +216,39 @@ impl<H: Handler> Engine<H> {
         (!s.is_closed() || s.lingers()).then_some(entry)
     }
 
+    /// The address of a handshake's client, if the per-address limits apply to it.
+    fn limited_address(&self, extensions: &::http::Extensions) -> Option<IpAddr> {
+        let ip = extensions.get::<RemoteAddr>()?.0.ip();
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        (!(self.inner.config.exempt_loopback && ip.is_loopback())).then_some(ip)
+    }
+
+    /// Refuses a handshake past the per-address limits.
+    fn admit_address<B>(&self, req: &::http::Request<B>) -> Result<(), EngineError> {
+        let Some(ip) = self.limited_address(req.extensions()) else {
+            return Ok(());
+        };
+        if let Some(limiter) = &self.inner.handshakes {
+            // Addresses not seen for a while are forgotten, so the table stays small.
+            if self.inner.handshake_count.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 {
+                limiter.retain_recent();
+            }
+            if limiter.check_key(&ip).is_err() {
+                tracing::info!(%ip, "handshake refused: handshakes_per_ip_per_second");
+                return Err(EngineError::TooManyHandshakes);
+            }
+        }
+        let max = self.inner.config.max_sessions_per_ip;
+        if max > 0 && self.inner.per_ip.get(&ip).is_some_and(|n| *n >= max) {
+            tracing::info!(%ip, max, "handshake refused: max_sessions_per_ip");
+            return Err(EngineError::TooManyFromAddress);
+        }
+        Ok(())
+    }
+
     /// Opens a session and starts its driver.
     fn open(&self, transport: Transport, parts: &::http::request::Parts) -> Entry<H::Conn> {
         let sid = match &*self.inner.cluster.read() {
@@ -223,7 +269,13 @@ impl<H: Handler> Engine<H> {
         self.inner
             .sessions
             .insert(entry.session.sid().clone(), entry.clone());
-        tokio::spawn(self.clone().drive(entry.clone()));
+        let ip = self
+            .limited_address(&parts.extensions)
+            .filter(|_| self.inner.config.max_sessions_per_ip > 0);
+        if let Some(ip) = ip {
+            *self.inner.per_ip.entry(ip).or_insert(0) += 1;
+        }
+        tokio::spawn(self.clone().drive(entry.clone(), ip));
         entry
     }
 
@@ -248,7 +300,7 @@ impl<H: Handler> Engine<H> {
     }
 
     /// Heartbeat and cleanup of one session.
-    async fn drive(self, entry: Entry<H::Conn>) {
+    async fn drive(self, entry: Entry<H::Conn>, ip: Option<IpAddr>) {
         let session = &entry.session;
         let (interval, timeout) = (
             self.inner.config.ping_interval,
@@ -302,6 +354,12 @@ impl<H: Handler> Engine<H> {
             let _ = tokio::time::timeout(CLOSE_LINGER, session.close_delivered.notified()).await;
         }
         self.inner.sessions.remove(session.sid());
+        if let Some(ip) = ip {
+            self.inner.per_ip.remove_if_mut(&ip, |_, n| {
+                *n -= 1;
+                *n == 0
+            });
+        }
     }
 
     /// `Some(future)` while the session must not read more input: its outbound queue is backlogged

@@ -101,6 +101,10 @@ pub enum CloseReason {
     SlowClient,
     /// No namespace was joined within the connect timeout.
     ConnectTimeout,
+    /// The identity a socket of the connection authenticated with expired.
+    TokenExpired,
+    /// The client kept sending events past its rate limit.
+    RateLimited,
 }
 
 impl CloseReason {
@@ -113,6 +117,8 @@ impl CloseReason {
             CloseReason::ServerShutdown => "server shutting down",
             CloseReason::ForcedClose | CloseReason::ConnectTimeout => "forced server close",
             CloseReason::ParseError => "parse error",
+            CloseReason::TokenExpired => "token expired",
+            CloseReason::RateLimited => "rate limited",
         }
     }
 }

@@ -53,6 +53,8 @@ pub struct SocketInfo {
     pub data: Value,
     /// Its transport (`polling`, `websocket`), when the node that has it says.
     pub transport: Option<String>,
+    /// Its identity's subject, when it has one and its node says.
+    pub sub: Option<String>,
 }
 
 /// What came back from a broadcast that asked for acknowledgements.

@@ -2,6 +2,7 @@
 //! and the reassembly of binary packets.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -14,9 +15,10 @@ use courier_proto::socket::{Complete, Packet, PacketType, Reassembler};
 use serde_json::Value;
 
 use super::Shared;
-use super::message::{DisconnectReason, Payload};
+use super::message::{ConnectError, DisconnectReason, Payload};
 use super::recovery;
 use super::socket::{Handshake, Restore, Socket};
+use crate::auth::Access;
 use crate::engine::{CloseReason, Outbound, Session};
 use crate::stats::{RecoveryRefusal, Refusal};
 
@@ -33,7 +35,15 @@ pub struct Conn {
     drained: Notify,
     /// Set once the first CONNECT is accepted; see [`Conn::has_joined`].
     joined: AtomicBool,
+    /// The events-per-second limit, when set.
+    limiter: Option<governor::DefaultDirectRateLimiter>,
+    /// Events refused by the limiter since the window began (ms since the connection opened).
+    refused: Mutex<(u64, u32)>,
+    opened: std::time::Instant,
 }
+
+/// How long refused events are counted toward `rate_limit_disconnect`.
+const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Handlers one connection may have running before its transport stops reading.
 const MAX_INFLIGHT: usize = 256;
@@ -42,14 +52,69 @@ impl Conn {
     pub(crate) fn new(session: Arc<Session>, io: Arc<Shared>, handshake: Handshake) -> Self {
         Conn {
             session,
-            io,
             handshake,
             sockets: Mutex::new(HashMap::new()),
             reassembler: Mutex::new(Reassembler::default()),
             inflight: AtomicUsize::new(0),
             drained: Notify::new(),
             joined: AtomicBool::new(false),
+            limiter: NonZeroU32::new(io.config.events_per_second).map(|rate| {
+                let burst = NonZeroU32::new(io.config.event_burst).unwrap_or(rate);
+                governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
+            }),
+            refused: Mutex::new((0, 0)),
+            opened: std::time::Instant::now(),
+            io,
         }
+    }
+
+    /// Whether an event may be handled under the rate limit. A refused event is answered with
+    /// `rate_limited` when it asks for an ack; a client with `rate_limit_disconnect` events
+    /// refused within `RATE_WINDOW` is disconnected.
+    fn within_rate(&self, nsp: &str, ack: Option<u64>) -> bool {
+        let Some(limiter) = &self.limiter else {
+            return true;
+        };
+        if limiter.check().is_ok() {
+            return true;
+        }
+        let refused = {
+            let now = self.opened.elapsed().as_millis() as u64;
+            let mut w = self.refused.lock();
+            if w.1 == 0 || now.saturating_sub(w.0) > RATE_WINDOW.as_millis() as u64 {
+                *w = (now, 0);
+            }
+            w.1 += 1;
+            w.1
+        };
+        if refused == 1 {
+            tracing::info!(sid = %self.session.sid(), nsp, "events refused: rate limit reached");
+        }
+        if let Some(s) = self.io.stats() {
+            s.events_rate_limited.inc();
+        }
+        let cut = self.io.config.rate_limit_disconnect;
+        if cut > 0 && refused >= cut {
+            tracing::info!(sid = %self.session.sid(), refused, "closing connection: rate limited");
+            self.session.close(CloseReason::RateLimited);
+            return false;
+        }
+        if let Some(id) = ack {
+            let rate = self.io.config.events_per_second;
+            let answer = super::error_answer(
+                "rate_limited",
+                format!("more than {rate} events per second: slow down"),
+            );
+            let ack = super::AckSender {
+                session: self.session.clone(),
+                nsp: nsp.into(),
+                id,
+            };
+            if let Ok(p) = Payload::new().arg(&answer) {
+                let _ = ack.send(p);
+            }
+        }
+        false
     }
 
     /// Runs a handler of this connection: polled at once, spawned if it has to wait, and
@@ -166,7 +231,9 @@ impl Conn {
                 }
             }
             (PacketType::Event | PacketType::BinaryEvent, Some(s)) => {
-                s.dispatch(packet, attachments);
+                if self.within_rate(&packet.nsp, packet.id) {
+                    s.dispatch(packet, attachments);
+                }
             }
             (PacketType::Ack | PacketType::BinaryAck, Some(s)) => {
                 // Without an id nothing waits for it; without a payload it answers with no
@@ -223,9 +290,8 @@ impl Conn {
                     let result = conn.restore(&nsp, attempt).await;
                     if let Some(s) = conn.io.stats() {
                         s.recovery_attempts.inc();
-                        match &result {
-                            Ok(_) => s.recovered.inc(),
-                            Err(r) => s.recovery_refused(*r),
+                        if let Err(r) = &result {
+                            s.recovery_refused(*r);
                         }
                     }
                     result.ok()
@@ -236,29 +302,41 @@ impl Conn {
                 Some((r, replay)) => (Some(r), Some(replay)),
                 None => (None, None),
             };
-            let recovered = restore.is_some();
-            let position = match (&restore, conn.io.shared_recovery()) {
-                (None, Some(a)) => Some(a.recovery_position(&nsp).await),
-                _ => None,
+            let fresh_auth = restore.is_some().then(|| auth.clone());
+            let position = match restore {
+                None => conn.start_position(&nsp).await,
+                Some(_) => None,
             };
-            let socket = Socket::new(ns.clone(), conn.clone(), auth, restore, position);
-            // A recovered session passed the middlewares when it first connected.
-            if !recovered {
-                for m in ns.middlewares() {
-                    if let Err(e) = m(socket.clone()).await {
-                        tracing::debug!(
-                            nsp,
-                            message = e.message,
-                            "connection refused by middleware"
-                        );
-                        conn.refuse(Refusal::Middleware);
-                        let p = Packet::new(PacketType::ConnectError, &nsp, Some(e.to_json()));
-                        conn.send(p);
-                        return;
-                    }
+            let mut socket = Socket::new(ns.clone(), conn.clone(), auth, restore, position);
+            // Unlike the reference server's default, middlewares run for a recovered session
+            // too: a session must not outlive the token it was opened with.
+            if !conn.admit(&ns, &socket).await {
+                return;
+            }
+            let mut replay = replay;
+            if let Some(auth) = fresh_auth.filter(|_| socket.0.restored_sub != socket.sub()) {
+                tracing::info!(sid = %socket.id(), nsp, sub = socket.sub(), "not recovered: the session belongs to another identity");
+                if let Some(s) = conn.io.stats() {
+                    s.recovery_refused(RecoveryRefusal::OtherIdentity);
+                }
+                replay = None;
+                let position = conn.start_position(&nsp).await;
+                socket = Socket::new(ns.clone(), conn.clone(), auth, None, position);
+                if !conn.admit(&ns, &socket).await {
+                    return;
                 }
             }
+            let recovered = socket.recovered();
             if conn.session.is_closed() {
+                return;
+            }
+            if !socket.claim_identity_slot() {
+                let max = conn.io.config.max_sockets_per_sub;
+                tracing::info!(nsp, sub = socket.sub(), max, "CONNECT refused: max_sockets_per_sub");
+                conn.refuse(Refusal::MaxSocketsPerSub);
+                let err = ConnectError::new("too many connections")
+                    .with_data(serde_json::json!({"code": "too_many_connections"}));
+                conn.send(Packet::new(PacketType::ConnectError, &nsp, Some(err.to_json())));
                 return;
             }
             conn.sockets.lock().insert(ns.name_arc(), socket.clone());
@@ -270,8 +348,11 @@ impl Conn {
             }
             conn.send(Packet::new(PacketType::Connect, &nsp, Some(reply)));
             if let Some(replay) = replay {
+                // What the client may no longer touch is not restored.
                 for room in replay.rooms {
-                    socket.join(room);
+                    if conn.io.authorize(&socket, &Access::Join(&room)).is_ok() {
+                        socket.join(room);
+                    }
                 }
                 for text in replay.missed {
                     let _ = conn.session.send(Outbound::Text(text));
@@ -283,6 +364,9 @@ impl Conn {
             socket.session_changed();
             if let Some(s) = conn.io.stats() {
                 s.socket_connects.inc();
+                if recovered {
+                    s.recovered.inc();
+                }
             }
             if let Some(o) = conn.io.observer() {
                 o.socket_connected(&socket);
@@ -292,6 +376,32 @@ impl Conn {
                 h(socket).await;
             }
         });
+    }
+
+    /// Where a new session's recovery begins in a cluster's shared log (`None`: the local one).
+    async fn start_position(&self, nsp: &str) -> Option<u64> {
+        match self.io.shared_recovery() {
+            Some(a) => Some(a.recovery_position(nsp).await),
+            None => None,
+        }
+    }
+
+    /// Runs the namespace's middlewares on `socket`; a refusal is answered with CONNECT_ERROR.
+    async fn admit(&self, ns: &super::Namespace, socket: &Socket) -> bool {
+        for m in ns.middlewares() {
+            if let Err(e) = m(socket.clone()).await {
+                tracing::debug!(
+                    nsp = ns.name(),
+                    message = e.message,
+                    "connection refused by middleware"
+                );
+                self.refuse(Refusal::Middleware);
+                let p = Packet::new(PacketType::ConnectError, ns.name(), Some(e.to_json()));
+                self.send(p);
+                return false;
+            }
+        }
+        true
     }
 
     /// With recovery on, takes `pid` and `offset` out of the auth payload.
@@ -364,6 +474,7 @@ impl Conn {
             pid: pid.into(),
             since: session.since,
             data: session.data,
+            sub: session.sub,
         };
         let replay = Replay {
             rooms: session.rooms,

@@ -26,8 +26,9 @@ pub use message::{
 pub use namespace::{BroadcastOperator, Namespace, Room, Setup};
 pub use observer::Observer;
 pub use socket::{Handshake, Socket};
-pub use streams::{Authorizer, Streams, Subscribed, error_answer};
+pub use streams::{Streams, Subscribed, error_answer};
 
+use crate::auth::{self, Access};
 use crate::config::Config;
 use crate::engine::{self, CloseReason, Engine, RemoteAddr, Session};
 use conn::Conn;
@@ -68,7 +69,16 @@ pub(crate) struct Shared {
     /// What the server counts, unless `config.metrics` is off (shared with the engine).
     pub(crate) stats: Option<Arc<crate::stats::Stats>>,
     pub(crate) observer: std::sync::OnceLock<Arc<dyn Observer>>,
+    /// Asked before a client joins, relays, publishes or subscribes; [`auth::check_grants`]
+    /// when unset. A blocking lock (parking_lot): only cloned out of.
+    authorizer: RwLock<Option<Authorizer>>,
+    /// Sockets per identity subject, when `max_sockets_per_sub` is set.
+    pub(crate) per_sub: dashmap::DashMap<String, usize>,
 }
+
+/// Decides whether a socket may do what it asks: `Err` says why not, and the client gets a
+/// `forbidden` error with that message (see [`Io::set_authorizer`]).
+pub type Authorizer = Arc<dyn Fn(&Socket, &Access<'_>) -> Result<(), String> + Send + Sync>;
 
 type Matcher = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
@@ -99,14 +109,33 @@ impl Shared {
         self.observer.get()
     }
 
+    /// Asks the authorizer whether `socket` may do `access`; a refusal is logged.
+    pub(crate) fn authorize(&self, socket: &Socket, access: &Access<'_>) -> Result<(), String> {
+        let f = self.authorizer.read().clone();
+        let verdict = match f {
+            Some(f) => f(socket, access),
+            None => auth::check_grants(socket, access),
+        };
+        match &verdict {
+            // A relay only skips the rooms the sender may not reach: not worth a line each.
+            Err(why) if matches!(access, Access::Relay(_)) => {
+                tracing::debug!(sid = %socket.id(), sub = socket.sub(), "not relayed: {why}");
+            }
+            Err(why) => {
+                tracing::info!(sid = %socket.id(), nsp = socket.ns().name(), sub = socket.sub(), "denied: {why}");
+            }
+            Ok(()) => {}
+        }
+        verdict
+    }
+
     /// A socket is leaving: its subscriptions end, and if the connection was lost (rather than
     /// closed on purpose) its session is kept for recovery.
     pub(crate) fn socket_closing(&self, socket: &Socket, reason: DisconnectReason) {
         if let Some(streams) = &self.streams {
             streams.detach_all(socket);
         }
-        let recoverable =
-            matches!(reason, DisconnectReason::Connection(r) if r != CloseReason::ParseError);
+        let recoverable = matches!(reason, DisconnectReason::Connection(r) if !matches!(r, CloseReason::ParseError | CloseReason::RateLimited));
         if let (Some(store), Some(pid)) = (&self.recovery, &socket.0.pid) {
             if recoverable {
                 let window = store.options().recovery_window.as_millis() as u64;
@@ -146,6 +175,7 @@ impl Shared {
             since: socket.0.since,
             subscriptions: socket.0.subscriptions.lock().clone(),
             expires_ms,
+            sub: socket.sub(),
         };
         match self.shared_recovery() {
             Some(a) => a.save_session(pid, record),
@@ -229,6 +259,8 @@ impl Io {
             adapter: Default::default(),
             stats,
             observer: Default::default(),
+            authorizer: RwLock::new(None),
+            per_sub: Default::default(),
         });
         let stats = shared.stats.clone();
         let engine = Engine::with_stats(config, IoHandler(shared.clone()), stats);
@@ -238,6 +270,23 @@ impl Io {
     /// The settings in force.
     pub fn config(&self) -> &Config {
         &self.shared.config
+    }
+
+    /// Replaces the check made before a client joins a room (`courier:join` of a hub, or a
+    /// room restored by recovery), relays to one, publishes or subscribes. The default,
+    /// [`auth::check_grants`], holds sockets with an identity to its grants; a replacement can
+    /// call it and add its own rules.
+    pub fn set_authorizer<F>(&self, f: F)
+    where
+        F: Fn(&Socket, &Access<'_>) -> Result<(), String> + Send + Sync + 'static,
+    {
+        *self.shared.authorizer.write() = Some(Arc::new(f));
+    }
+
+    /// Asks the authorizer whether `socket` may do `access` (refusals are logged with the
+    /// socket's subject).
+    pub fn authorize(&self, socket: &Socket, access: &Access<'_>) -> Result<(), String> {
+        self.shared.authorize(socket, access)
     }
 
     /// The namespace `name`, created if it does not exist.

@@ -23,6 +23,7 @@ use super::message::{
 };
 use super::namespace::{BroadcastOperator, Namespace, Room};
 use super::run_now_or_spawn;
+use crate::auth::Identity;
 use crate::engine::{CloseReason, Sid, Transport, new_id};
 
 pub(crate) type EventHandler = Arc<dyn Fn(Socket, Message) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -66,6 +67,14 @@ pub(crate) struct SocketInner {
     recovered: bool,
     /// Durable subscriptions: (stream, consumer).
     pub(crate) subscriptions: Mutex<Vec<(String, String)>>,
+    /// Who the client is, once a middleware says.
+    identity: Mutex<Option<Arc<Identity>>>,
+    /// The subject a recovered session had: only the same subject gets it back.
+    pub(crate) restored_sub: Option<String>,
+    /// Closes the connection when the identity expires; stopped when the socket leaves.
+    expiry: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Whether the socket counts toward its subject's `max_sockets_per_sub`.
+    holds_slot: AtomicBool,
 }
 
 /// Who waits for an acknowledgement.
@@ -82,6 +91,7 @@ pub(crate) struct Restore {
     pub pid: Arc<str>,
     pub since: u64,
     pub data: Value,
+    pub sub: Option<String>,
 }
 
 impl std::fmt::Debug for Socket {
@@ -102,8 +112,8 @@ impl Socket {
         shared_position: Option<u64>,
     ) -> Socket {
         let recovered = restore.is_some();
-        let (id, pid, since, data) = match restore {
-            Some(r) => (r.sid, Some(r.pid), r.since, r.data),
+        let (id, pid, since, data, restored_sub) = match restore {
+            Some(r) => (r.sid, Some(r.pid), r.since, r.data, r.sub),
             None => {
                 let recovery = conn.io.recovery.as_ref();
                 // A cluster's node id starts the pid: any node can tell whose session it is.
@@ -116,7 +126,7 @@ impl Socket {
                     (None, Some(store)) => store.recovery_offset(),
                     (None, None) => 0,
                 };
-                (new_id(), pid, since, Value::Null)
+                (new_id(), pid, since, Value::Null, None)
             }
         };
         Socket(Arc::new(SocketInner {
@@ -141,6 +151,10 @@ impl Socket {
             since,
             recovered,
             subscriptions: Mutex::new(Vec::new()),
+            identity: Mutex::new(None),
+            restored_sub,
+            expiry: Mutex::new(None),
+            holds_slot: AtomicBool::new(false),
         }))
     }
 
@@ -179,6 +193,29 @@ impl Socket {
     /// rooms and data, with the broadcasts it missed replayed.
     pub fn recovered(&self) -> bool {
         self.0.recovered
+    }
+
+    /// Who the client is, when a connect middleware set it (see [`crate::auth`]).
+    pub fn identity(&self) -> Option<Arc<Identity>> {
+        self.0.identity.lock().clone()
+    }
+
+    /// The identity's subject, for logs.
+    pub fn sub(&self) -> Option<String> {
+        self.0.identity.lock().as_ref().map(|i| i.sub.clone())
+    }
+
+    /// Says who the client is; meant for a connect middleware. Operations are then checked
+    /// against its grants ([`crate::auth::check_grants`]), and once `identity.expires` passes the
+    /// server closes the connection: the client sees `transport close`, reconnects on its own
+    /// with the token its `auth` callback gives, and with recovery on gets its session back.
+    pub fn set_identity(&self, identity: Identity) {
+        *self.0.identity.lock() = Some(Arc::new(identity));
+    }
+
+    /// Asks the server's authorizer whether this socket may do `access` ([`crate::Io::set_authorizer`]).
+    pub fn authorize(&self, access: &crate::auth::Access<'_>) -> Result<(), String> {
+        self.0.conn.io.authorize(self, access)
     }
 
     /// Whether the socket is still in its namespace.
@@ -370,6 +407,7 @@ impl Socket {
             rooms: self.rooms(),
             data: self.data(),
             transport: Some(self.transport().name().to_owned()),
+            sub: self.sub(),
         }
     }
 
@@ -398,16 +436,57 @@ impl Socket {
         self.0.conn.session.close(CloseReason::ForcedClose);
     }
 
+    /// Counts the socket toward its subject's `max_sockets_per_sub`; false if it has that many.
+    pub(crate) fn claim_identity_slot(&self) -> bool {
+        let io = &self.0.conn.io;
+        let max = io.config.max_sockets_per_sub;
+        let Some(sub) = self.sub().filter(|_| max > 0) else {
+            return true;
+        };
+        let mut n = io.per_sub.entry(sub).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        self.0.holds_slot.store(true, Ordering::Release);
+        true
+    }
+
     /// Marks the socket connected and registers it with its namespace.
     pub(crate) fn attach(&self) {
         self.0.connected.store(true, Ordering::Release);
         self.0.ns.insert(self);
+        if let Some(at) = self.identity().and_then(|i| i.expires) {
+            let wait = at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            let socket = Arc::downgrade(&self.0);
+            let task = tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                if let Some(s) = socket.upgrade().map(Socket) {
+                    tracing::info!(sid = %s.id(), nsp = s.ns().name(), sub = s.sub(), "token expired: closing the connection");
+                    s.0.conn.session.close(CloseReason::TokenExpired);
+                }
+            });
+            *self.0.expiry.lock() = Some(task.abort_handle());
+        }
     }
 
     /// Everything that must happen once when the socket leaves: rooms, pending acks, handlers.
     pub(crate) fn close(&self, reason: DisconnectReason) {
         if !self.0.connected.swap(false, Ordering::AcqRel) {
             return;
+        }
+        if let Some(task) = self.0.expiry.lock().take() {
+            task.abort();
+        }
+        if self.0.holds_slot.swap(false, Ordering::AcqRel)
+            && let Some(sub) = self.sub()
+        {
+            self.0.conn.io.per_sub.remove_if_mut(&sub, |_, n| {
+                *n -= 1;
+                *n == 0
+            });
         }
         // Kept for recovery before the rooms are forgotten.
         self.0.conn.io.socket_closing(self, reason);

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use super::message::Payload;
 use super::socket::Socket;
+use crate::auth::Access;
 use crate::engine::{Outbound, Sid};
 
 /// Entries read from the store at a time.
@@ -57,12 +58,8 @@ struct Inner {
     store: Store,
     // A blocking mutex (parking_lot): held to look up or register a runner, never across an await.
     runners: Mutex<HashMap<Key, mpsc::Sender<Cmd>>>,
-    authorize: parking_lot::RwLock<Option<Authorizer>>,
     stats: Option<Arc<crate::stats::Stats>>,
 }
-
-/// Decides whether a socket may use a reserved event (`courier:subscribe`, ...).
-pub type Authorizer = Arc<dyn Fn(&Socket, &str) -> bool + Send + Sync>;
 
 enum Cmd {
     Attach(Socket),
@@ -90,7 +87,6 @@ impl Streams {
             inner: Arc::new(Inner {
                 store,
                 runners: Mutex::new(HashMap::new()),
-                authorize: parking_lot::RwLock::new(None),
                 stats,
             }),
         }
@@ -108,20 +104,6 @@ impl Streams {
 
     fn stats(&self) -> Option<&crate::stats::Stats> {
         self.inner.stats.as_deref()
-    }
-
-    /// Restricts the reserved events clients may use: `f(socket, event)` returning false answers
-    /// the client with a `forbidden` error. Everything is allowed by default.
-    pub fn set_authorizer<F>(&self, f: F)
-    where
-        F: Fn(&Socket, &str) -> bool + Send + Sync + 'static,
-    {
-        *self.inner.authorize.write() = Some(Arc::new(f));
-    }
-
-    fn allowed(&self, socket: &Socket, event: &str) -> bool {
-        let f = self.inner.authorize.read().clone();
-        f.is_none_or(|f| f(socket, event))
     }
 
     /// The store behind the streams.
@@ -218,6 +200,13 @@ impl Streams {
     /// Re-attaches a recovered socket to the subscriptions it had.
     pub(crate) fn restore(&self, socket: &Socket, subscriptions: Vec<(String, String)>) {
         for (stream, consumer) in subscriptions {
+            let access = Access::Subscribe {
+                stream: &stream,
+                consumer: &consumer,
+            };
+            if socket.0.conn.io.authorize(socket, &access).is_err() {
+                continue;
+            }
             if self.inner.store.consumer(&stream, &consumer).is_none() {
                 continue;
             }
@@ -997,13 +986,7 @@ pub(crate) fn handle_reserved(
     ) {
         return Some(msg);
     }
-    if !streams.allowed(socket, event) {
-        let _ = msg.ack(&error_answer(
-            "forbidden",
-            format!("{event} is not allowed here"),
-        ));
-        return None;
-    }
+    let io = &socket.0.conn.io;
     match event {
         "courier:subscribe" => {
             let req: SubscribeRequest = match parse(&msg) {
@@ -1013,6 +996,28 @@ pub(crate) fn handle_reserved(
                     return None;
                 }
             };
+            let access = Access::Subscribe {
+                stream: &req.stream,
+                consumer: &req.consumer,
+            };
+            if let Err(why) = io.authorize(socket, &access) {
+                let _ = msg.ack(&error_answer("forbidden", why));
+                return None;
+            }
+            let max = io.config.max_subscriptions_per_socket;
+            let key = (req.stream.clone(), req.consumer.clone());
+            let count = socket
+                .0
+                .subscriptions
+                .lock()
+                .iter()
+                .filter(|k| **k != key)
+                .count();
+            if max > 0 && count >= max {
+                let why = format!("a socket may have at most {max} subscriptions");
+                let _ = msg.ack(&error_answer("too_many_subscriptions", why));
+                return None;
+            }
             let defaults = ConsumerConfig::default();
             let config = ConsumerConfig {
                 ack_wait_ms: req.ack_wait_ms.unwrap_or(defaults.ack_wait_ms).max(1),
@@ -1072,6 +1077,10 @@ pub(crate) fn handle_reserved(
                     return None;
                 }
             };
+            if let Err(why) = io.authorize(socket, &Access::Publish(&req.stream)) {
+                let _ = msg.ack(&error_answer("forbidden", why));
+                return None;
+            }
             if !courier_proto::socket::is_event_name(&req.event) {
                 let _ = msg.ack(&error_answer(
                     "bad_request",

@@ -340,7 +340,7 @@ impl AdminUi {
 #[derive(Default)]
 struct Snapshot {
     connections: u64,
-    closes: [u64; 8],
+    closes: [u64; CLOSE_REASONS.len()],
     packets_in: u64,
     packets_out: u64,
     bytes_in: u64,

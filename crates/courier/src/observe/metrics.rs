@@ -385,7 +385,7 @@ impl Hub {
 }
 
 fn traffic(out: &mut Out<'_, '_>, s: &Stats) -> fmt::Result {
-    let plain: [(&str, &str, u64); 13] = [
+    let plain: [(&str, &str, u64); 14] = [
         (
             "courier_packets_received",
             "Engine.IO packets received from clients.",
@@ -410,6 +410,11 @@ fn traffic(out: &mut Out<'_, '_>, s: &Stats) -> fmt::Result {
             "courier_events_received",
             "Socket.IO events received from clients.",
             s.events_received.get(),
+        ),
+        (
+            "courier_events_rate_limited",
+            "Events refused because their connection was past its rate limit.",
+            s.events_rate_limited.get(),
         ),
         (
             "courier_events_emitted",
