@@ -191,8 +191,6 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     })
     .merge(app);
 
-    // Printed whatever the log level: scripts and tests wait for this line.
-    eprintln!("courier listening on http://{addr}");
     let what = match settings.protected() {
         (true, true) => Some("clients and API calls"),
         (true, false) => Some("clients"),
@@ -206,6 +204,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
              on purpose with `[auth] allow_anonymous = true` (env COURIER_AUTH_ALLOW_ANONYMOUS=true)."
         );
     }
+    // Printed whatever the log level, after the protected-mode warning: scripts and tests wait
+    // for this line.
+    eprintln!("courier listening on http://{addr}");
     tracing::info!(
         data_dir = %data_dir.display(),
         path = config.path,
