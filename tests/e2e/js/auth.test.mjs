@@ -9,6 +9,7 @@ import { writeFileSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import jwt from "jsonwebtoken";
+import bcrypt from "bcryptjs";
 
 import { startCourier, sleep, once, waitFor } from "./harness.mjs";
 import {
@@ -49,6 +50,8 @@ function keyPair(kind) {
 }
 
 const SECRET = "a-secret-only-the-hub-and-its-backend-know";
+const ADMIN_PASSWORD = "an operator's password";
+const ADMIN_HASH = bcrypt.hashSync(ADMIN_PASSWORD, 8);
 
 /** A token for `sub`, signed with `key` (HS256 with SECRET by default). */
 function mint(sub, claims = {}, { key = SECRET, algorithm = "HS256", ...options } = {}) {
@@ -163,7 +166,13 @@ for (const transport of ["websocket", "polling"]) {
   describe(`permissions over ${transport}`, () => {
     let server;
     before(async () => {
-      server = await startCourier({ config: { auth: { jwt_secret: SECRET }, api: { token: "backend" } } });
+      server = await startCourier({
+        config: {
+          auth: { jwt_secret: SECRET },
+          api: { token: "backend" },
+          admin: { enabled: true, username: "ops", password_hash: ADMIN_HASH },
+        },
+      });
     });
     after(() => server?.stop());
 
@@ -236,21 +245,28 @@ for (const transport of ["websocket", "polling"]) {
       assert.equal(subs[b.id], "vendor-b");
     });
 
-    test("a relay reaches only rooms the sender may be in", async (t) => {
+    test("a relay reaches only rooms the sender may be in, not one a server operator put it in", async (t) => {
       const a = await user(t, "a");
       const a2 = await user(t, "a");
       const b = await user(t, "b");
       for (const s of [a, a2]) assert.equal((await ask(s, "courier:join", "parcel.a.7")).ok, true);
       assert.equal((await ask(b, "courier:join", "parcel.b.7")).ok, true);
+      // The admin UI's `join` command puts vendor-a into vendor-b's room, past the grants.
+      const ui = io(server.url + "/admin", { ...BASE_OPTS, auth: { username: "ops", password: ADMIN_PASSWORD } });
+      t.after(() => closeSocket(ui));
+      await once(ui, "connect", 8000);
+      ui.emit("join", "/", "parcel.b.7", a.id);
+      const rooms = async () => (await api(server, "GET", "/api/v1/sockets?namespace=/", undefined, { token: "backend" })).body.sockets.find((s) => s.sid === a.id).rooms;
+      await waitFor(async () => (await rooms()).includes("parcel.b.7"), { what: "vendor-a put in parcel.b.7" });
       const seen = { a2: record(a2, "note"), b: record(b, "note") };
       assert.deepEqual(await ask(a, "note", "for a2"), { ok: true, recipients: 1 });
       await waitFor(() => seen.a2.length === 1, { what: "the relay to a2" });
-      const b2 = await user(t, "b");
-      assert.equal((await ask(b2, "courier:join", "parcel.b.7")).ok, true);
-      assert.deepEqual(await ask(b2, "note", "for b"), { ok: true, recipients: 1 });
+      // In no room it may send to: refused.
+      assert.equal((await ask(a, "courier:leave", "parcel.a.7")).ok, true);
+      assert.equal((await ask(a, "note", "to b?")).error.code, "forbidden");
       await sleep(150);
       assert.deepEqual(seen.a2.map(([d]) => d), ["for a2"]);
-      assert.deepEqual(seen.b.map(([d]) => d), ["for b"]);
+      assert.deepEqual(seen.b, [], "vendor-b got vendor-a's relay");
     });
   });
 }

@@ -511,23 +511,11 @@ impl Observer for AdminUi {
     }
 
     fn room_joined(&self, socket: &Socket, room: &str) {
-        let args = vec![
-            json!(socket.ns().name()),
-            json!(room),
-            json!(socket.id().as_ref()),
-            now_iso(),
-        ];
-        self.tell("room_joined", args);
+        self.room("room_joined", socket, room);
     }
 
     fn room_left(&self, socket: &Socket, room: &str) {
-        let args = vec![
-            json!(socket.ns().name()),
-            json!(room),
-            json!(socket.id().as_ref()),
-            now_iso(),
-        ];
-        self.tell("room_left", args);
+        self.room("room_left", socket, room);
     }
 
     fn event_received(&self, socket: &Socket, event: &str, args: &[Value]) {
@@ -540,6 +528,16 @@ impl Observer for AdminUi {
 }
 
 impl AdminUi {
+    fn room(&self, kind: &str, socket: &Socket, room: &str) {
+        let args = vec![
+            json!(socket.ns().name()),
+            json!(room),
+            json!(socket.id().as_ref()),
+            now_iso(),
+        ];
+        self.tell(kind, args);
+    }
+
     fn event(&self, kind: &str, socket: &Socket, event: &str, args: &[Value]) {
         // The UI's own traffic is not reported to it.
         if socket.ns().name() == self.ns.name() || (!self.clustered && self.ns.is_empty()) {
