@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use courier_cluster::Cluster;
 use courier_proto::socket::is_event_name;
-use courier_server::auth::{JwtVerifier, Scope, TokenError};
+use courier_server::auth::{JwtVerifier, Scope};
 use courier_server::engine::RemoteAddr;
 use courier_server::store::{ConsumerRecord, Seq, StoreError, StreamConfig, StreamInfo};
 use courier_server::{BroadcastOperator, Io, Payload, Streams};
@@ -77,16 +77,10 @@ impl ApiAuth {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !self.token.is_empty() && crate::hub::same(&self.token, given) {
-            return Ok(());
-        }
-        let identity = match &self.verifier {
-            Some(v) => v.verify(given),
-            None if given.is_empty() => Err(TokenError::Missing),
-            None => Err(TokenError::Invalid("not the API token".into())),
-        };
-        let identity = match identity {
-            Ok(i) => i,
+        let statics = std::slice::from_ref(&self.token);
+        let identity = match crate::hub::authenticate(given, statics, self.verifier.as_deref()) {
+            Ok(None) => return Ok(()),
+            Ok(Some(i)) => i,
             Err(e) => return fail(StatusCode::UNAUTHORIZED, e.code(), e.to_string()),
         };
         let scope = scope_of(req.method(), req.uri().path());

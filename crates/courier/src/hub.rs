@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use courier_server::auth::{Access, JwtVerifier, TokenError, check_grants};
+use courier_server::auth::{Access, Identity, JwtVerifier, TokenError, check_grants};
 use courier_server::{ConnectError, Io, Message, Payload, Room, Setup, Socket, error_answer};
 use futures_util::future::{Either, join_all};
 use serde_json::{Value, json};
@@ -51,16 +51,9 @@ impl Gate {
             .get("token")
             .and_then(Value::as_str)
             .unwrap_or("");
-        if !token.is_empty() && self.tokens.iter().any(|t| same(t, token)) {
-            return Ok(());
-        }
-        let verdict = match &self.verifier {
-            Some(v) => v.verify(token),
-            None if token.is_empty() => Err(TokenError::Missing),
-            None => Err(TokenError::Invalid("not a known token".into())),
-        };
-        match verdict {
-            Ok(identity) => {
+        match authenticate(token, &self.tokens, self.verifier.as_deref()) {
+            Ok(None) => Ok(()),
+            Ok(Some(identity)) => {
                 socket.set_identity(identity);
                 Ok(())
             }
@@ -69,6 +62,23 @@ impl Gate {
                 refuse(e.code(), e.to_string())
             }
         }
+    }
+}
+
+/// Who presents `token`: `Ok(None)` for one of the static `tokens` (no identity, no
+/// restriction), `Ok(Some)` for a valid JWT. The one rule for clients and the HTTP API alike.
+pub fn authenticate(
+    token: &str,
+    tokens: &[String],
+    verifier: Option<&JwtVerifier>,
+) -> Result<Option<Identity>, TokenError> {
+    if !token.is_empty() && tokens.iter().any(|t| same(t, token)) {
+        return Ok(None);
+    }
+    match verifier {
+        Some(v) => v.verify(token).map(Some),
+        None if token.is_empty() => Err(TokenError::Missing),
+        None => Err(TokenError::Invalid("not a known token".into())),
     }
 }
 
