@@ -284,6 +284,21 @@ impl Packet {
     }
 }
 
+/// The Engine.IO message (`43[<nsp>,]<id>[...]`) of an ACK whose arguments are JSON already
+/// (`args`, an array's text): what [`Packet::ack`] and [`Packet::encode_message`] make, without
+/// building a `Value` for answers that are written straight as text.
+pub fn ack_message(nsp: &str, id: u64, args: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(args.len() + nsp.len() + 24);
+    out.put_slice(b"43");
+    if nsp != "/" {
+        out.extend_from_slice(nsp.as_bytes());
+        out.put_u8(b',');
+    }
+    push_number(&mut out, id);
+    out.extend_from_slice(args);
+    out.freeze()
+}
+
 fn parse_digits(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -417,6 +432,16 @@ mod tests {
 
     fn decode(s: &str) -> Result<Packet, DecodeError> {
         Packet::decode(s.as_bytes())
+    }
+
+    #[test]
+    fn ack_message_matches_an_encoded_ack() {
+        for nsp in ["/", "/admin"] {
+            let args = vec![json!({"ok": true, "seq": 7})];
+            let text = serde_json::to_vec(&args).unwrap();
+            let packet = Packet::ack(nsp, 42, args, 0);
+            assert_eq!(ack_message(nsp, 42, &text), packet.encode_message());
+        }
     }
 
     #[test]

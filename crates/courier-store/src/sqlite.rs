@@ -119,6 +119,8 @@ impl SqliteBackend {
         // Checkpoints are run by `sync` and by SQLite past this many pages.
         writer.pragma_update(None, "wal_autocheckpoint", 4000)?;
         writer.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Room for every statement the writer uses (rusqlite keeps 16 by default).
+        writer.set_prepared_statement_cache_capacity(32);
         writer.execute_batch(SCHEMA)?;
         let version: Option<i64> = writer
             .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
@@ -169,6 +171,32 @@ impl SqliteBackend {
         })
     }
 
+    /// Inserts entries with as few statements as the cached multi-row INSERTs allow.
+    fn append(
+        tx: &rusqlite::Transaction<'_>,
+        mut rows: &[(StreamId, &Entry)],
+    ) -> rusqlite::Result<()> {
+        while !rows.is_empty() {
+            let (sql, n) = APPEND_SQL
+                .iter()
+                .find(|(_, n)| *n <= rows.len())
+                .expect("a one-row statement comes last");
+            let mut stmt = tx.prepare_cached(sql)?;
+            for (i, (stream, e)) in rows[..*n].iter().enumerate() {
+                let at = i * 6;
+                stmt.raw_bind_parameter(at + 1, *stream as i64)?;
+                stmt.raw_bind_parameter(at + 2, e.seq as i64)?;
+                stmt.raw_bind_parameter(at + 3, e.ts_ms as i64)?;
+                stmt.raw_bind_parameter(at + 4, e.id.as_deref())?;
+                stmt.raw_bind_parameter(at + 5, e.event.as_str())?;
+                stmt.raw_bind_parameter(at + 6, &e.data[..])?;
+            }
+            stmt.raw_execute()?;
+            rows = &rows[*n..];
+        }
+        Ok(())
+    }
+
     fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
         match op {
             Op::PutStream { id, name, config } => {
@@ -178,21 +206,7 @@ impl SqliteBackend {
                 )?
                 .execute(params![*id as i64, name, json(config)])?;
             }
-            Op::Append { stream, entry } => {
-                tx.prepare_cached(
-                    "INSERT INTO entries(stream, seq, ts, msg_id, event, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?
-                .execute(params![
-                    *stream as i64,
-                    entry.seq as i64,
-                    entry.ts_ms as i64,
-                    entry.id,
-                    entry.event,
-                    &entry.data[..]
-                ])?;
-                tx.prepare_cached("UPDATE streams SET last_seq = max(last_seq, ?2) WHERE id = ?1")?
-                    .execute(params![*stream as i64, entry.seq as i64])?;
-            }
+            Op::Append { .. } => unreachable!("`commit` inserts appends itself"),
             Op::Trim { stream, below } => {
                 tx.prepare_cached("DELETE FROM entries WHERE stream = ?1 AND seq < ?2")?
                     .execute(params![*stream as i64, *below as i64])?;
@@ -246,6 +260,20 @@ impl SqliteBackend {
         Ok(())
     }
 }
+
+/// Rows of the largest multi-row INSERT of entries (6 parameters each, within SQLite's 32,766).
+const APPEND_ROWS: usize = 64;
+
+/// `INSERT INTO entries ... VALUES (?,?,?,?,?,?), ...` for 64, 16, 4 and 1 rows, largest first:
+/// a run of appends is cut into as few of them as fit, each a cached statement.
+static APPEND_SQL: std::sync::LazyLock<[(String, usize); 4]> = std::sync::LazyLock::new(|| {
+    [APPEND_ROWS, 16, 4, 1].map(|rows| {
+        let values = vec!["(?,?,?,?,?,?)"; rows].join(",");
+        let sql =
+            format!("INSERT INTO entries(stream, seq, ts, msg_id, event, data) VALUES {values}");
+        (sql, rows)
+    })
+});
 
 fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
     Ok(Entry {
@@ -343,8 +371,32 @@ impl Backend for SqliteBackend {
     fn commit(&self, ops: &[Op]) -> Result<(), StoreError> {
         let mut db = self.writer.lock();
         let tx = db.transaction()?;
+        // Appends go in as multi-row INSERTs, and each stream's `last_seq` is set once per
+        // batch: a statement per entry, and an UPDATE per entry, were most of a commit's time.
+        let mut last_seqs: Vec<(StreamId, Seq)> = Vec::new();
+        let mut run: Vec<(StreamId, &Entry)> = Vec::with_capacity(APPEND_ROWS);
         for op in ops {
+            if let Op::Append { stream, entry } = op {
+                match last_seqs.iter_mut().find(|(s, _)| s == stream) {
+                    Some((_, last)) => *last = (*last).max(entry.seq),
+                    None => last_seqs.push((*stream, entry.seq)),
+                }
+                run.push((*stream, entry));
+                if run.len() == APPEND_ROWS {
+                    Self::append(&tx, &run)?;
+                    run.clear();
+                }
+                continue;
+            }
+            // Ops apply in order: appends waiting to be inserted go first.
+            Self::append(&tx, &run)?;
+            run.clear();
             Self::apply(&tx, op)?;
+        }
+        Self::append(&tx, &run)?;
+        for (stream, last) in last_seqs {
+            tx.prepare_cached("UPDATE streams SET last_seq = max(last_seq, ?2) WHERE id = ?1")?
+                .execute(params![stream as i64, last as i64])?;
         }
         tx.commit()?;
         Ok(())

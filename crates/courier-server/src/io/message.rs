@@ -95,6 +95,12 @@ impl AckSender {
         let out = outbound(payload, |args, n| Packet::ack(&self.nsp, self.id, args, n));
         send_or_close(&self.session, out, false)
     }
+
+    /// Sends the acknowledgement with arguments that are JSON text already (an array).
+    pub(crate) fn send_json(self, args: &[u8]) -> Result<(), EmitError> {
+        let text = courier_proto::socket::ack_message(&self.nsp, self.id, args);
+        send_or_close(&self.session, Outbound::Text(text), false)
+    }
 }
 
 /// Queues `out`; a full queue disconnects the client unless the packet is volatile.

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::message::Payload;
+use super::message::{EmitError, Payload};
 use super::socket::Socket;
 use crate::auth::Access;
 use crate::engine::{Outbound, Sid};
@@ -1099,15 +1099,22 @@ pub(crate) fn handle_reserved(
                 let _held = held;
                 let r = r.map(|mut v| v.remove(0));
                 counter.count_publish(r.as_ref());
-                let answer = match r {
-                    Ok(a) => json!({"ok": true, "seq": a.seq, "duplicate": a.duplicate}),
-                    Err(e) => store_error(&e),
+                let Some(ack) = ack else { return };
+                // Runs on the store's writer thread, once per publish: the answer is written
+                // as text, not built as a `Value` and serialized.
+                let _ = match r {
+                    Ok(a) => ack.send_json(
+                        format!(
+                            r#"[{{"ok":true,"seq":{},"duplicate":{}}}]"#,
+                            a.seq, a.duplicate
+                        )
+                        .as_bytes(),
+                    ),
+                    Err(e) => Payload::new()
+                        .arg(&store_error(&e))
+                        .map_err(EmitError::from)
+                        .and_then(|payload| ack.send(payload)),
                 };
-                if let Some(ack) = ack
-                    && let Ok(payload) = Payload::new().arg(&answer)
-                {
-                    let _ = ack.send(payload);
-                }
             });
             if let Some(later) = streams.store().publish_then(&req.stream, vec![entry], done) {
                 socket.0.conn.run(later);
