@@ -126,6 +126,64 @@ pub enum DecodeError {
     BadPlaceholder,
 }
 
+/// A packet's header read from its text, and its JSON left unparsed: for a reader that
+/// deserializes the payload straight into its own types (see [`Packet::decode`] for a `Value`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
+    /// The packet type.
+    pub kind: PacketType,
+    /// Binary attachments announced.
+    pub attachments: usize,
+    /// The namespace.
+    pub nsp: &'a str,
+    /// The ack id.
+    pub id: Option<u64>,
+    /// The payload's JSON text, empty when there is none; not checked.
+    pub json: &'a [u8],
+}
+
+impl<'a> Header<'a> {
+    /// Reads the header of a packet's text.
+    pub fn split(text: &'a [u8]) -> Result<Header<'a>, DecodeError> {
+        let (&first, mut rest) = text.split_first().ok_or(DecodeError::Empty)?;
+        let kind = PacketType::from_digit(first).ok_or(DecodeError::UnknownType)?;
+
+        let mut attachments = 0;
+        if kind.is_binary() {
+            let dash = rest
+                .iter()
+                .position(|&b| b == b'-')
+                .ok_or(DecodeError::IllegalAttachments)?;
+            // A binary packet announces at least one attachment.
+            attachments = parse_digits(&rest[..dash])
+                .filter(|&n| (1..=MAX_ATTACHMENTS as u64).contains(&n))
+                .ok_or(DecodeError::IllegalAttachments)? as usize;
+            rest = &rest[dash + 1..];
+        }
+
+        let mut nsp = "/";
+        if rest.first() == Some(&b'/') {
+            let end = rest.iter().position(|&b| b == b',').unwrap_or(rest.len());
+            nsp = std::str::from_utf8(&rest[..end]).map_err(|_| DecodeError::BadNamespace)?;
+            rest = rest.get(end + 1..).unwrap_or_default();
+        }
+
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        let id = if digits > 0 {
+            Some(parse_digits(&rest[..digits]).ok_or(DecodeError::BadAckId)?)
+        } else {
+            None
+        };
+        Ok(Header {
+            kind,
+            attachments,
+            nsp,
+            id,
+            json: &rest[digits..],
+        })
+    }
+}
+
 impl Packet {
     /// A packet of `kind` in `nsp` with `data`.
     pub fn new(kind: PacketType, nsp: impl Into<String>, data: Option<Value>) -> Self {
@@ -171,49 +229,18 @@ impl Packet {
     /// Decodes a packet from the text of an Engine.IO message, checking that its payload has the
     /// shape its type requires.
     pub fn decode(text: &[u8]) -> Result<Packet, DecodeError> {
-        let (&first, mut rest) = text.split_first().ok_or(DecodeError::Empty)?;
-        let kind = PacketType::from_digit(first).ok_or(DecodeError::UnknownType)?;
-
-        let mut attachments = 0;
-        if kind.is_binary() {
-            let dash = rest
-                .iter()
-                .position(|&b| b == b'-')
-                .ok_or(DecodeError::IllegalAttachments)?;
-            // A binary packet announces at least one attachment.
-            attachments = parse_digits(&rest[..dash])
-                .filter(|&n| (1..=MAX_ATTACHMENTS as u64).contains(&n))
-                .ok_or(DecodeError::IllegalAttachments)? as usize;
-            rest = &rest[dash + 1..];
-        }
-
-        let mut nsp = "/";
-        if rest.first() == Some(&b'/') {
-            let end = rest.iter().position(|&b| b == b',').unwrap_or(rest.len());
-            nsp = std::str::from_utf8(&rest[..end]).map_err(|_| DecodeError::BadNamespace)?;
-            rest = rest.get(end + 1..).unwrap_or_default();
-        }
-
-        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-        let id = if digits > 0 {
-            Some(parse_digits(&rest[..digits]).ok_or(DecodeError::BadAckId)?)
-        } else {
-            None
-        };
-        rest = &rest[digits..];
-
-        let data = if rest.is_empty() {
+        let h = Header::split(text)?;
+        let data = if h.json.is_empty() {
             None
         } else {
-            Some(serde_json::from_slice::<Value>(rest).map_err(|_| DecodeError::BadJson)?)
+            Some(serde_json::from_slice::<Value>(h.json).map_err(|_| DecodeError::BadJson)?)
         };
-
         let packet = Packet {
-            kind,
-            nsp: nsp.to_owned(),
-            id,
+            kind: h.kind,
+            nsp: h.nsp.to_owned(),
+            id: h.id,
             data,
-            attachments,
+            attachments: h.attachments,
         };
         packet.check_payload()?;
         Ok(packet)
@@ -285,17 +312,20 @@ impl Packet {
 }
 
 /// The Engine.IO message (`43[<nsp>,]<id>[...]`) of an ACK whose arguments are JSON already
-/// (`args`, an array's text): what [`Packet::ack`] and [`Packet::encode_message`] make, without
+/// (`args`, an array's text in parts): what [`Packet::ack`] and [`Packet::encode_message`] make, without
 /// building a `Value` for answers that are written straight as text.
-pub fn ack_message(nsp: &str, id: u64, args: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(args.len() + nsp.len() + 24);
+pub fn ack_message(nsp: &str, id: u64, args: &[&[u8]]) -> Bytes {
+    let len: usize = args.iter().map(|a| a.len()).sum();
+    let mut out = BytesMut::with_capacity(len + nsp.len() + 24);
     out.put_slice(b"43");
     if nsp != "/" {
         out.extend_from_slice(nsp.as_bytes());
         out.put_u8(b',');
     }
     push_number(&mut out, id);
-    out.extend_from_slice(args);
+    for a in args {
+        out.extend_from_slice(a);
+    }
     out.freeze()
 }
 
@@ -440,7 +470,7 @@ mod tests {
             let args = vec![json!({"ok": true, "seq": 7})];
             let text = serde_json::to_vec(&args).unwrap();
             let packet = Packet::ack(nsp, 42, args, 0);
-            assert_eq!(ack_message(nsp, 42, &text), packet.encode_message());
+            assert_eq!(ack_message(nsp, 42, &[&text]), packet.encode_message());
         }
     }
 

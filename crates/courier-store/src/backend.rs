@@ -118,8 +118,19 @@ pub trait Backend: Send + Sync + 'static {
     /// left out.
     fn load(&self, ids_since_ms: u64) -> Result<Snapshot, StoreError>;
 
-    /// Applies `ops` atomically and, under the backend's sync policy, durably.
+    /// Applies `ops` atomically. Readers see them once it returns; they are durable then too,
+    /// unless [`Backend::make_durable`] does the backend's fsync.
     fn commit(&self, ops: &[Op]) -> Result<(), StoreError>;
+
+    /// Makes every commit so far durable under the backend's sync policy. The store calls it
+    /// after each commit, on another thread while the next batch is built and committed, and
+    /// answers a batch's requests only once it returned: so one fsync covers every batch
+    /// committed meanwhile, and the disk's latency overlaps with the work of the next batch.
+    /// Commits must be durable in order (a prefix of them survives a power loss), as a
+    /// write-ahead log gives. Default: nothing to do, every commit is durable already.
+    fn make_durable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Up to `limit` entries of `stream` with sequence numbers at or after `from`, in order.
     fn read(&self, stream: StreamId, from: Seq, limit: usize) -> Result<Vec<Entry>, StoreError>;

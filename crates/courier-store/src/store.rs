@@ -10,7 +10,11 @@
 //! the in-memory view and mark it dirty, and the writer persists the latest version with its
 //! next batch. Nothing queues without bound.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+// Maps keyed by stream names and message ids are looked up several times per publish by the
+// writer: foldhash (randomly seeded per process) costs a fraction of std's SipHash there.
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -323,7 +327,7 @@ impl Store {
             snap.recent_ids = backend.load(now.saturating_sub(widest))?.recent_ids;
         }
         let mut state = State::default();
-        let mut names = HashMap::new();
+        let mut names = HashMap::default();
         for s in snap.streams {
             state.disk_bytes += s.bytes;
             names.insert(s.id, s.name.clone());
@@ -339,7 +343,7 @@ impl Store {
                     bytes: s.bytes,
                     tail: VecDeque::new(),
                     tail_bytes: 0,
-                    ids: HashMap::new(),
+                    ids: HashMap::default(),
                     id_order: VecDeque::new(),
                     watch: watch::Sender::new(s.last_seq),
                 },
@@ -671,7 +675,7 @@ impl Store {
         v
     }
 
-    /// The last committed sequence number of `stream`, watched.
+    /// The last durable sequence number of `stream`, watched.
     pub fn watch(&self, stream: &str) -> Option<watch::Receiver<Seq>> {
         self.state()
             .streams
@@ -700,24 +704,29 @@ impl Store {
         from: Seq,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        let id = match self.cached_or_id(stream, from, limit)? {
+        let (id, visible) = match self.cached_or_id(stream, from, limit)? {
             Ok(entries) => return Ok(entries),
-            Err(id) => id,
+            Err(at) => at,
         };
         let backend = self.inner.shared.backend.clone();
-        tokio::task::spawn_blocking(move || backend.read(id, from, limit))
+        let mut entries = tokio::task::spawn_blocking(move || backend.read(id, from, limit))
             .await
-            .map_err(|e| StoreError::io_from(format!("reading stream {stream:?} from disk"), e))?
+            .map_err(|e| {
+                StoreError::io_from(format!("reading stream {stream:?} from disk"), e)
+            })??;
+        // The disk may hold a batch that is committed but not durable yet: not shown until it is.
+        entries.retain(|e| e.seq <= visible);
+        Ok(entries)
     }
 
-    /// The tail's entries from `from` on, or the stream's backend id when the tail does not
-    /// hold `from`.
+    /// The tail's entries from `from` on, or, when the tail does not hold `from`, the stream's
+    /// backend id and its last durable sequence number.
     fn cached_or_id(
         &self,
         stream: &str,
         from: Seq,
         limit: usize,
-    ) -> Result<Result<Vec<Entry>, StreamId>, StoreError> {
+    ) -> Result<Result<Vec<Entry>, (StreamId, Seq)>, StoreError> {
         let state = self.state();
         let s = state
             .streams
@@ -729,7 +738,7 @@ impl Store {
             let skip = (from - front.seq) as usize;
             return Ok(Ok(s.tail.iter().skip(skip).take(limit).cloned().collect()));
         }
-        Ok(Err(s.id))
+        Ok(Err((s.id, *s.watch.borrow())))
     }
 
     /// Gets consumer `name` of `stream`, creating it (and, if allowed, the stream) first.
@@ -979,6 +988,8 @@ struct Batch {
     created: HashMap<String, (StreamId, StreamConfig)>,
     /// Per stream: what this batch appends.
     appended: HashMap<String, Appending>,
+    /// Per stream: the entries appended, shown to readers once the batch is durable.
+    visible: Vec<(String, Vec<Entry>)>,
     /// Bytes of every entry this batch appends.
     appended_bytes: u64,
     trims: Vec<(String, Seq, u64, u64)>,
@@ -1038,15 +1049,19 @@ impl Batch {
     }
 
     fn next_seq(&mut self, state: &State, name: &str) -> Seq {
+        if let Some(a) = self.appended.get(name) {
+            return a.next;
+        }
         let last = state.streams.get(name).map_or(0, |s| s.last_seq);
-        self.appended
-            .entry(name.to_owned())
-            .or_insert(Appending {
+        self.appended.insert(
+            name.to_owned(),
+            Appending {
                 next: last + 1,
                 entries: Vec::new(),
                 bytes: 0,
-            })
-            .next
+            },
+        );
+        last + 1
     }
 
     /// Refuses a publish of `incoming` bytes in `count` entries that a quota has no room for.
@@ -1169,6 +1184,13 @@ impl Batch {
     }
 }
 
+/// A committed batch on its way to being durable and answered.
+struct Committed {
+    batch: Batch,
+    /// The commit's outcome: a failed batch is answered with its error, in its turn.
+    result: Result<(), StoreError>,
+}
+
 async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
     let mut last_maintenance = Instant::now();
     let mut last_sync = Instant::now();
@@ -1179,6 +1201,11 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
         .options
         .sync_interval
         .map_or(MAINTENANCE_EVERY, |every| every.min(MAINTENANCE_EVERY));
+    // Committed batches go to the finisher, which makes them durable and answers them while
+    // the next batch is built and committed. One waits there at most besides the one being
+    // made durable, so at most three batches are ever unanswered.
+    let (committed, finishing) = mpsc::channel::<Committed>(1);
+    let finisher = tokio::spawn(finish(shared.clone(), finishing));
     loop {
         let closed = tokio::select! {
             n = rx.recv_many(&mut buf, MAX_BATCH) => n == 0,
@@ -1215,23 +1242,22 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
                 dirty.consumers.extend(batch.dirty.consumers.drain());
                 dirty.sessions.extend(batch.dirty.sessions.drain());
             } else {
-                apply(&shared2, &mut batch);
+                apply_committed(&shared2, &mut batch);
             }
-            let result = match result {
-                Ok(()) if batch.close => timed_sync(&shared2),
-                other => other,
-            };
-            for reply in batch.replies.drain(..) {
-                reply(result.clone());
-            }
-            requests
+            (Committed { batch, result }, requests)
         })
         .await;
         match done {
             Err(e) if e.is_panic() => tracing::error!("store writer batch panicked"),
             // Cancelled: the runtime is shutting down without closing the store.
             Err(_) => return,
-            Ok(requests) => buf = requests,
+            Ok((done, requests)) => {
+                buf = requests;
+                if committed.send(done).await.is_err() {
+                    tracing::error!("store finisher stopped");
+                    return;
+                }
+            }
         }
         if let Some(every) = shared.options.sync_interval
             && (closing || last_sync.elapsed() >= every)
@@ -1243,7 +1269,56 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
             }
         }
         if closed || closing {
+            drop(committed);
+            let _ = finisher.await;
             return;
+        }
+    }
+}
+
+/// Makes committed batches durable, shows what they appended, and answers them, in order. One
+/// fsync covers every batch waiting when it starts.
+async fn finish(shared: Arc<Shared>, mut rx: mpsc::Receiver<Committed>) {
+    let mut waiting = Vec::with_capacity(4);
+    while rx.recv_many(&mut waiting, 16).await > 0 {
+        let shared2 = shared.clone();
+        let mut batches = std::mem::take(&mut waiting);
+        let done = tokio::task::spawn_blocking(move || {
+            let durable = if batches.iter().any(|c| c.result.is_ok()) {
+                let started = Instant::now();
+                let r = shared2.backend.make_durable();
+                shared2
+                    .stats
+                    .sync_seconds
+                    .observe_duration(started.elapsed());
+                r
+            } else {
+                Ok(())
+            };
+            if let Err(e) = &durable {
+                shared2.stats.commit_failures.inc();
+                tracing::error!(error = %e, "store fsync failed: the batches it covers are answered with the error");
+            }
+            for Committed { mut batch, result } in batches.drain(..) {
+                let result = result.and_then(|()| durable.clone());
+                if result.is_ok() {
+                    apply_durable(&shared2, &mut batch);
+                }
+                let result = match result {
+                    Ok(()) if batch.close => timed_sync(&shared2),
+                    other => other,
+                };
+                for reply in batch.replies.drain(..) {
+                    reply(result.clone());
+                }
+            }
+            batches
+        })
+        .await;
+        match done {
+            Ok(batches) => waiting = batches,
+            Err(e) if e.is_panic() => tracing::error!("store finisher batch panicked"),
+            Err(_) => return,
         }
     }
 }
@@ -1531,7 +1606,10 @@ fn retention(shared: &Shared, streams: &[RetentionView], b: &mut Batch) {
 }
 
 /// Updates the in-memory view after a successful commit.
-fn apply(shared: &Shared, b: &mut Batch) {
+/// Takes a committed batch into the state, except what readers see of new entries: numbers
+/// (sequences, counts, message ids), streams and consumers created, purges. The next batch is
+/// built on these; readers see the entries once the batch is durable ([`apply_durable`]).
+fn apply_committed(shared: &Shared, b: &mut Batch) {
     let mut guard = shared.state.write();
     let state = &mut *guard;
     state.next_stream_id = state.next_stream_id.max(b.next_stream_id);
@@ -1550,7 +1628,7 @@ fn apply(shared: &Shared, b: &mut Batch) {
                         bytes: 0,
                         tail: VecDeque::new(),
                         tail_bytes: 0,
-                        ids: HashMap::new(),
+                        ids: HashMap::default(),
                         id_order: VecDeque::new(),
                         watch: watch::Sender::new(0),
                     },
@@ -1559,20 +1637,93 @@ fn apply(shared: &Shared, b: &mut Batch) {
         }
     }
     let now = now_ms();
-    let tails = &mut state.tails;
     for (name, appended) in b.appended.drain() {
         let Some(s) = state.streams.get_mut(&name) else {
             continue;
         };
-        let key: Arc<str> = Arc::from(name);
         state.disk_bytes += appended.bytes;
-        for e in appended.entries {
+        for e in &appended.entries {
             s.last_seq = e.seq;
             s.entries += 1;
             s.bytes += e.size();
             if let Some(mid) = &e.id {
                 s.ids.insert(mid.clone(), (e.seq, e.ts_ms));
                 s.id_order.push_back((e.ts_ms, mid.clone()));
+            }
+        }
+        let horizon = now.saturating_sub(s.config.dedupe_window_ms);
+        while let Some((ts, _)) = s.id_order.front()
+            && *ts < horizon
+        {
+            let (_, mid) = s.id_order.pop_front().expect("front checked");
+            if s.ids.get(&mid).is_some_and(|(_, t)| *t < horizon) {
+                s.ids.remove(&mid);
+            }
+        }
+        if !appended.entries.is_empty() {
+            b.visible.push((name, appended.entries));
+        }
+    }
+    let tails = &mut state.tails;
+    for (name, below, n, bytes) in b.trims.drain(..) {
+        let Some(s) = state.streams.get_mut(&name) else {
+            continue;
+        };
+        s.first_seq = s.first_seq.max(below);
+        s.entries = s.entries.saturating_sub(n);
+        state.disk_bytes = state.disk_bytes.saturating_sub(bytes.min(s.bytes));
+        s.bytes = s.bytes.saturating_sub(bytes);
+        while s.tail.front().is_some_and(|e| e.seq < below) {
+            tails.bytes -= s.pop_tail();
+            tails.entries -= 1;
+        }
+    }
+    for (key, record) in b.consumers.drain(..) {
+        match record {
+            Some(r) => {
+                state.consumers.entry(key).or_insert(r);
+            }
+            None => {
+                state.consumers.remove(&key);
+            }
+        }
+    }
+    let now = now_ms();
+    state.sessions.retain(|_, s| s.expires_ms >= now);
+    drop(guard);
+    let mut log = shared.recovery.lock();
+    if let Some(upto) = b.recovery_upto {
+        log.persisted = log.persisted.max(upto);
+    }
+    let horizon = now.saturating_sub(shared.options.recovery_window.as_millis() as u64);
+    log.enforce(&shared.options, horizon);
+}
+
+/// Shows a durable batch's entries to readers: the streams' in-memory tails, and the watch
+/// that wakes their consumers.
+fn apply_durable(shared: &Shared, b: &mut Batch) {
+    let mut guard = shared.state.write();
+    let state = &mut *guard;
+    let tails = &mut state.tails;
+    for (name, entries) in b.visible.drain(..) {
+        let Some(s) = state.streams.get_mut(&name) else {
+            continue;
+        };
+        let key: Arc<str> = Arc::from(name);
+        let mut last = None;
+        for e in entries {
+            last = Some(e.seq);
+            // Purged by a later batch already.
+            if e.seq < s.first_seq {
+                continue;
+            }
+            // The tail holds consecutive entries only: after a batch that never became
+            // durable (its fsync failed), it starts again.
+            if s.tail.back().is_some_and(|b| b.seq + 1 != e.seq) {
+                while !s.tail.is_empty() {
+                    tails.bytes -= s.pop_tail();
+                    tails.entries -= 1;
+                }
             }
             let cost = tail_cost(&e);
             s.tail_bytes += cost;
@@ -1585,28 +1736,12 @@ fn apply(shared: &Shared, b: &mut Batch) {
             tails.bytes -= s.pop_tail();
             tails.entries -= 1;
         }
-        let horizon = now.saturating_sub(s.config.dedupe_window_ms);
-        while let Some((ts, _)) = s.id_order.front()
-            && *ts < horizon
-        {
-            let (_, mid) = s.id_order.pop_front().expect("front checked");
-            if s.ids.get(&mid).is_some_and(|(_, t)| *t < horizon) {
-                s.ids.remove(&mid);
-            }
-        }
-        s.watch.send_replace(s.last_seq);
-    }
-    for (name, below, n, bytes) in b.trims.drain(..) {
-        let Some(s) = state.streams.get_mut(&name) else {
-            continue;
-        };
-        s.first_seq = s.first_seq.max(below);
-        s.entries = s.entries.saturating_sub(n);
-        state.disk_bytes = state.disk_bytes.saturating_sub(bytes.min(s.bytes));
-        s.bytes = s.bytes.saturating_sub(bytes);
-        while s.tail.front().is_some_and(|e| e.seq < below) {
-            tails.bytes -= s.pop_tail();
-            tails.entries -= 1;
+        if let Some(last) = last {
+            s.watch.send_if_modified(|v| {
+                let newer = last > *v;
+                *v = (*v).max(last);
+                newer
+            });
         }
     }
     // The shared budget: the oldest entries of any stream leave memory first (they are read
@@ -1629,23 +1764,4 @@ fn apply(shared: &Shared, b: &mut Batch) {
             .order
             .retain(|(name, seq)| streams.get(&**name).is_some_and(|s| s.tail_holds(*seq)));
     }
-    for (key, record) in b.consumers.drain(..) {
-        match record {
-            Some(r) => {
-                state.consumers.entry(key).or_insert(r);
-            }
-            None => {
-                state.consumers.remove(&key);
-            }
-        }
-    }
-    let now = now_ms();
-    state.sessions.retain(|_, s| s.expires_ms >= now);
-    drop(guard);
-    let mut log = shared.recovery.lock();
-    if let Some(upto) = b.recovery_upto {
-        log.persisted = log.persisted.max(upto);
-    }
-    let horizon = now.saturating_sub(shared.options.recovery_window.as_millis() as u64);
-    log.enforce(&shared.options, horizon);
 }

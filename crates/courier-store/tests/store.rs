@@ -37,6 +37,8 @@ fn duplicate_of(seq: Seq) -> Appended {
 both_backends!(
     publish_assigns_increasing_seqs_from_one,
     publish_is_confirmed_only_after_commit,
+    entries_are_seen_only_once_durable,
+    a_failed_fsync_is_answered_and_the_stream_goes_on,
     watch_sees_the_last_committed_seq,
     duplicate_ids_answer_the_original_seq,
     duplicate_ids_expire_with_the_dedupe_window,
@@ -139,6 +141,89 @@ async fn publish_is_confirmed_only_after_commit(kind: Kind) {
     assert!(h.faults.committed.load(Ordering::SeqCst) >= 2);
     assert_eq!(store.stream("s").unwrap().last_seq, 2);
     assert_eq!(seq_list(&store.read("s", 1, 10).await.unwrap()), [1, 2]);
+}
+
+/// The next batch is committed while the one before waits for its fsync, and nobody sees or
+/// hears of an entry before it is durable: not its publisher, not a reader of the tail or of the
+/// disk, not a watch.
+async fn entries_are_seen_only_once_durable(kind: Kind) {
+    let h = Harness::faulty(kind, StoreOptions::default());
+    let store = h.open();
+    store
+        .publish_one("s", new_entry("e", "1", None))
+        .await
+        .unwrap();
+    let mut watch = store.watch("s").unwrap();
+    assert_eq!(*watch.borrow_and_update(), 1);
+    h.faults.hold_durable();
+    let committed = h.faults.committed.load(Ordering::SeqCst);
+    let first = tokio::spawn({
+        let store = store.clone();
+        async move { store.publish_one("s", new_entry("e", "2", None)).await }
+    });
+    eventually("the first batch waits for its fsync", || {
+        h.faults.durable_waiting.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // The next batch is committed meanwhile: the fsync no longer holds up the writer.
+    let second = tokio::spawn({
+        let store = store.clone();
+        async move { store.publish_one("s", new_entry("e", "3", None)).await }
+    });
+    eventually(
+        "the second batch is committed during the first fsync",
+        || h.faults.committed.load(Ordering::SeqCst) >= committed + 2,
+    )
+    .await;
+    // Give an early answer every chance to arrive.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!first.is_finished(), "answered before its fsync");
+    assert!(!second.is_finished(), "answered before its fsync");
+    assert!(
+        !watch.has_changed().unwrap(),
+        "watch moved before the fsync"
+    );
+    assert_eq!(seq_list(&store.read("s", 1, 10).await.unwrap()), [1]);
+    assert_eq!(
+        seq_list(&store.read("s", 2, 10).await.unwrap()),
+        Vec::<Seq>::new()
+    );
+
+    h.faults.release_durable();
+    assert_eq!(first.await.unwrap().unwrap(), fresh(2));
+    assert_eq!(second.await.unwrap().unwrap(), fresh(3));
+    assert_eq!(*watch.borrow_and_update(), 3);
+    assert_eq!(seq_list(&store.read("s", 1, 10).await.unwrap()), [1, 2, 3]);
+}
+
+/// An fsync that fails answers the publishes it covered with the error (their outcome is not
+/// known), and the stream goes on: later publishes are answered, and readers get every entry in
+/// order from the tail or the disk.
+async fn a_failed_fsync_is_answered_and_the_stream_goes_on(kind: Kind) {
+    let h = Harness::faulty(kind, StoreOptions::default());
+    let store = h.open();
+    store
+        .publish_one("s", new_entry("e", "1", None))
+        .await
+        .unwrap();
+    h.faults.fail_durable.store(true, Ordering::SeqCst);
+    let refused = store.publish_one("s", new_entry("e", "2", None)).await;
+    assert!(matches!(refused, Err(StoreError::Io(_))), "{refused:?}");
+    h.faults.fail_durable.store(false, Ordering::SeqCst);
+    assert_eq!(
+        store
+            .publish_one("s", new_entry("e", "3", None))
+            .await
+            .unwrap(),
+        fresh(3)
+    );
+    let mut read = Vec::new();
+    let mut from = 1;
+    while let Some(last) = store.read("s", from, 1).await.unwrap().pop() {
+        from = last.seq + 1;
+        read.push(last.seq);
+    }
+    assert_eq!(read, [1, 2, 3], "every committed entry, in order");
 }
 
 async fn watch_sees_the_last_committed_seq(kind: Kind) {

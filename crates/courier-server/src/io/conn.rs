@@ -187,6 +187,7 @@ impl Conn {
         let result = {
             let mut r = self.reassembler.lock();
             match data {
+                Data::Text(t) if !r.is_waiting() && self.reserved_fast(&t) => return,
                 Data::Text(t) => r.text(&t),
                 Data::Binary(b) => r.binary(b),
             }
@@ -199,6 +200,31 @@ impl Conn {
                 self.session.close(CloseReason::ParseError);
             }
         }
+    }
+
+    /// Handles a `courier:publish` to a joined namespace straight from its text (see
+    /// [`super::streams::publish_fast`]); false when the packet takes the usual way. The
+    /// admin UI's observer, when there is one, sees every event decoded.
+    fn reserved_fast(&self, text: &[u8]) -> bool {
+        let (Some(streams), None) = (&self.io.streams, self.io.observer()) else {
+            return false;
+        };
+        let Ok(h) = courier_proto::socket::Header::split(text) else {
+            return false;
+        };
+        if h.kind != PacketType::Event {
+            return false;
+        }
+        let Some(socket) = self.socket(h.nsp) else {
+            return false;
+        };
+        super::streams::publish_fast(streams, &socket, h.id, h.json, || {
+            let admitted = self.within_rate(h.nsp, h.id);
+            if let (true, Some(s)) = (admitted, self.io.stats()) {
+                s.events_received.inc();
+            }
+            admitted
+        })
     }
 
     fn on_packet(

@@ -96,8 +96,9 @@ impl AckSender {
         send_or_close(&self.session, out, false)
     }
 
-    /// Sends the acknowledgement with arguments that are JSON text already (an array).
-    pub(crate) fn send_json(self, args: &[u8]) -> Result<(), EmitError> {
+    /// Sends the acknowledgement with arguments that are JSON text already: an array, written
+    /// in parts.
+    pub(crate) fn send_json(self, args: &[&[u8]]) -> Result<(), EmitError> {
         let text = courier_proto::socket::ack_message(&self.nsp, self.id, args);
         send_or_close(&self.session, Outbound::Text(text), false)
     }

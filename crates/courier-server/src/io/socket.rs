@@ -523,11 +523,7 @@ impl Socket {
         if let Some(o) = io.observer() {
             o.event_received(self, &event, &args);
         }
-        let ack = packet.id.map(|id| AckSender {
-            session: self.0.conn.session.clone(),
-            nsp: self.0.ns.name_arc(),
-            id,
-        });
+        let ack = packet.id.map(|id| self.ack_sender(id));
         let msg = Message::new(event, Payload { args, attachments }, ack);
         let msg = match &self.0.conn.io.streams {
             Some(streams) if msg.event.starts_with("courier:") => {
@@ -551,6 +547,15 @@ impl Socket {
             return;
         };
         self.0.conn.run(handler(self.clone(), msg));
+    }
+
+    /// Answers the client's acknowledgement request `id`.
+    pub(crate) fn ack_sender(&self, id: u64) -> AckSender {
+        AckSender {
+            session: self.0.conn.session.clone(),
+            nsp: self.0.ns.name_arc(),
+            id,
+        }
     }
 
     /// Hands an acknowledgement from the client to whoever waits for it.

@@ -122,7 +122,14 @@ impl Streams {
         let r = self
             .inner
             .store
-            .publish_one(stream, new_entry(event.to_owned(), data, id))
+            .publish_one(
+                stream,
+                new_entry(
+                    event.to_owned(),
+                    serde_json::to_vec(data).expect("JSON values serialize"),
+                    id,
+                ),
+            )
             .await;
         self.count_publish(r.as_ref());
         r
@@ -878,8 +885,7 @@ fn on_command(
     }
 }
 
-fn new_entry(event: String, data: &Value, id: Option<String>) -> NewEntry {
-    let mut data = serde_json::to_vec(data).expect("JSON values serialize");
+fn new_entry(event: String, mut data: Vec<u8>, id: Option<String>) -> NewEntry {
     // The entry may stay in memory (queued, then in the tail): the spare capacity that growing
     // the buffer left would be kept with it, up to as much again as the data.
     data.shrink_to_fit();
@@ -1070,56 +1076,127 @@ pub(crate) fn handle_reserved(
                     "expected an object as the first argument",
                 )),
             };
-            let req = match req {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = msg.ack(&e);
-                    return None;
-                }
-            };
-            if let Err(why) = io.authorize(socket, &Access::Publish(&req.stream)) {
-                let _ = msg.ack(&error_answer("forbidden", why));
-                return None;
-            }
-            if !courier_proto::socket::is_event_name(&req.event) {
-                let _ = msg.ack(&error_answer(
-                    "bad_request",
-                    format!("{:?} cannot be an event name", req.event),
-                ));
-                return None;
-            }
-            // Answered from the store's commit, with no task waiting per publish; only a full
-            // store queue costs a task, which also slows this connection down.
-            let entry = new_entry(req.event, &req.data, req.id);
-            let held = socket.0.conn.hold();
             let ack = msg.take_ack();
             drop(msg);
-            let counter = streams.clone();
-            let done = Box::new(move |r: Result<Vec<Appended>, StoreError>| {
-                let _held = held;
-                let r = r.map(|mut v| v.remove(0));
-                counter.count_publish(r.as_ref());
-                let Some(ack) = ack else { return };
-                // Runs on the store's writer thread, once per publish: the answer is written
-                // as text, not built as a `Value` and serialized.
-                let _ = match r {
-                    Ok(a) => ack.send_json(
-                        format!(
-                            r#"[{{"ok":true,"seq":{},"duplicate":{}}}]"#,
-                            a.seq, a.duplicate
-                        )
-                        .as_bytes(),
-                    ),
-                    Err(e) => Payload::new()
-                        .arg(&store_error(&e))
-                        .map_err(EmitError::from)
-                        .and_then(|payload| ack.send(payload)),
-                };
-            });
-            if let Some(later) = streams.store().publish_then(&req.stream, vec![entry], done) {
-                socket.0.conn.run(later);
+            match req {
+                Ok(r) => {
+                    let data = serde_json::to_vec(&r.data).expect("JSON values serialize");
+                    publish(streams, socket, r.stream, r.event, data, r.id, ack);
+                }
+                Err(e) => {
+                    if let Some(ack) = ack {
+                        let _ = Payload::new().arg(&e).map(|p| ack.send(p));
+                    }
+                }
             }
         }
     }
     None
+}
+
+/// The start of a `courier:publish` event's JSON as clients write it.
+const PUBLISH_ARGS: &[u8] = br#"["courier:publish","#;
+
+/// A `courier:publish` request read straight from the packet's text: the entry's data stays
+/// the JSON the client sent, never parsed into a tree and written again.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPublish<'a> {
+    stream: String,
+    event: String,
+    #[serde(default, borrow)]
+    data: Option<&'a serde_json::value::RawValue>,
+    id: Option<String>,
+}
+
+/// Handles a packet whose JSON is `["courier:publish",{...}]` without building a `Value`: the
+/// common case of the durable path. False when the payload is anything else (extra
+/// arguments, an unknown field, a request that does not parse): the caller then decodes the
+/// packet as usual and [`handle_reserved`] answers it, errors included.
+pub(crate) fn publish_fast(
+    streams: &Streams,
+    socket: &Socket,
+    ack: Option<u64>,
+    json: &[u8],
+    admit: impl FnOnce() -> bool,
+) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Args<'a>(#[allow(dead_code)] &'a str, #[serde(borrow)] RawPublish<'a>);
+    if !json.starts_with(PUBLISH_ARGS) {
+        return false;
+    }
+    let Ok(Args(_, req)) = serde_json::from_slice::<Args<'_>>(json) else {
+        return false;
+    };
+    // Counted and rate-limited as every event is (`admit` answers a refused one itself).
+    if !admit() {
+        return true;
+    }
+    let data = req
+        .data
+        .map_or(b"null".to_vec(), |d| d.get().as_bytes().to_vec());
+    let ack = ack.map(|id| socket.ack_sender(id));
+    publish(streams, socket, req.stream, req.event, data, req.id, ack);
+    true
+}
+
+/// Publishes what a client sent with `courier:publish`, answering its ack once the entry is
+/// durable (or refused).
+fn publish(
+    streams: &Streams,
+    socket: &Socket,
+    stream: String,
+    event: String,
+    data: Vec<u8>,
+    id: Option<String>,
+    ack: Option<super::message::AckSender>,
+) {
+    let refuse = |ack: Option<super::message::AckSender>, answer: Value| {
+        if let Some(ack) = ack {
+            let _ = Payload::new().arg(&answer).map(|p| ack.send(p));
+        }
+    };
+    let io = &socket.0.conn.io;
+    if let Err(why) = io.authorize(socket, &Access::Publish(&stream)) {
+        return refuse(ack, error_answer("forbidden", why));
+    }
+    if !courier_proto::socket::is_event_name(&event) {
+        let why = format!("{event:?} cannot be an event name");
+        return refuse(ack, error_answer("bad_request", why));
+    }
+    let entry = new_entry(event, data, id);
+    // Answered from the store's commit, with no task waiting per publish; only a full store
+    // queue costs a task, which also slows this connection down.
+    let held = socket.0.conn.hold();
+    let counter = streams.clone();
+    let done = Box::new(move |r: Result<Vec<Appended>, StoreError>| {
+        let _held = held;
+        let r = r.map(|mut v| v.remove(0));
+        counter.count_publish(r.as_ref());
+        let Some(ack) = ack else { return };
+        // Runs on the store's thread, once per publish: the answer is written as text, not
+        // built as a `Value` and serialized.
+        let _ = match r {
+            Ok(a) => {
+                let mut seq = itoa::Buffer::new();
+                let parts: [&[u8]; 3] = [
+                    br#"[{"ok":true,"seq":"#,
+                    seq.format(a.seq).as_bytes(),
+                    if a.duplicate {
+                        br#","duplicate":true}]"#
+                    } else {
+                        br#","duplicate":false}]"#
+                    },
+                ];
+                ack.send_json(&parts)
+            }
+            Err(e) => Payload::new()
+                .arg(&store_error(&e))
+                .map_err(EmitError::from)
+                .and_then(|payload| ack.send(payload)),
+        };
+    });
+    if let Some(later) = streams.store().publish_then(&stream, vec![entry], done) {
+        socket.0.conn.run(later);
+    }
 }

@@ -1,5 +1,6 @@
 //! Helpers shared by the store's integration tests: a store over either backend that can be
-//! restarted, a backend wrapper that fails or holds commits on demand, and bounded polling.
+//! restarted, a backend wrapper that fails or holds commits (and their fsync) on demand, and
+//! bounded polling.
 // Each test crate uses a different part of this module.
 #![allow(dead_code)]
 
@@ -76,6 +77,12 @@ pub struct Faults {
     pub hold_only: Mutex<Option<OpFilter>>,
     held: Mutex<bool>,
     released: Condvar,
+    /// `make_durable` fails while set.
+    pub fail_durable: AtomicBool,
+    /// Calls of `make_durable` waiting at their gate.
+    pub durable_waiting: AtomicUsize,
+    durable_held: Mutex<bool>,
+    durable_released: Condvar,
     /// Reads (`read`, and retention's `first_seq_*` and `range_stats`) waiting at their gate.
     pub reads_waiting: AtomicUsize,
     reads_held: Mutex<bool>,
@@ -98,6 +105,28 @@ impl Faults {
     pub fn release(&self) {
         *self.held.lock().unwrap() = false;
         self.released.notify_all();
+    }
+
+    /// From now on, `make_durable` waits at its gate: commits are done but not durable.
+    pub fn hold_durable(&self) {
+        *self.durable_held.lock().unwrap() = true;
+    }
+
+    /// Lets held `make_durable` calls (and later ones) through.
+    pub fn release_durable(&self) {
+        *self.durable_held.lock().unwrap() = false;
+        self.durable_released.notify_all();
+    }
+
+    fn pass_durable_gate(&self) {
+        let mut held = self.durable_held.lock().unwrap();
+        if *held {
+            self.durable_waiting.fetch_add(1, Ordering::SeqCst);
+            while *held {
+                held = self.durable_released.wait(held).unwrap();
+            }
+            self.durable_waiting.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     /// From now on, reads wait at their gate before they reach the wrapped backend.
@@ -161,6 +190,14 @@ impl Backend for Faulty {
         self.inner.commit(ops)?;
         self.faults.committed.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    fn make_durable(&self) -> Result<(), StoreError> {
+        self.faults.pass_durable_gate();
+        if self.faults.fail_durable.load(Ordering::SeqCst) {
+            return Err(StoreError::io("injected fsync failure"));
+        }
+        self.inner.make_durable()
     }
 
     fn read(&self, stream: StreamId, from: Seq, limit: usize) -> Result<Vec<Entry>, StoreError> {
