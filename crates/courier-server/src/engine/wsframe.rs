@@ -228,7 +228,9 @@ impl Decoder {
     /// The message a frame whose payload is all read completes, if any.
     fn complete(&mut self, frame: Frame) -> Result<Option<Message>, FrameError> {
         match frame.opcode {
-            OP_PING => Ok(Some(Message::Ping(std::mem::take(&mut self.control).into()))),
+            OP_PING => Ok(Some(Message::Ping(
+                std::mem::take(&mut self.control).into(),
+            ))),
             OP_PONG => {
                 self.control = Vec::new();
                 Ok(None)
@@ -365,7 +367,11 @@ mod tests {
     }
 
     fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        client_frame(u8::from(fin) << 7 | opcode, payload, [0x12, 0x34, 0x56, 0x78])
+        client_frame(
+            u8::from(fin) << 7 | opcode,
+            payload,
+            [0x12, 0x34, 0x56, 0x78],
+        )
     }
 
     /// Everything `bytes` decodes to, fed in one piece.
@@ -405,7 +411,10 @@ mod tests {
         bytes.extend(frame(true, OP_PONG, b"ignored"));
         bytes.extend(frame(true, OP_CONTINUATION, b"o"));
         let got = decode_all(100, &bytes).unwrap();
-        assert_eq!(got, [Message::Ping(Bytes::from_static(b"p")), text("hello")]);
+        assert_eq!(
+            got,
+            [Message::Ping(Bytes::from_static(b"p")), text("hello")]
+        );
     }
 
     #[test]
@@ -441,9 +450,18 @@ mod tests {
             ("fragmented ping", frame(false, OP_PING, b"")),
             ("ping of 126", frame(true, OP_PING, &[0; 126])),
             ("close of 1 byte", frame(true, OP_CLOSE, &[3])),
-            ("close code 1005", frame(true, OP_CLOSE, &1005u16.to_be_bytes())),
-            ("close code 999", frame(true, OP_CLOSE, &999u16.to_be_bytes())),
-            ("close code 5000", frame(true, OP_CLOSE, &5000u16.to_be_bytes())),
+            (
+                "close code 1005",
+                frame(true, OP_CLOSE, &1005u16.to_be_bytes()),
+            ),
+            (
+                "close code 999",
+                frame(true, OP_CLOSE, &999u16.to_be_bytes()),
+            ),
+            (
+                "close code 5000",
+                frame(true, OP_CLOSE, &5000u16.to_be_bytes()),
+            ),
             ("new message mid-way", {
                 let mut b = frame(false, OP_TEXT, b"a");
                 b.extend(frame(true, OP_BINARY, b"b"));
