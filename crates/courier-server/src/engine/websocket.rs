@@ -96,7 +96,11 @@ impl<H: Handler> Engine<H> {
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
         let (parts, _) = req.into_parts();
-        tokio::spawn(self.clone().websocket_task(on_upgrade, parts, join));
+        // Boxed: the arguments of an async fn stay in its future for the connection's life.
+        tokio::spawn(
+            self.clone()
+                .websocket_task(on_upgrade, Box::new(parts), join),
+        );
         Ok(Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header(header::UPGRADE, HeaderValue::from_static("websocket"))
@@ -109,7 +113,7 @@ impl<H: Handler> Engine<H> {
     async fn websocket_task(
         self,
         on_upgrade: OnUpgrade,
-        mut parts: http::request::Parts,
+        mut parts: Box<http::request::Parts>,
         join: Join<H::Conn>,
     ) {
         // The connection's slot under `max_connections` lives as long as the WebSocket.
@@ -145,9 +149,13 @@ impl<H: Handler> Engine<H> {
             }
             Join::Upgrade(entry) => {
                 drop(parts);
-                let upgraded =
-                    tokio::time::timeout(self.inner.config.upgrade_timeout, probe(&mut ws, &entry))
-                        .await;
+                // Boxed, as every wait that an idle connection is not in: the task's future is
+                // as large as its largest state, and is held for the connection's life.
+                let upgraded = Box::pin(tokio::time::timeout(
+                    self.inner.config.upgrade_timeout,
+                    probe(&mut ws, &entry),
+                ))
+                .await;
                 if upgraded != Ok(true) {
                     // The session goes on polling; only this websocket ends.
                     tracing::debug!(sid = %entry.session.sid(), "websocket upgrade abandoned");
@@ -175,7 +183,7 @@ impl<H: Handler> Engine<H> {
         session.close(reason);
         if settled {
             // Answer the client's close frame, if there was one, and end the stream.
-            let _ = tokio::time::timeout(CLOSE_WAIT, ws.finish()).await;
+            let _ = Box::pin(tokio::time::timeout(CLOSE_WAIT, ws.finish())).await;
         } else {
             close_ws(&mut ws, None).await;
         }
@@ -228,8 +236,9 @@ impl<H: Handler> Engine<H> {
                         // The client sees why: 1002 (protocol error), 1007 (invalid UTF-8) or
                         // 1009 (too big), before the connection is dropped.
                         let close = wsframe::close_payload(Some(e.close_code()), &e.to_string());
-                        let _ = tokio::time::timeout(CLOSE_WAIT, ws.send(wsframe::OP_CLOSE, close))
-                            .await;
+                        let _ =
+                            Box::pin(tokio::time::timeout(CLOSE_WAIT, ws.send(wsframe::OP_CLOSE, close)))
+                                .await;
                         ws.close_sent = true;
                         return (CloseReason::TransportError, true);
                     }
@@ -322,7 +331,12 @@ async fn probe<C>(ws: &mut Ws, entry: &Entry<C>) -> bool {
 }
 
 /// Sends the server's close frame and waits, up to [`CLOSE_WAIT`], for the client's answer.
-async fn close_ws(ws: &mut Ws, code: Option<u16>) {
+/// Boxed: see `websocket_task`.
+fn close_ws(ws: &mut Ws, code: Option<u16>) -> BoxFuture<'_, ()> {
+    Box::pin(close_ws_inner(ws, code))
+}
+
+async fn close_ws_inner(ws: &mut Ws, code: Option<u16>) {
     if ws.close_sent {
         return;
     }
@@ -371,7 +385,7 @@ async fn write_batch(
         }
     }
     ws.write(out);
-    ws.flush().await
+    ws.flush_queued().await
 }
 
 /// What `Ws::read`'s callback says after a message.
@@ -568,7 +582,16 @@ impl Ws {
         let mut out = Out::new();
         out.frame(opcode, payload);
         self.write(out);
-        self.flush().await
+        self.flush_queued().await
+    }
+
+    /// Finishes what [`Ws::write`] left. Most writes finish at once; a wait is boxed, so that
+    /// the idle task's future has no room for one.
+    async fn flush_queued(&mut self) -> io::Result<()> {
+        if self.unsent.is_empty() && matches!(self.link, Link::Tcp(_)) {
+            return Ok(());
+        }
+        Box::pin(self.flush()).await
     }
 
     /// Writes what the stream takes of `out` now, without waiting, and keeps the rest in
@@ -774,5 +797,47 @@ mod tests {
             super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
+    }
+
+    struct Quiet;
+
+    impl crate::engine::Handler for Quiet {
+        type Conn = ();
+        fn on_open(
+            &self,
+            _: &std::sync::Arc<crate::engine::Session>,
+            _: &http::request::Parts,
+        ) -> std::sync::Arc<()> {
+            std::sync::Arc::default()
+        }
+        fn on_message(&self, _: &std::sync::Arc<()>, _: courier_proto::engine::Data) {}
+        fn on_close(&self, _: &std::sync::Arc<()>, _: crate::engine::CloseReason) {}
+    }
+
+    /// What an idle connection's tasks hold inline: the WebSocket task's future (with the pump
+    /// and the connection state in it) and the session's driver. docs/limits.md has the figures;
+    /// this keeps them from growing unnoticed.
+    #[tokio::test]
+    async fn idle_connection_futures_stay_small() {
+        use super::*;
+        let engine = Engine::new(crate::Config::default(), Quiet);
+        let mut req = Request::new(());
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let (parts, _) = req.into_parts();
+        let entry = engine.open(Transport::WebSocket, &parts);
+        let task = engine
+            .clone()
+            .websocket_task(on_upgrade, Box::new(parts), Join::Open);
+        let drive = engine.clone().drive(entry.clone(), None);
+        let (task, drive) = (std::mem::size_of_val(&task), std::mem::size_of_val(&drive));
+        println!(
+            "websocket task future: {task} bytes, driver future: {drive} bytes, Ws: {} bytes, \
+             Decoder: {} bytes",
+            std::mem::size_of::<Ws>(),
+            std::mem::size_of::<Decoder>()
+        );
+        assert!(task <= 1152, "websocket task future: {task} bytes");
+        assert!(drive <= 512, "driver future: {drive} bytes");
+        entry.session.close(CloseReason::ForcedClose);
     }
 }
