@@ -828,13 +828,13 @@ mod tests {
         let task = engine
             .clone()
             .websocket_task(on_upgrade, Box::new(parts), Join::Open);
-        let drive = engine.clone().drive(entry.clone(), None);
-        let (task, drive) = (std::mem::size_of_val(&task), std::mem::size_of_val(&drive));
+        let drive = engine.drive(entry.clone(), None);
+        let (task, drive) = (size_of_val(&task), size_of_val(&drive));
         println!(
             "websocket task future: {task} bytes, driver future: {drive} bytes, Ws: {} bytes, \
              Decoder: {} bytes",
-            std::mem::size_of::<Ws>(),
-            std::mem::size_of::<Decoder>()
+            size_of::<Ws>(),
+            size_of::<Decoder>()
         );
         assert!(task <= 1152, "websocket task future: {task} bytes");
         assert!(drive <= 512, "driver future: {drive} bytes");
