@@ -16,6 +16,7 @@ mod peers;
 mod polling;
 mod session;
 mod websocket;
+mod wsframe;
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
