@@ -808,16 +808,15 @@ impl Runner {
     fn send_entry(&self, socket: &Socket, entry: &Entry, deliveries: u32) {
         let (stream, _) = &self.key;
         let nsp = socket.ns().name();
-        let meta =
-            json!({"stream": stream, "seq": entry.seq, "id": entry.id, "deliveries": deliveries});
         if let Some(o) = socket.0.conn.io.observer() {
+            let meta = json!({"stream": stream, "seq": entry.seq, "id": entry.id, "deliveries": deliveries});
             let data = serde_json::from_slice(&entry.data).unwrap_or(Value::Null);
-            o.event_sent(socket, &entry.event, &[data, meta.clone()]);
+            o.event_sent(socket, &entry.event, &[data, meta]);
         }
         let tx = self.tx.clone();
         let seq = entry.seq;
         let sent = socket.send_with_callback(
-            |ack_id| Outbound::Text(delivery_packet(nsp, ack_id, entry, &meta)),
+            |ack_id| Outbound::Text(delivery_packet(nsp, ack_id, stream, entry, deliveries)),
             Box::new(move |_: Payload| {
                 if tx.try_send(Cmd::Acked(seq)).is_err() {
                     tracing::warn!(seq, "ack dropped: consumer runner busy");
@@ -908,22 +907,39 @@ fn pick(subscribers: &[Socket], turn: &mut usize) -> Option<Socket> {
     Some(subscribers[*turn % subscribers.len()].clone())
 }
 
-/// `42<nsp>,<id>["event",<data>,<meta>]`, written without parsing the stored data.
-fn delivery_packet(nsp: &str, ack_id: u64, entry: &Entry, meta: &Value) -> Bytes {
-    let mut out = BytesMut::with_capacity(entry.data.len() + entry.event.len() + 96);
+/// `42<nsp>,<id>["event",<data>,<meta>]` with `meta = {"stream","seq","id","deliveries"}`,
+/// written as text: the stored data is not parsed, and no `Value` is built per delivery.
+fn delivery_packet(nsp: &str, ack_id: u64, stream: &str, entry: &Entry, deliveries: u32) -> Bytes {
+    let id_len = entry.id.as_ref().map_or(4, String::len);
+    let mut out = BytesMut::with_capacity(
+        entry.data.len() + entry.event.len() + stream.len() + id_len + nsp.len() + 96,
+    );
+    let mut n = itoa::Buffer::new();
     out.put_slice(b"42");
     if nsp != "/" {
         out.put_slice(nsp.as_bytes());
         out.put_u8(b',');
     }
-    out.put_slice(ack_id.to_string().as_bytes());
+    out.put_slice(n.format(ack_id).as_bytes());
     out.put_u8(b'[');
-    serde_json::to_writer((&mut out).writer(), &entry.event).expect("strings serialize");
+    let json = |out: &mut BytesMut, s: &str| {
+        serde_json::to_writer(out.writer(), s).expect("strings serialize");
+    };
+    json(&mut out, &entry.event);
     out.put_u8(b',');
     out.put_slice(&entry.data);
-    out.put_u8(b',');
-    serde_json::to_writer((&mut out).writer(), meta).expect("values serialize");
-    out.put_u8(b']');
+    out.put_slice(br#",{"stream":"#);
+    json(&mut out, stream);
+    out.put_slice(br#","seq":"#);
+    out.put_slice(n.format(entry.seq).as_bytes());
+    out.put_slice(br#","id":"#);
+    match &entry.id {
+        Some(id) => json(&mut out, id),
+        None => out.put_slice(b"null"),
+    }
+    out.put_slice(br#","deliveries":"#);
+    out.put_slice(n.format(deliveries).as_bytes());
+    out.put_slice(b"}]");
     out.freeze()
 }
 
@@ -1198,5 +1214,33 @@ fn publish(
     });
     if let Some(later) = streams.store().publish_then(&stream, vec![entry], done) {
         socket.0.conn.run(later);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text written by hand is the packet the codec would encode from values.
+    #[test]
+    fn delivery_packet_is_the_event_the_codec_would_write() {
+        for (nsp, id) in [("/", None), ("/admin", Some("m-\"1\"".to_owned()))] {
+            let entry = Entry {
+                seq: 42,
+                ts_ms: 1,
+                id: id.clone(),
+                event: "order \u{e9}".to_owned(),
+                data: Bytes::from_static(br#"{"n":[1,2]}"#),
+            };
+            let got = delivery_packet(nsp, 7, "orders.eu", &entry, 3);
+            let meta = json!({"stream": "orders.eu", "seq": 42, "id": id, "deliveries": 3});
+            let args = vec![json!({"n": [1, 2]}), meta];
+            let mut want = courier_proto::socket::Packet::event(nsp, "order \u{e9}", args, 0);
+            want.id = Some(7);
+            let want = want.encode_message();
+            let (got, want) = (&got[1..], &want[1..]);
+            let parse = |t: &[u8]| courier_proto::socket::Packet::decode(t).unwrap();
+            assert_eq!(parse(got), parse(want));
+        }
     }
 }
