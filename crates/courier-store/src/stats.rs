@@ -183,11 +183,12 @@ impl Histogram {
 /// What the store's writer did, for metrics.
 #[derive(Debug)]
 pub struct StoreStats {
-    /// Time of each commit of a batch (its fsync included under `sync = always`).
+    /// Time of each commit of a batch (its fsync is apart, in `sync_seconds`).
     pub commit_seconds: Histogram,
     /// Requests (publishes, creations, purges) each committed batch answered.
     pub group_size: Histogram,
-    /// Time of each explicit sync: the `interval` policy's periodic one, and the last at close.
+    /// Time of each fsync: under `always` the one after each commit (covering every batch
+    /// committed meanwhile), under `interval` the periodic one, and the last at close.
     pub sync_seconds: Histogram,
     /// Commits that failed (the requests in them were answered with the error).
     pub commit_failures: Counter,

@@ -326,7 +326,7 @@ impl Hub {
         let st = store.stats();
         out.histograms(
             "courier_store_commit_seconds",
-            "Time of each group commit (its fsync included under sync = always).",
+            "Time of each group commit (its fsync is courier_store_fsync_seconds).",
             [(Vec::new(), st.commit_seconds.snapshot())],
         )?;
         out.histograms(
@@ -336,7 +336,7 @@ impl Hub {
         )?;
         out.histograms(
             "courier_store_fsync_seconds",
-            "Time of each explicit fsync (sync = interval, and at shutdown).",
+            "Time of each fsync (sync = always: after each commit; interval: periodic; at shutdown).",
             [(Vec::new(), st.sync_seconds.snapshot())],
         )?;
         out.counter(
