@@ -1264,7 +1264,9 @@ async fn writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Request>) {
         {
             last_sync = Instant::now();
             let shared2 = shared.clone();
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || timed_sync(&shared2)).await {
+            if let Ok(Err(e)) =
+                tokio::task::spawn_blocking(move || timed_sync(&shared2, |b| b.sync())).await
+            {
                 tracing::error!(error = %e, "store sync failed");
             }
         }
@@ -1285,13 +1287,7 @@ async fn finish(shared: Arc<Shared>, mut rx: mpsc::Receiver<Committed>) {
         let mut batches = std::mem::take(&mut waiting);
         let done = tokio::task::spawn_blocking(move || {
             let durable = if batches.iter().any(|c| c.result.is_ok()) {
-                let started = Instant::now();
-                let r = shared2.backend.make_durable();
-                shared2
-                    .stats
-                    .sync_seconds
-                    .observe_duration(started.elapsed());
-                r
+                timed_sync(&shared2, |b| b.make_durable())
             } else {
                 Ok(())
             };
@@ -1305,7 +1301,7 @@ async fn finish(shared: Arc<Shared>, mut rx: mpsc::Receiver<Committed>) {
                     apply_durable(&shared2, &mut batch);
                 }
                 let result = match result {
-                    Ok(()) if batch.close => timed_sync(&shared2),
+                    Ok(()) if batch.close => timed_sync(&shared2, |b| b.sync()),
                     other => other,
                 };
                 for reply in batch.replies.drain(..) {
@@ -1323,10 +1319,13 @@ async fn finish(shared: Arc<Shared>, mut rx: mpsc::Receiver<Committed>) {
     }
 }
 
-/// Makes what is committed durable, and times it.
-fn timed_sync(shared: &Shared) -> Result<(), StoreError> {
+/// Runs one of the backend's syncs (`Backend::sync` or `Backend::make_durable`), and times it.
+fn timed_sync(
+    shared: &Shared,
+    sync: impl FnOnce(&dyn Backend) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let started = Instant::now();
-    let result = shared.backend.sync();
+    let result = sync(&*shared.backend);
     shared
         .stats
         .sync_seconds

@@ -31,7 +31,7 @@ async fn hold_writer(h: &Harness, store: &Store) -> tokio::task::JoinHandle<()> 
         }
     });
     eventually("a commit is held", || {
-        h.faults.waiting.load(Ordering::SeqCst) == 1
+        h.faults.commits.waiting.load(Ordering::SeqCst) == 1
     })
     .await;
     task
@@ -194,7 +194,7 @@ async fn purge_and_retention_in_one_batch_count_entries_once(kind: Kind) {
         }
     });
     eventually("the ten entries' commit is held", || {
-        h.faults.waiting.load(Ordering::SeqCst) == 1
+        h.faults.commits.waiting.load(Ordering::SeqCst) == 1
     })
     .await;
     let purge = tokio::spawn({

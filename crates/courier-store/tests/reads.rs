@@ -100,10 +100,10 @@ async fn consumer_saves_and_sessions_do_not_wait_for_retention_reads(kind: Kind)
         .consumer_or_create("b", "c", ConsumerConfig::default())
         .await
         .unwrap();
-    h.faults.hold_reads();
+    h.faults.reads.hold();
     publish_range(&store, 1, 50, 10).await;
     eventually("retention reads the backend", || {
-        h.faults.reads_waiting.load(Ordering::SeqCst) > 0
+        h.faults.reads.waiting.load(Ordering::SeqCst) > 0
     })
     .await;
 
@@ -135,7 +135,7 @@ async fn consumer_saves_and_sessions_do_not_wait_for_retention_reads(kind: Kind)
     })
     .await;
     // Retention goes on either way, so that a failure leaves no thread stuck at the gate.
-    h.faults.release_reads();
+    h.faults.reads.release();
     saver.join().unwrap();
     assert!(
         saved.is_ok(),

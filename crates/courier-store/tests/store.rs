@@ -127,7 +127,7 @@ async fn publish_is_confirmed_only_after_commit(kind: Kind) {
         async move { store.publish_one("s", new_entry("e", "2", None)).await }
     });
     eventually("the publish's commit is held", || {
-        h.faults.waiting.load(Ordering::SeqCst) == 1
+        h.faults.commits.waiting.load(Ordering::SeqCst) == 1
     })
     .await;
     // Give an early answer every chance to arrive.
@@ -155,14 +155,14 @@ async fn entries_are_seen_only_once_durable(kind: Kind) {
         .unwrap();
     let mut watch = store.watch("s").unwrap();
     assert_eq!(*watch.borrow_and_update(), 1);
-    h.faults.hold_durable();
+    h.faults.durable.hold();
     let committed = h.faults.committed.load(Ordering::SeqCst);
     let first = tokio::spawn({
         let store = store.clone();
         async move { store.publish_one("s", new_entry("e", "2", None)).await }
     });
     eventually("the first batch waits for its fsync", || {
-        h.faults.durable_waiting.load(Ordering::SeqCst) == 1
+        h.faults.durable.waiting.load(Ordering::SeqCst) == 1
     })
     .await;
     // The next batch is committed meanwhile: the fsync no longer holds up the writer.
@@ -189,7 +189,7 @@ async fn entries_are_seen_only_once_durable(kind: Kind) {
         Vec::<Seq>::new()
     );
 
-    h.faults.release_durable();
+    h.faults.durable.release();
     assert_eq!(first.await.unwrap().unwrap(), fresh(2));
     assert_eq!(second.await.unwrap().unwrap(), fresh(3));
     assert_eq!(*watch.borrow_and_update(), 3);

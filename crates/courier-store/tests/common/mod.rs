@@ -69,24 +69,52 @@ pub struct Faults {
     pub failed: AtomicUsize,
     /// Commits that reached the wrapped backend.
     pub committed: AtomicUsize,
-    /// Commits waiting at the gate.
-    pub waiting: AtomicUsize,
+
     /// Calls of `sync`.
     pub synced: AtomicUsize,
     /// When set, the gate holds only commits with an op it accepts (say, not maintenance).
     pub hold_only: Mutex<Option<OpFilter>>,
-    held: Mutex<bool>,
-    released: Condvar,
+    /// Where commits wait while held (see `hold_only`).
+    pub commits: Gate,
     /// `make_durable` fails while set.
     pub fail_durable: AtomicBool,
-    /// Calls of `make_durable` waiting at their gate.
-    pub durable_waiting: AtomicUsize,
-    durable_held: Mutex<bool>,
-    durable_released: Condvar,
-    /// Reads (`read`, and retention's `first_seq_*` and `range_stats`) waiting at their gate.
-    pub reads_waiting: AtomicUsize,
-    reads_held: Mutex<bool>,
-    reads_released: Condvar,
+    /// Where `make_durable` waits while held: commits are done but not durable.
+    pub durable: Gate,
+    /// Where reads (`read`, and retention's `first_seq_*` and `range_stats`) wait while held.
+    pub reads: Gate,
+}
+
+/// Holds the calls that pass it while it is held.
+#[derive(Default)]
+pub struct Gate {
+    /// Calls waiting.
+    pub waiting: AtomicUsize,
+    held: Mutex<bool>,
+    released: Condvar,
+}
+
+impl Gate {
+    /// From now on, calls wait here.
+    pub fn hold(&self) {
+        *self.held.lock().unwrap() = true;
+    }
+
+    /// Lets waiting calls (and later ones) through.
+    pub fn release(&self) {
+        *self.held.lock().unwrap() = false;
+        self.released.notify_all();
+    }
+
+    fn pass(&self) {
+        let mut held = self.held.lock().unwrap();
+        if *held {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            while *held {
+                held = self.released.wait(held).unwrap();
+            }
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Faults {
@@ -98,57 +126,12 @@ impl Faults {
 
     /// From now on, commits wait at the gate before they reach the wrapped backend.
     pub fn hold(&self) {
-        *self.held.lock().unwrap() = true;
+        self.commits.hold();
     }
 
     /// Lets held commits (and later ones) through.
     pub fn release(&self) {
-        *self.held.lock().unwrap() = false;
-        self.released.notify_all();
-    }
-
-    /// From now on, `make_durable` waits at its gate: commits are done but not durable.
-    pub fn hold_durable(&self) {
-        *self.durable_held.lock().unwrap() = true;
-    }
-
-    /// Lets held `make_durable` calls (and later ones) through.
-    pub fn release_durable(&self) {
-        *self.durable_held.lock().unwrap() = false;
-        self.durable_released.notify_all();
-    }
-
-    fn pass_durable_gate(&self) {
-        let mut held = self.durable_held.lock().unwrap();
-        if *held {
-            self.durable_waiting.fetch_add(1, Ordering::SeqCst);
-            while *held {
-                held = self.durable_released.wait(held).unwrap();
-            }
-            self.durable_waiting.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-
-    /// From now on, reads wait at their gate before they reach the wrapped backend.
-    pub fn hold_reads(&self) {
-        *self.reads_held.lock().unwrap() = true;
-    }
-
-    /// Lets held reads (and later ones) through.
-    pub fn release_reads(&self) {
-        *self.reads_held.lock().unwrap() = false;
-        self.reads_released.notify_all();
-    }
-
-    fn pass_read_gate(&self) {
-        let mut held = self.reads_held.lock().unwrap();
-        if *held {
-            self.reads_waiting.fetch_add(1, Ordering::SeqCst);
-            while *held {
-                held = self.reads_released.wait(held).unwrap();
-            }
-            self.reads_waiting.fetch_sub(1, Ordering::SeqCst);
-        }
+        self.commits.release();
     }
 
     fn pass_gate(&self, ops: &[Op]) {
@@ -157,14 +140,7 @@ impl Faults {
         {
             return;
         }
-        let mut held = self.held.lock().unwrap();
-        if *held {
-            self.waiting.fetch_add(1, Ordering::SeqCst);
-            while *held {
-                held = self.released.wait(held).unwrap();
-            }
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-        }
+        self.commits.pass();
     }
 }
 
@@ -193,7 +169,7 @@ impl Backend for Faulty {
     }
 
     fn make_durable(&self) -> Result<(), StoreError> {
-        self.faults.pass_durable_gate();
+        self.faults.durable.pass();
         if self.faults.fail_durable.load(Ordering::SeqCst) {
             return Err(StoreError::io("injected fsync failure"));
         }
@@ -201,12 +177,12 @@ impl Backend for Faulty {
     }
 
     fn read(&self, stream: StreamId, from: Seq, limit: usize) -> Result<Vec<Entry>, StoreError> {
-        self.faults.pass_read_gate();
+        self.faults.reads.pass();
         self.inner.read(stream, from, limit)
     }
 
     fn first_seq_since(&self, stream: StreamId, ts_ms: u64) -> Result<Option<Seq>, StoreError> {
-        self.faults.pass_read_gate();
+        self.faults.reads.pass();
         self.inner.first_seq_since(stream, ts_ms)
     }
 
@@ -216,7 +192,7 @@ impl Backend for Faulty {
         from: Seq,
         bytes: u64,
     ) -> Result<Option<Seq>, StoreError> {
-        self.faults.pass_read_gate();
+        self.faults.reads.pass();
         self.inner.first_seq_after_bytes(stream, from, bytes)
     }
 
@@ -226,7 +202,7 @@ impl Backend for Faulty {
         from: Seq,
         below: Seq,
     ) -> Result<(u64, u64), StoreError> {
-        self.faults.pass_read_gate();
+        self.faults.reads.pass();
         self.inner.range_stats(stream, from, below)
     }
 
