@@ -969,12 +969,16 @@ impl Create {
     }
 }
 
-/// What one batch appends to one stream.
+/// What one batch appends to one stream. The entries themselves are in the batch's ops (moved
+/// there, not copied), and taken back out of them once committed.
 struct Appending {
     /// The next sequence number.
     next: Seq,
-    entries: Vec<Entry>,
+    /// Entries appended.
+    count: u64,
     bytes: u64,
+    /// Message ids of the entries appended, for duplicates within the batch.
+    ids: HashMap<String, Seq>,
 }
 
 /// Answers one request with the batch's outcome.
@@ -1057,8 +1061,9 @@ impl Batch {
             name.to_owned(),
             Appending {
                 next: last + 1,
-                entries: Vec::new(),
+                count: 0,
                 bytes: 0,
+                ids: HashMap::default(),
             },
         );
         last + 1
@@ -1090,7 +1095,7 @@ impl Batch {
             return Ok(());
         };
         let batch = self.appended.get(name);
-        let entries = stream.map_or(0, |s| s.entries) + batch.map_or(0, |a| a.entries.len() as u64);
+        let entries = stream.map_or(0, |s| s.entries) + batch.map_or(0, |a| a.count);
         let bytes = stream.map_or(0, |s| s.bytes) + batch.map_or(0, |a| a.bytes);
         if config.max_entries > 0 && entries + count > config.max_entries {
             return Err(StoreError::StorageFull(format!(
@@ -1151,15 +1156,15 @@ impl Batch {
                 event: e.event,
                 data: e.data,
             };
-            self.ops.push(Op::Append {
-                stream: id,
-                entry: entry.clone(),
-            });
             let slot = self.appended.get_mut(name).expect("created by next_seq");
             slot.next += 1;
+            slot.count += 1;
             slot.bytes += entry.size();
             self.appended_bytes += entry.size();
-            slot.entries.push(entry);
+            if let Some(mid) = &entry.id {
+                slot.ids.insert(mid.clone(), seq);
+            }
+            self.ops.push(Op::Append { stream: id, entry });
             out.push(Appended {
                 seq,
                 duplicate: false,
@@ -1170,10 +1175,8 @@ impl Batch {
 
     /// The sequence number of an entry with message id `mid` stored since `since`.
     fn seen(&self, state: &State, name: &str, mid: &str, since: u64) -> Option<Seq> {
-        if let Some(batch) = self.appended.get(name)
-            && let Some(e) = batch.entries.iter().find(|e| e.id.as_deref() == Some(mid))
-        {
-            return Some(e.seq);
+        if let Some(seq) = self.appended.get(name).and_then(|a| a.ids.get(mid)) {
+            return Some(*seq);
         }
         let s = state.streams.get(name)?;
         let (seq, ts) = *s.ids.get(mid)?;
@@ -1388,7 +1391,7 @@ fn build(shared: &Shared, requests: &mut Vec<Request>, maintenance: bool) -> Bat
                 let (extra, extra_bytes) = b
                     .appended
                     .get(&stream)
-                    .map_or((0, 0), |a| (a.entries.len() as u64, a.bytes));
+                    .map_or((0, 0), |a| (a.count, a.bytes));
                 let (n, bytes) = (s.entries + extra, s.bytes + extra_bytes);
                 b.trims.push((stream, below, n, bytes));
                 b.reply(reply, n);
@@ -1636,12 +1639,28 @@ fn apply_committed(shared: &Shared, b: &mut Batch) {
         }
     }
     let now = now_ms();
-    for (name, appended) in b.appended.drain() {
+    // The committed entries, taken back out of the ops, per stream.
+    let mut streams: Vec<(StreamId, String, Vec<Entry>)> = b
+        .appended
+        .drain()
+        .filter_map(|(name, a)| {
+            let id = state.streams.get(&name)?.id;
+            state.disk_bytes += a.bytes;
+            Some((id, name, Vec::with_capacity(a.count as usize)))
+        })
+        .collect();
+    for op in b.ops.drain(..) {
+        if let Op::Append { stream, entry } = op
+            && let Some((_, _, entries)) = streams.iter_mut().find(|(id, ..)| *id == stream)
+        {
+            entries.push(entry);
+        }
+    }
+    for (_, name, entries) in streams {
         let Some(s) = state.streams.get_mut(&name) else {
             continue;
         };
-        state.disk_bytes += appended.bytes;
-        for e in &appended.entries {
+        for e in &entries {
             s.last_seq = e.seq;
             s.entries += 1;
             s.bytes += e.size();
@@ -1659,8 +1678,8 @@ fn apply_committed(shared: &Shared, b: &mut Batch) {
                 s.ids.remove(&mid);
             }
         }
-        if !appended.entries.is_empty() {
-            b.visible.push((name, appended.entries));
+        if !entries.is_empty() {
+            b.visible.push((name, entries));
         }
     }
     let tails = &mut state.tails;
