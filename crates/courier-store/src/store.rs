@@ -564,11 +564,11 @@ impl Store {
     /// is full; the caller must drive that future to queue the publish (that is the back-pressure).
     pub fn publish_then(
         &self,
-        stream: &str,
+        stream: String,
         entries: Vec<NewEntry>,
         done: PublishCallback,
     ) -> Option<SendLater> {
-        if let Err(e) = self.check_publish(stream, &entries) {
+        if let Err(e) = self.check_publish(&stream, &entries) {
             done(Err(e));
             return None;
         }
@@ -585,7 +585,7 @@ impl Store {
             Err(_) => {
                 // Over the queue's byte budget: the caller waits (and its connection slows
                 // down) until earlier publishes are committed.
-                let (tx, stream) = (self.inner.tx.clone(), stream.to_owned());
+                let tx = self.inner.tx.clone();
                 return Some(Box::pin(async move {
                     let Ok(permit) = queued.acquire_many_owned(units).await else {
                         return;
@@ -604,7 +604,7 @@ impl Store {
             }
         };
         let req = Request::Publish {
-            stream: stream.to_owned(),
+            stream,
             entries,
             reply: hold(permit),
         };

@@ -1212,7 +1212,7 @@ fn publish(
                 .and_then(|payload| ack.send(payload)),
         };
     });
-    if let Some(later) = streams.store().publish_then(&stream, vec![entry], done) {
+    if let Some(later) = streams.store().publish_then(stream, vec![entry], done) {
         socket.0.conn.run(later);
     }
 }
