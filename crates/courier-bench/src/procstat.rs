@@ -8,6 +8,21 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The file descriptors process `pid` has open and the most it may open (the soft
+/// `RLIMIT_NOFILE` it runs with): every connection a server holds is one of them.
+pub fn fds(pid: u32) -> Option<(u64, u64)> {
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    // "Max open files   <soft>   <hard>   files"; "unlimited" has no number.
+    let soft = line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some((open, soft))
+}
+
 /// User plus system CPU time used so far by process `pid` (all its threads), in seconds.
 pub fn cpu_secs(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -82,5 +97,7 @@ mod tests {
         let me = std::process::id();
         assert!(rss_bytes(me).unwrap() > 0);
         assert!(cpu_secs(me).unwrap() >= 0.0);
+        let (open, limit) = fds(me).unwrap();
+        assert!(open > 0 && limit >= open);
     }
 }

@@ -35,6 +35,11 @@ use crate::say;
 pub const MAX_PER_PROCESS: usize = 6000;
 /// Handshakes one worker has in flight at once.
 const CONNECTING: usize = 64;
+/// How long one connection may take to open (TCP, WebSocket, Socket.IO, room) before it counts
+/// as failed. A server out of file descriptors stops accepting: its accept queue fills, the
+/// kernel drops SYNs and the client retries for minutes; without this, one such connection
+/// would hold the whole worker, and the scenario, until the parent gives up on every result.
+const HANDSHAKE: Duration = Duration::from_secs(20);
 /// Broadcasts tracked at once by a fanout worker.
 const RING: usize = 1 << 16;
 
@@ -185,12 +190,16 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         let args = args.clone();
         tokio::task::spawn_local(async move {
             let permit = gate.acquire().await.expect("semaphore open");
-            let ws = match (
-                client::connect(&target, &builder, args.bind).await,
-                &args.room,
-            ) {
-                (Ok(mut ws), Some(room)) => client::join(&mut ws, room).await.map(|()| ws),
-                (ws, _) => ws,
+            let open = async {
+                let mut ws = client::connect(&target, &builder, args.bind).await?;
+                if let Some(room) = &args.room {
+                    client::join(&mut ws, room).await?;
+                }
+                anyhow::Ok(ws)
+            };
+            let ws = match tokio::time::timeout(HANDSHAKE, open).await {
+                Ok(ws) => ws,
+                Err(_) => Err(anyhow::anyhow!("not open after {}s", HANDSHAKE.as_secs())),
             };
             drop(permit);
             let ws = match ws {
