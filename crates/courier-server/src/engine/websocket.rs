@@ -467,44 +467,29 @@ impl Ws {
             self.pending = pending.slice(used..);
             return Ok(());
         }
-        match &mut self.link {
-            Link::Tcp(stream) => loop {
-                stream.readable().await.map_err(ReadEnd::Io)?;
-                let mut buf = read_scratch();
-                let got = match stream.try_read(&mut buf) {
-                    Ok(n) => Ok(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        READ_SCRATCH.set(buf);
-                        continue;
-                    }
-                    Err(e) => Err(ReadEnd::Io(e)),
-                };
-                let done = got.and_then(|n| self.take_in(&buf[..n], deliver));
-                READ_SCRATCH.set(buf);
-                return done;
-            },
-            Link::Io(_) => {
-                poll_fn(|cx| {
-                    let Link::Io(io) = &mut self.link else {
-                        unreachable!("the link does not change")
-                    };
-                    let mut buf = read_scratch();
-                    let mut rb = ReadBuf::new(&mut buf);
-                    let got = match Pin::new(io).poll_read(cx, &mut rb) {
-                        Poll::Pending => None,
-                        Poll::Ready(Ok(())) => Some(Ok(rb.filled().len())),
-                        Poll::Ready(Err(e)) => Some(Err(ReadEnd::Io(e))),
-                    };
-                    let done = got.map(|got| got.and_then(|n| self.take_in(&buf[..n], deliver)));
-                    READ_SCRATCH.set(buf);
-                    match done {
-                        None => Poll::Pending,
-                        Some(done) => Poll::Ready(done),
-                    }
-                })
-                .await
+        // `poll_read` on either link: the scratch buffer is lent only while the read runs, and a
+        // short read of a TCP stream clears its readiness, so the next wait costs no extra
+        // read system call (`try_read` kept the readiness and paid an EAGAIN per burst).
+        poll_fn(|cx| {
+            let mut buf = read_scratch();
+            let mut rb = ReadBuf::new(&mut buf);
+            let polled = match &mut self.link {
+                Link::Tcp(stream) => Pin::new(stream).poll_read(cx, &mut rb),
+                Link::Io(io) => Pin::new(io).poll_read(cx, &mut rb),
+            };
+            let got = match polled {
+                Poll::Pending => None,
+                Poll::Ready(Ok(())) => Some(Ok(rb.filled().len())),
+                Poll::Ready(Err(e)) => Some(Err(ReadEnd::Io(e))),
+            };
+            let done = got.map(|got| got.and_then(|n| self.take_in(&buf[..n], deliver)));
+            READ_SCRATCH.set(buf);
+            match done {
+                None => Poll::Pending,
+                Some(done) => Poll::Ready(done),
             }
-        }
+        })
+        .await
     }
 
     /// Decodes what was just read (none: the stream ended) and keeps what a pause left over.
