@@ -2,8 +2,10 @@
 //!
 //! - [`types`]: entries, stream and consumer settings, consumer positions, recovery sessions.
 //! - [`Store`]: the front every caller uses. One writer task turns waiting requests into one
-//!   batch, commits it in one transaction (group commit), then updates the in-memory view
-//!   (stream numbers, a tail of recent entries, dedupe ids, consumers, recovery log) and answers.
+//!   batch, commits it in one transaction (group commit) and takes its numbers (sequences,
+//!   dedupe ids, consumers) into memory for the next batch; a finisher makes it durable (one
+//!   fsync for every batch committed meanwhile, overlapping the next commit), then shows its
+//!   entries (a tail of recent entries, the watch that wakes consumers) and answers.
 //! - [`stats`]: lock-free counters and histograms (the writer's commit and sync times).
 //! - [`Backend`]: what a persistence engine does with a batch; [`MemoryBackend`] for tests and
 //!   ephemeral hubs, [`SqliteBackend`] (WAL, fsync per group or per interval) by default.

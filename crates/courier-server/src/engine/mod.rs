@@ -3,8 +3,9 @@
 //! Socket.IO.
 //!
 //! Each session has one bounded outbound queue ([`Session::send`]). Exactly one writer drains it:
-//! the pending long-polling GET, or the WebSocket task, which writes every ready frame before one
-//! flush. A per-session driver task sends pings, enforces the ping timeout and, when the session
+//! the pending long-polling GET, or the WebSocket task, which writes every ready frame with one
+//! vectored write. WebSocket frames are Courier's own (`wsframe`, no I/O): an idle connection
+//! holds no read or write buffer. A per-session driver task sends pings, enforces the ping timeout and, when the session
 //! closes, removes it and tells the handler.
 //!
 //! On a cluster ([`Engine::set_peers`]) sids name the node that made them, and a request for a
