@@ -113,7 +113,16 @@ impl SqliteBackend {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path, sync: SyncPolicy) -> Result<Self, StoreError> {
         let writer = Connection::open(path)?;
-        writer.pragma_update(None, "journal_mode", "WAL")?;
+        let mode: String =
+            writer.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            // Everything below (the fsync of the `-wal` file, readers beside the writer)
+            // needs WAL; a file system that cannot have it gets an error, not weaker promises.
+            return Err(StoreError::io(format!(
+                "{} cannot be opened in WAL mode (SQLite kept journal mode {mode:?})",
+                path.display()
+            )));
+        }
         // A commit writes the WAL without waiting for the disk under both policies. Under
         // `Always` the store then calls `make_durable`, which fsyncs the WAL before anyone is
         // answered, on another thread while the next batch is committed: what SQLite's FULL
@@ -493,12 +502,10 @@ impl Backend for SqliteBackend {
         if wal.is_none() {
             let mut name = self.path.clone().into_os_string();
             name.push("-wal");
-            let file = match std::fs::File::open(&name) {
-                Ok(f) => f,
-                // No commit yet wrote anything: nothing to make durable.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                Err(e) => return Err(StoreError::io_from("opening the WAL to fsync it", e)),
-            };
+            // The writer's first transaction (the schema, at open) created it, and SQLite
+            // keeps it while a connection is open.
+            let file = std::fs::File::open(&name)
+                .map_err(|e| StoreError::io_from("opening the WAL to fsync it", e))?;
             // The WAL's directory entry is new: it must survive a power loss too.
             let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty());
             std::fs::File::open(dir.unwrap_or(Path::new(".")))
