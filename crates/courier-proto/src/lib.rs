@@ -7,8 +7,10 @@
 //! - [`socket`]: Socket.IO v5 packets carried inside Engine.IO `message` packets
 //!   (`<type>[<attachments>-][<nsp>,][<ack id>][JSON]`), and [`socket::Reassembler`], which joins a
 //!   binary packet with the attachments that follow it.
+//! - [`ws`]: WebSocket frames as a server reads and writes them (strict decoding of client frames
+//!   into whole messages, the headers of server frames).
 //!
-//! Bytes flow one way through a server: transport frame -> [`engine::Packet`] ->
+//! Bytes flow one way through a server: WebSocket frame ([`ws::Decoder`]) -> [`engine::Packet`] ->
 //! [`socket::Packet`] (+ attachments) -> application; encoding runs the same path backwards.
 //! Every decoder takes untrusted input and returns an error instead of panicking; the property tests
 //! and the fuzz targets hold them to that.
@@ -17,3 +19,4 @@
 pub mod engine;
 pub mod payload;
 pub mod socket;
+pub mod ws;

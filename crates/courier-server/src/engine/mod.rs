@@ -4,7 +4,7 @@
 //!
 //! Each session has one bounded outbound queue ([`Session::send`]). Exactly one writer drains it:
 //! the pending long-polling GET, or the WebSocket task, which writes every ready frame with one
-//! vectored write. WebSocket frames are Courier's own (`wsframe`, no I/O): an idle connection
+//! vectored write. WebSocket frames are Courier's own (`courier_proto::ws`): an idle connection
 //! holds no read or write buffer. A per-session driver task sends pings, enforces the ping timeout and, when the session
 //! closes, removes it and tells the handler.
 //!
@@ -17,7 +17,6 @@ mod peers;
 mod polling;
 mod session;
 mod websocket;
-mod wsframe;
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;

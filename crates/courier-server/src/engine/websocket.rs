@@ -32,10 +32,10 @@ use tokio::net::TcpStream;
 
 use super::http::{EngineError, HttpResponse};
 use super::session::Outq;
-use super::wsframe::{self, Decoder, FrameError, Message};
 use super::{CloseReason, Engine, Entry, Handler, Outbound, Transport};
 use crate::serve::ConnectionSlot;
 use crate::stats::Stats;
+use courier_proto::ws::{self as wsframe, Decoder, FrameError, Message};
 
 /// Most queued items written at once.
 const BATCH: usize = 128;

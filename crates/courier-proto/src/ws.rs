@@ -1,4 +1,4 @@
-//! RFC 6455 framing for the server side, with no I/O.
+//! WebSocket (RFC 6455) framing for the server side, with no I/O.
 //!
 //! [`Decoder`] takes client bytes in pieces of any size and yields whole messages: fragments are
 //! reassembled, control frames may come between them, pongs are swallowed. It keeps only the
@@ -13,22 +13,27 @@
 use bytes::Bytes;
 
 const OP_CONTINUATION: u8 = 0x0;
-pub(crate) const OP_TEXT: u8 = 0x1;
-pub(crate) const OP_BINARY: u8 = 0x2;
-pub(crate) const OP_CLOSE: u8 = 0x8;
-pub(crate) const OP_PING: u8 = 0x9;
-pub(crate) const OP_PONG: u8 = 0xA;
+/// Opcode of a text frame.
+pub const OP_TEXT: u8 = 0x1;
+/// Opcode of a binary frame.
+pub const OP_BINARY: u8 = 0x2;
+/// Opcode of a close frame.
+pub const OP_CLOSE: u8 = 0x8;
+/// Opcode of a ping.
+pub const OP_PING: u8 = 0x9;
+/// Opcode of a pong.
+pub const OP_PONG: u8 = 0xA;
 
 /// The longest frame header: 2 bytes, an 8-byte length and a 4-byte mask.
 const MAX_HEADER: usize = 14;
 /// The longest payload of a control frame.
 const MAX_CONTROL: usize = 125;
 /// The longest header of a server frame (no mask).
-pub(crate) const MAX_SERVER_HEADER: usize = 10;
+pub const MAX_SERVER_HEADER: usize = 10;
 
 /// A whole message from the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Message {
+pub enum Message {
     /// A text message, valid UTF-8.
     Text(Bytes),
     /// A binary message.
@@ -42,7 +47,7 @@ pub(crate) enum Message {
 /// A rule of RFC 6455 the client broke. The connection ends with a close frame carrying
 /// [`FrameError::close_code`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum FrameError {
+pub enum FrameError {
     /// A framing rule (close code 1002).
     #[error("protocol error: {0}")]
     Protocol(&'static str),
@@ -56,7 +61,7 @@ pub(crate) enum FrameError {
 
 impl FrameError {
     /// The close code the client is sent.
-    pub(crate) fn close_code(self) -> u16 {
+    pub fn close_code(self) -> u16 {
         match self {
             FrameError::Protocol(_) => 1002,
             FrameError::InvalidUtf8 => 1007,
@@ -79,7 +84,7 @@ struct Frame {
 
 /// Decodes client frames into messages. See the module's documentation.
 #[derive(Debug)]
-pub(crate) struct Decoder {
+pub struct Decoder {
     max_payload: usize,
     /// The start of a header not complete yet.
     head: [u8; MAX_HEADER],
@@ -95,7 +100,7 @@ pub(crate) struct Decoder {
 
 impl Decoder {
     /// A decoder that refuses messages longer than `max_payload` bytes.
-    pub(crate) fn new(max_payload: usize) -> Self {
+    pub fn new(max_payload: usize) -> Self {
         Decoder {
             max_payload,
             head: [0; MAX_HEADER],
@@ -110,7 +115,7 @@ impl Decoder {
     /// Decodes from the front of `input` up to the end of the next whole message and returns
     /// it, leaving the rest in `input`; `None` once `input` is used up without completing one
     /// (what was read of it is kept). After an error the decoder must not be used again.
-    pub(crate) fn decode(&mut self, input: &mut &[u8]) -> Result<Option<Message>, FrameError> {
+    pub fn decode(&mut self, input: &mut &[u8]) -> Result<Option<Message>, FrameError> {
         loop {
             let frame = match self.frame {
                 Some(ref mut f) => f,
@@ -311,7 +316,7 @@ fn unmask_into(dest: &mut Vec<u8>, src: &[u8], mask: [u8; 4], at: usize) {
 
 /// Writes the header of a final, unmasked server frame with `opcode` and a payload of `len`
 /// bytes into `out`; returns its length.
-pub(crate) fn header(opcode: u8, len: usize, out: &mut [u8; MAX_SERVER_HEADER]) -> usize {
+pub fn header(opcode: u8, len: usize, out: &mut [u8; MAX_SERVER_HEADER]) -> usize {
     out[0] = 0x80 | opcode;
     if len < 126 {
         out[1] = len as u8;
@@ -328,7 +333,7 @@ pub(crate) fn header(opcode: u8, len: usize, out: &mut [u8; MAX_SERVER_HEADER]) 
 }
 
 /// The payload of a close frame: empty, or `code` and a reason cut to fit a control frame.
-pub(crate) fn close_payload(code: Option<u16>, reason: &str) -> Bytes {
+pub fn close_payload(code: Option<u16>, reason: &str) -> Bytes {
     let Some(code) = code else {
         return Bytes::new();
     };
