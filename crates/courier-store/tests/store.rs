@@ -122,10 +122,7 @@ async fn publish_is_confirmed_only_after_commit(kind: Kind) {
         .await
         .unwrap();
     h.faults.hold_only(|op| matches!(op, Op::Append { .. }));
-    let publish = tokio::spawn({
-        let store = store.clone();
-        async move { store.publish_one("s", new_entry("e", "2", None)).await }
-    });
+    let publish = spawn_publish(&store, "2");
     eventually("the publish's commit is held", || {
         h.faults.commits.waiting.load(Ordering::SeqCst) == 1
     })
@@ -143,11 +140,30 @@ async fn publish_is_confirmed_only_after_commit(kind: Kind) {
     assert_eq!(seq_list(&store.read("s", 1, 10).await.unwrap()), [1, 2]);
 }
 
+/// Publishes one entry with `data` to stream `s` in a task of its own, to watch it wait.
+fn spawn_publish(
+    store: &Store,
+    data: &str,
+) -> tokio::task::JoinHandle<Result<Appended, StoreError>> {
+    let (store, entry) = (store.clone(), new_entry("e", data, None));
+    tokio::spawn(async move { store.publish_one("s", entry).await })
+}
+
 /// The next batch is committed while the one before waits for its fsync, and nobody sees or
 /// hears of an entry before it is durable: not its publisher, not a reader of the tail or of the
-/// disk, not a watch.
+/// disk, not a watch. Run with the default tail, and with no tail at all, where every read goes
+/// to the backend, which holds the committed entries already.
 async fn entries_are_seen_only_once_durable(kind: Kind) {
-    let h = Harness::faulty(kind, StoreOptions::default());
+    seen_only_once_durable(kind, StoreOptions::default()).await;
+    let no_tail = StoreOptions {
+        tail_memory_bytes: 0,
+        ..StoreOptions::default()
+    };
+    seen_only_once_durable(kind, no_tail).await;
+}
+
+async fn seen_only_once_durable(kind: Kind, options: StoreOptions) {
+    let h = Harness::faulty(kind, options);
     let store = h.open();
     store
         .publish_one("s", new_entry("e", "1", None))
@@ -157,19 +173,13 @@ async fn entries_are_seen_only_once_durable(kind: Kind) {
     assert_eq!(*watch.borrow_and_update(), 1);
     h.faults.durable.hold();
     let committed = h.faults.committed.load(Ordering::SeqCst);
-    let first = tokio::spawn({
-        let store = store.clone();
-        async move { store.publish_one("s", new_entry("e", "2", None)).await }
-    });
+    let first = spawn_publish(&store, "2");
     eventually("the first batch waits for its fsync", || {
         h.faults.durable.waiting.load(Ordering::SeqCst) == 1
     })
     .await;
     // The next batch is committed meanwhile: the fsync no longer holds up the writer.
-    let second = tokio::spawn({
-        let store = store.clone();
-        async move { store.publish_one("s", new_entry("e", "3", None)).await }
-    });
+    let second = spawn_publish(&store, "3");
     eventually(
         "the second batch is committed during the first fsync",
         || h.faults.committed.load(Ordering::SeqCst) >= committed + 2,
