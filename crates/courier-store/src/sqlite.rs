@@ -64,8 +64,8 @@ const IDLE_READERS: usize = 4;
 pub struct SqliteBackend {
     // Blocking mutexes (parking_lot: a panic elsewhere does not poison them): SQLite calls block and never run on an async task's stack across an await.
     writer: Mutex<Connection>,
-    /// Under [`SyncPolicy::Always`], the WAL file, fsynced by `make_durable`; opened after the
-    /// first commit created it.
+    /// Under [`SyncPolicy::Always`], the WAL file, fsynced by `make_durable`; opened by its
+    /// first call.
     wal: Option<Mutex<Option<std::fs::File>>>,
     /// Read connections not in use. Each read takes one (opening one when none is free), so
     /// reads on several blocking threads run side by side and beside the writer, as WAL allows.

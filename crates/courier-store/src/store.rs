@@ -1607,7 +1607,6 @@ fn retention(shared: &Shared, streams: &[RetentionView], b: &mut Batch) {
     }
 }
 
-/// Updates the in-memory view after a successful commit.
 /// Takes a committed batch into the state, except what readers see of new entries: numbers
 /// (sequences, counts, message ids), streams and consumers created, purges. The next batch is
 /// built on these; readers see the entries once the batch is durable ([`apply_durable`]).
@@ -1737,7 +1736,7 @@ fn apply_durable(shared: &Shared, b: &mut Batch) {
             }
             // The tail holds consecutive entries only: after a batch that never became
             // durable (its fsync failed), it starts again.
-            if s.tail.back().is_some_and(|b| b.seq + 1 != e.seq) {
+            if s.tail.back().is_some_and(|back| back.seq + 1 != e.seq) {
                 while !s.tail.is_empty() {
                     tails.bytes -= s.pop_tail();
                     tails.entries -= 1;

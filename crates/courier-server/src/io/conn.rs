@@ -212,7 +212,8 @@ impl Conn {
         let Ok(h) = courier_proto::socket::Header::split(text) else {
             return false;
         };
-        if h.kind != PacketType::Event {
+        // Every other event leaves here, before the socket is looked up.
+        if h.kind != PacketType::Event || !super::streams::is_publish(h.json) {
             return false;
         }
         let Some(socket) = self.socket(h.nsp) else {

@@ -1113,6 +1113,12 @@ pub(crate) fn handle_reserved(
 /// The start of a `courier:publish` event's JSON as clients write it.
 const PUBLISH_ARGS: &[u8] = br#"["courier:publish","#;
 
+/// Whether an event's JSON starts as clients write a `courier:publish`: the only events
+/// [`publish_fast`] takes.
+pub(crate) fn is_publish(json: &[u8]) -> bool {
+    json.starts_with(PUBLISH_ARGS)
+}
+
 /// A `courier:publish` request read straight from the packet's text: the entry's data stays
 /// the JSON the client sent, never parsed into a tree and written again.
 #[derive(serde::Deserialize)]
@@ -1138,7 +1144,7 @@ pub(crate) fn publish_fast(
 ) -> bool {
     #[derive(serde::Deserialize)]
     struct Args<'a>(#[allow(dead_code)] &'a str, #[serde(borrow)] RawPublish<'a>);
-    if !json.starts_with(PUBLISH_ARGS) {
+    if !is_publish(json) {
         return false;
     }
     let Ok(Args(_, req)) = serde_json::from_slice::<Args<'_>>(json) else {
