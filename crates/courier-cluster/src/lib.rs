@@ -11,9 +11,11 @@
 //! and in [`Cluster::status`], and reconnects and subscribes again by itself.
 
 mod recovery;
+mod streams;
 mod wire;
 
 pub use recovery::RecoveryOptions;
+pub use streams::StreamOptions;
 
 use courier_server::stats::Histogram;
 use std::collections::{HashMap, HashSet};
@@ -88,6 +90,11 @@ struct Inner {
     io: Io,
     publisher: OnceLock<ConnectionManager>,
     subscriber: OnceLock<ConnectionManager>,
+    /// Durable streams' commands: a connection of their own, so that a publish waits for no
+    /// broadcast queued before it.
+    streams: OnceLock<ConnectionManager>,
+    /// Durable streams in Redis, once served.
+    shared_streams: OnceLock<streams::RedisStreams>,
     outgoing: mpsc::Sender<Outgoing>,
     changes: mpsc::UnboundedSender<Change>,
     /// What each subscribed channel carries.
@@ -148,6 +155,8 @@ enum Route {
     Response,
     /// A node announcing its address (`<id> <url>`).
     Announce,
+    /// Durable streams with new entries, or entries to look at again.
+    Streams,
     /// This node's own channel: others see it is alive while it listens there.
     Node,
 }
@@ -200,6 +209,8 @@ impl Cluster {
             io: io.clone(),
             publisher: OnceLock::new(),
             subscriber: OnceLock::new(),
+            streams: OnceLock::new(),
+            shared_streams: OnceLock::new(),
             outgoing,
             changes,
             routes: Mutex::new(HashMap::new()),
@@ -220,6 +231,19 @@ impl Cluster {
         io.set_peers(Arc::new(cluster.clone()));
         tokio::spawn(cluster.clone().run(client, outgoing_rx, changes_rx));
         Ok(cluster)
+    }
+
+    /// Serves the node's durable streams from Redis, shared with every node (docs/cluster.md):
+    /// sequence numbers, dedupe, retention and consumers are the cluster's. False if the
+    /// node has streams of its own already.
+    pub fn serve_streams(&self, options: StreamOptions) -> bool {
+        let shared = streams::RedisStreams::new(self.clone(), options);
+        if !self.0.io.set_shared_streams(Arc::new(shared.clone())) {
+            return false;
+        }
+        let _ = self.0.shared_streams.set(shared.clone());
+        tokio::spawn(shared.maintain());
+        true
     }
 
     /// Waits (at most `timeout`) until everything this node queued for Redis has been sent:
@@ -292,8 +316,9 @@ impl Cluster {
                 .set_number_of_retries(1)
         };
         let mut warned = false;
-        let (publisher, subscriber) = loop {
+        let (publisher, subscriber, streams) = loop {
             let publisher = client.get_connection_manager_with_config(config()).await;
+            let streams = client.get_connection_manager_with_config(config()).await;
             let subscriber = sub_client
                 .get_connection_manager_with_config(
                     config()
@@ -301,9 +326,9 @@ impl Cluster {
                         .set_automatic_resubscription(),
                 )
                 .await;
-            match (publisher, subscriber) {
-                (Ok(p), Ok(s)) => break (p, s),
-                (Err(e), _) | (_, Err(e)) => {
+            match (publisher, subscriber, streams) {
+                (Ok(p), Ok(s), Ok(st)) => break (p, s, st),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                     if !warned {
                         tracing::error!(error = %e, "cluster: Redis unreachable; serving this node's clients alone until it is back");
                         warned = true;
@@ -314,6 +339,7 @@ impl Cluster {
         };
         let _ = self.0.publisher.set(publisher);
         let _ = self.0.subscriber.set(subscriber);
+        let _ = self.0.streams.set(streams);
         self.join_nodes().await;
         self.0.up.store(true, Ordering::Relaxed);
         tracing::info!(node = %self.0.uid, "cluster: connected to Redis");
@@ -543,6 +569,9 @@ impl Cluster {
                     tracing::warn!(error = %e, "cluster: subscribing again failed");
                 }
                 tracing::info!(channels = channels.len(), "cluster: Redis is back");
+                if let Some(s) = self.0.shared_streams.get() {
+                    s.wake_all();
+                }
             }
         }
     }
@@ -562,12 +591,14 @@ impl Cluster {
         let mut sub = self.0.subscriber.get().expect("connected").clone();
         let mut publisher = self.0.publisher.get().expect("connected").clone();
         let (own, all) = (self.node_channel(&self.0.uid), self.nodes_channel());
+        let notices = streams::RedisStreams::channel(&self.0.key);
         {
             let mut routes = self.0.routes.lock();
             routes.insert(own.clone(), Route::Node);
             routes.insert(all.clone(), Route::Announce);
+            routes.insert(notices.clone(), Route::Streams);
         }
-        if let Err(e) = sub.subscribe(&[own, all.clone()]).await {
+        if let Err(e) = sub.subscribe(&[own, all.clone(), notices]).await {
             tracing::warn!(error = %e, "cluster: subscribe failed; retried when Redis is back");
         }
         self.renew_nodes(&mut publisher).await;
@@ -652,6 +683,11 @@ impl Cluster {
                 Some(Route::Request { nsp }) => self.on_request(&nsp, &message),
                 Some(Route::Response) => self.on_response(&message),
                 Some(Route::Announce) => self.on_announce(&message),
+                Some(Route::Streams) => {
+                    if let Some(s) = self.0.shared_streams.get() {
+                        s.on_notice(&message);
+                    }
+                }
                 Some(Route::Node) | None => {}
             }
         }

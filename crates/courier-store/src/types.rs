@@ -351,6 +351,10 @@ pub enum StoreError {
     /// The store is shut down.
     #[error("store closed")]
     Closed,
+    /// The store cannot be reached now (a cluster's Redis is away); nothing was done, and
+    /// the same request may succeed once it is back.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {
@@ -365,7 +369,7 @@ impl StoreError {
             StoreError::TooManyStreams(_) => "too_many_streams",
             StoreError::TooManyConsumers(_) => "too_many_consumers",
             StoreError::Io(_) => "storage_failure",
-            StoreError::Closed => "unavailable",
+            StoreError::Closed | StoreError::Unavailable(_) => "unavailable",
         }
     }
 }

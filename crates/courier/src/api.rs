@@ -218,8 +218,8 @@ async fn health(State(api): State<Api>) -> Json<Value> {
         let s = c.status();
         body["cluster"] = json!({"redis": if s.redis_up { "up" } else { "down" }, "node": s.node});
     }
-    if let Some(streams) = api.io.streams() {
-        let m = streams.store().memory_use();
+    if let Some(store) = api.io.streams().and_then(|s| s.store()) {
+        let m = store.memory_use();
         body["memory"] = json!({
             "tail_bytes": m.tail_bytes,
             "tail_entries": m.tail_entries,
@@ -409,18 +409,18 @@ fn consumer_json(name: &str, last_seq: Seq, r: &ConsumerRecord) -> Value {
 
 async fn list_streams(State(api): State<Api>) -> Result<Json<Value>, ApiError> {
     let list: Vec<Value> = streams(&api)?
-        .store()
-        .streams()
+        .list()
+        .await?
         .iter()
         .map(stream_json)
         .collect();
     Ok(Json(json!({"streams": list})))
 }
 
-fn find_stream(api: &Api, name: &str) -> Result<StreamInfo, ApiError> {
+async fn find_stream(api: &Api, name: &str) -> Result<StreamInfo, ApiError> {
     streams(api)?
-        .store()
-        .stream(name)
+        .info(name)
+        .await?
         .ok_or_else(|| StoreError::StreamNotFound(name.to_owned()).into())
 }
 
@@ -428,7 +428,7 @@ async fn stream_info(
     State(api): State<Api>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(stream_json(&find_stream(&api, &name)?)))
+    Ok(Json(stream_json(&find_stream(&api, &name).await?)))
 }
 
 async fn put_stream(
@@ -444,7 +444,7 @@ async fn put_stream(
     }
     let config: StreamConfig = serde_json::from_value(config)
         .map_err(|e| ApiError::bad_request(format!("invalid stream settings: {e}")))?;
-    let info = streams(&api)?.store().create_stream(&name, config).await?;
+    let info = streams(&api)?.create_stream(&name, config).await?;
     Ok(Json(stream_json(&info)))
 }
 
@@ -476,7 +476,7 @@ async fn publish(
 }
 
 async fn purge(State(api): State<Api>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
-    let n = streams(&api)?.store().purge(&name).await?;
+    let n = streams(&api)?.purge(&name).await?;
     Ok(Json(json!({"purged": n})))
 }
 
@@ -484,10 +484,10 @@ async fn list_consumers(
     State(api): State<Api>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let info = find_stream(&api, &name)?;
+    let info = find_stream(&api, &name).await?;
     let list: Vec<Value> = streams(&api)?
-        .store()
         .consumers(&name)
+        .await?
         .iter()
         .map(|(c, r)| consumer_json(c, info.last_seq, r))
         .collect();
@@ -498,10 +498,12 @@ async fn consumer_info(
     State(api): State<Api>,
     Path((name, consumer)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let info = find_stream(&api, &name)?;
+    let info = find_stream(&api, &name).await?;
     let r = streams(&api)?
-        .store()
-        .consumer(&name, &consumer)
+        .consumers(&name)
+        .await?
+        .into_iter()
+        .find_map(|(c, r)| (c == consumer).then_some(r))
         .ok_or_else(|| StoreError::ConsumerNotFound(name.clone(), consumer.clone()))?;
     Ok(Json(consumer_json(&consumer, info.last_seq, &r)))
 }
@@ -510,7 +512,7 @@ async fn delete_consumer(
     State(api): State<Api>,
     Path((name, consumer)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    find_stream(&api, &name)?;
+    find_stream(&api, &name).await?;
     if !streams(&api)?.delete_consumer(&name, &consumer).await? {
         return Err(StoreError::ConsumerNotFound(name, consumer).into());
     }

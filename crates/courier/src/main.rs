@@ -136,15 +136,17 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let config = settings.server_config();
     let store = open_store(&settings)?;
-    for def in &settings.stream {
-        store
-            .create_stream(&def.name, def.config.clone())
-            .await
-            .with_context(|| format!("creating stream {:?}", def.name))?;
-    }
     let clustered = !settings.cluster.redis_url.is_empty();
-    // Durable streams stay on one node for now: on a cluster node they are refused rather than
-    // split between nodes (docs/cluster.md).
+    // On a cluster, durable streams live in Redis (created there once it answers); the
+    // node's store keeps only what recovery needs when there is no Redis.
+    if !clustered {
+        for def in &settings.stream {
+            store
+                .create_stream(&def.name, def.config.clone())
+                .await
+                .with_context(|| format!("creating stream {:?}", def.name))?;
+        }
+    }
     let io = if clustered {
         Io::with_recovery_store(config.clone(), store.clone())
     } else {
@@ -172,7 +174,18 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
                     max_events: settings.recovery.max_events,
                 }),
         };
-        Some(courier_cluster::Cluster::start(&io, options)?)
+        let cluster = courier_cluster::Cluster::start(&io, options)?;
+        cluster.serve_streams(courier_cluster::StreamOptions {
+            store: settings.store_options(),
+            declared: settings
+                .stream
+                .iter()
+                .map(|d| (d.name.clone(), d.config.clone()))
+                .collect(),
+            wait_replicas: settings.cluster.wait_replicas,
+            wait_timeout: Duration::from_millis(settings.cluster.wait_timeout_ms),
+        });
+        Some(cluster)
     } else {
         None
     };

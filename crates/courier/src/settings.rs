@@ -83,6 +83,11 @@ pub struct Cluster {
     /// requests of clients whose session is here. Empty: `http://` and the listening address
     /// (127.0.0.1 when listening on every interface).
     pub advertise_url: String,
+    /// Replicas of Redis that must have a publish before it is confirmed (`WAIT`); 0: the
+    /// primary alone.
+    pub wait_replicas: u32,
+    /// Longest wait for them; a publish they did not confirm in time answers `unavailable`.
+    pub wait_timeout_ms: u64,
 }
 
 impl Default for Cluster {
@@ -92,6 +97,8 @@ impl Default for Cluster {
             key: "socket.io".into(),
             requests_timeout_ms: 5000,
             advertise_url: String::new(),
+            wait_replicas: 0,
+            wait_timeout_ms: 1000,
         }
     }
 }

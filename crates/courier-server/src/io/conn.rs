@@ -206,7 +206,7 @@ impl Conn {
     /// [`super::streams::publish_fast`]); false when the packet takes the usual way. The
     /// admin UI's observer, when there is one, sees every event decoded.
     fn reserved_fast(&self, text: &[u8]) -> bool {
-        let (Some(streams), None) = (&self.io.streams, self.io.observer()) else {
+        let (Some(streams), None) = (self.io.streams.get(), self.io.observer()) else {
             return false;
         };
         let Ok(h) = courier_proto::socket::Header::split(text) else {
@@ -384,7 +384,7 @@ impl Conn {
                 for text in replay.missed {
                     let _ = conn.session.send(Outbound::Text(text));
                 }
-                if let Some(streams) = &conn.io.streams {
+                if let Some(streams) = conn.io.streams.get() {
                     streams.restore(&socket, replay.subscriptions);
                 }
             }

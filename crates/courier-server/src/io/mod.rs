@@ -26,7 +26,7 @@ pub use message::{
 pub use namespace::{BroadcastOperator, Namespace, Room, Setup};
 pub use observer::Observer;
 pub use socket::{Handshake, Socket};
-pub use streams::{Streams, Subscribed, error_answer};
+pub use streams::{SharedStreams, Streams, Subscribed, deliver, error_answer};
 
 use crate::auth::{self, Access};
 use crate::config::Config;
@@ -60,7 +60,8 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     /// Where recovery sessions and recoverable broadcasts are kept, when recovery is on.
     pub(crate) recovery: Option<courier_store::Store>,
-    pub(crate) streams: Option<Streams>,
+    /// This node's own streams from the start, or a cluster's once it sets them.
+    pub(crate) streams: std::sync::OnceLock<Streams>,
     // A blocking lock (parking_lot): namespaces are looked up on CONNECT and by emits, never held across an await.
     namespaces: RwLock<std::collections::HashMap<String, Namespace>>,
     dynamic: RwLock<Vec<DynamicNamespace>>,
@@ -132,7 +133,7 @@ impl Shared {
     /// A socket is leaving: its subscriptions end, and if the connection was lost (rather than
     /// closed on purpose) its session is kept for recovery.
     pub(crate) fn socket_closing(&self, socket: &Socket, reason: DisconnectReason) {
-        if let Some(streams) = &self.streams {
+        if let Some(streams) = self.streams.get() {
             streams.detach_all(socket);
         }
         let recoverable = matches!(reason, DisconnectReason::Connection(r) if !matches!(r, CloseReason::ParseError | CloseReason::RateLimited));
@@ -250,9 +251,10 @@ impl Io {
         let stats: Option<Arc<crate::stats::Stats>> = config.metrics.then(Arc::default);
         let shared = Arc::new(Shared {
             recovery: store.clone().filter(|_| config.recovery),
-            streams: store
-                .filter(|_| streams)
-                .map(|s| Streams::with_stats(s, stats.clone())),
+            streams: match store.filter(|_| streams) {
+                Some(s) => Streams::with_stats(s, stats.clone()).into(),
+                None => Default::default(),
+            },
             config: config.clone(),
             namespaces: RwLock::new(Default::default()),
             dynamic: RwLock::new(Vec::new()),
@@ -377,7 +379,14 @@ impl Io {
 
     /// The durable streams, when the server has a store.
     pub fn streams(&self) -> Option<&Streams> {
-        self.shared.streams.as_ref()
+        self.shared.streams.get()
+    }
+
+    /// Serves durable streams from `shared` (a cluster's Redis) instead of a store of this
+    /// node's. Set once, before clients connect; false if the server has streams already.
+    pub fn set_shared_streams(&self, shared: Arc<dyn SharedStreams>) -> bool {
+        let streams = Streams::shared(shared, self.shared.stats.clone());
+        self.shared.streams.set(streams).is_ok()
     }
 
     /// Number of open connections (Engine.IO sessions).

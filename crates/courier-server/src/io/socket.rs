@@ -525,7 +525,7 @@ impl Socket {
         }
         let ack = packet.id.map(|id| self.ack_sender(id));
         let msg = Message::new(event, Payload { args, attachments }, ack);
-        let msg = match &self.0.conn.io.streams {
+        let msg = match self.0.conn.io.streams.get() {
             Some(streams) if msg.event.starts_with("courier:") => {
                 match super::streams::handle_reserved(streams, self, msg) {
                     Some(msg) => msg,

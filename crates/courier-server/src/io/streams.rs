@@ -18,8 +18,10 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use courier_store::{
-    Appended, ConsumerConfig, ConsumerState, Entry, NewEntry, Seq, Store, StoreError,
+    Appended, ConsumerConfig, ConsumerRecord, ConsumerState, Entry, NewEntry, Seq, Store,
+    StoreError, StreamConfig, StreamInfo,
 };
+use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -49,16 +51,88 @@ const COMMANDS: usize = 110_000;
 type Key = (String, String);
 
 /// Durable streams as the server offers them: publish, subscribe, acknowledge. Cheap to clone.
+///
+/// They live in this node's [`Store`], delivered by the runners below, or somewhere every
+/// node of a cluster shares ([`SharedStreams`]): then this type only dispatches, and keeps
+/// which socket is subscribed to what, as it does on one node.
 #[derive(Clone)]
 pub struct Streams {
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    home: Home,
+    stats: Option<Arc<crate::stats::Stats>>,
+}
+
+enum Home {
+    Local(Local),
+    Shared(Arc<dyn SharedStreams>),
+}
+
+struct Local {
     store: Store,
     // A blocking mutex (parking_lot): held to look up or register a runner, never across an await.
     runners: Mutex<HashMap<Key, mpsc::Sender<Cmd>>>,
-    stats: Option<Arc<crate::stats::Stats>>,
+}
+
+/// Durable streams kept where every node of a cluster reaches them (Redis): sequence numbers,
+/// dedupe, retention and consumer positions are decided there, and deliveries go to the
+/// sockets of whichever node they are on. Installed with [`crate::Io::set_shared_streams`].
+///
+/// Errors are the store's, so that clients and the HTTP API see the same codes as on one
+/// node; a store that cannot be reached answers `StoreError::Unavailable` at once.
+pub trait SharedStreams: Send + Sync + 'static {
+    /// Appends `entry` to `stream` (created if the settings allow); answers once it is stored.
+    fn publish(
+        &self,
+        stream: String,
+        entry: NewEntry,
+    ) -> BoxFuture<'static, Result<Appended, StoreError>>;
+    /// Makes sure the consumer exists (created with `config` if new); answers the entries
+    /// waiting for it.
+    fn ensure_consumer(
+        &self,
+        stream: String,
+        consumer: String,
+        config: ConsumerConfig,
+    ) -> BoxFuture<'static, Result<u64, StoreError>>;
+    /// `socket` receives the consumer's deliveries from now on (with the consumer's other
+    /// subscribers, on every node). A consumer that does not exist delivers nothing.
+    fn attach(&self, socket: Socket, stream: &str, consumer: &str);
+    /// `sid` no longer receives the consumer's deliveries; what it held unacknowledged goes to
+    /// the consumer's other subscribers, on any node.
+    fn detach(&self, sid: &Sid, stream: &str, consumer: &str);
+    /// Deletes a consumer; true if it existed.
+    fn delete_consumer(
+        &self,
+        stream: String,
+        consumer: String,
+    ) -> BoxFuture<'static, Result<bool, StoreError>>;
+    /// Creates a stream, or changes its settings.
+    fn create_stream(
+        &self,
+        name: String,
+        config: StreamConfig,
+    ) -> BoxFuture<'static, Result<StreamInfo, StoreError>>;
+    /// Removes every entry of a stream; answers how many.
+    fn purge(&self, name: String) -> BoxFuture<'static, Result<u64, StoreError>>;
+    /// Every stream.
+    fn streams(&self) -> BoxFuture<'static, Result<Vec<StreamInfo>, StoreError>>;
+    /// One stream.
+    fn stream(&self, name: String) -> BoxFuture<'static, Result<Option<StreamInfo>, StoreError>>;
+    /// A stream's consumers with their positions.
+    fn consumers(
+        &self,
+        stream: String,
+    ) -> BoxFuture<'static, Result<Vec<(String, ConsumerRecord)>, StoreError>>;
+    /// Reads up to `limit` entries from `from` on.
+    fn read(
+        &self,
+        stream: String,
+        from: Seq,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<Entry>, StoreError>>;
 }
 
 enum Cmd {
@@ -83,12 +157,36 @@ impl Streams {
     }
 
     pub(crate) fn with_stats(store: Store, stats: Option<Arc<crate::stats::Stats>>) -> Streams {
+        let local = Local {
+            store,
+            runners: Mutex::new(HashMap::new()),
+        };
         Streams {
             inner: Arc::new(Inner {
-                store,
-                runners: Mutex::new(HashMap::new()),
+                home: Home::Local(local),
                 stats,
             }),
+        }
+    }
+
+    /// Streams kept in `shared`.
+    pub(crate) fn shared(
+        shared: Arc<dyn SharedStreams>,
+        stats: Option<Arc<crate::stats::Stats>>,
+    ) -> Streams {
+        Streams {
+            inner: Arc::new(Inner {
+                home: Home::Shared(shared),
+                stats,
+            }),
+        }
+    }
+
+    /// The node's own streams; runners exist only for them.
+    fn local(&self) -> &Local {
+        match &self.inner.home {
+            Home::Local(l) => l,
+            Home::Shared(_) => unreachable!("runners exist only for a node's own streams"),
         }
     }
 
@@ -106,9 +204,12 @@ impl Streams {
         self.inner.stats.as_deref()
     }
 
-    /// The store behind the streams.
-    pub fn store(&self) -> &Store {
-        &self.inner.store
+    /// The node's store, when the streams are this node's own (not a cluster's).
+    pub fn store(&self) -> Option<&Store> {
+        match &self.inner.home {
+            Home::Local(l) => Some(&l.store),
+            Home::Shared(_) => None,
+        }
     }
 
     /// Appends an event to `stream`; answers once it is durable.
@@ -119,20 +220,85 @@ impl Streams {
         data: &Value,
         id: Option<String>,
     ) -> Result<Appended, StoreError> {
-        let r = self
-            .inner
-            .store
-            .publish_one(
-                stream,
-                new_entry(
-                    event.to_owned(),
-                    serde_json::to_vec(data).expect("JSON values serialize"),
-                    id,
-                ),
-            )
-            .await;
+        let entry = new_entry(
+            event.to_owned(),
+            serde_json::to_vec(data).expect("JSON values serialize"),
+            id,
+        );
+        let r = self.publish_entry(stream.to_owned(), entry).await;
         self.count_publish(r.as_ref());
         r
+    }
+
+    async fn publish_entry(&self, stream: String, entry: NewEntry) -> Result<Appended, StoreError> {
+        match &self.inner.home {
+            Home::Local(l) => l.store.publish_one(&stream, entry).await,
+            Home::Shared(s) => s.publish(stream, entry).await,
+        }
+    }
+
+    /// Creates a stream, or changes its settings.
+    pub async fn create_stream(
+        &self,
+        name: &str,
+        config: StreamConfig,
+    ) -> Result<StreamInfo, StoreError> {
+        match &self.inner.home {
+            Home::Local(l) => l.store.create_stream(name, config).await,
+            Home::Shared(s) => s.create_stream(name.to_owned(), config).await,
+        }
+    }
+
+    /// Removes every entry of `name`; answers how many.
+    pub async fn purge(&self, name: &str) -> Result<u64, StoreError> {
+        match &self.inner.home {
+            Home::Local(l) => l.store.purge(name).await,
+            Home::Shared(s) => s.purge(name.to_owned()).await,
+        }
+    }
+
+    /// Every stream, in name order.
+    pub async fn list(&self) -> Result<Vec<StreamInfo>, StoreError> {
+        let mut list = match &self.inner.home {
+            Home::Local(l) => l.store.streams(),
+            Home::Shared(s) => s.streams().await?,
+        };
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(list)
+    }
+
+    /// One stream.
+    pub async fn info(&self, name: &str) -> Result<Option<StreamInfo>, StoreError> {
+        match &self.inner.home {
+            Home::Local(l) => Ok(l.store.stream(name)),
+            Home::Shared(s) => s.stream(name.to_owned()).await,
+        }
+    }
+
+    /// A stream's consumers, in name order.
+    pub async fn consumers(
+        &self,
+        stream: &str,
+    ) -> Result<Vec<(String, ConsumerRecord)>, StoreError> {
+        let mut list = match &self.inner.home {
+            Home::Local(l) => l.store.consumers(stream),
+            Home::Shared(s) => s.consumers(stream.to_owned()).await?,
+        };
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(list)
+    }
+
+    /// Up to `limit` entries of `stream` from `from` on.
+    pub async fn read(
+        &self,
+        stream: &str,
+        from: Seq,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        match &self.inner.home {
+            Home::Local(l) => l.store.read(stream, from, limit).await,
+            Home::Shared(s) => s.read(stream.to_owned(), from, limit).await,
+        }
     }
 
     /// Subscribes `socket` to consumer `consumer` of `stream`, creating the consumer with
@@ -144,14 +310,18 @@ impl Streams {
         consumer: &str,
         config: ConsumerConfig,
     ) -> Result<Subscribed, StoreError> {
-        let record = self
-            .inner
-            .store
-            .consumer_or_create(stream, consumer, config)
-            .await?;
-        let last = self.inner.store.stream(stream).map_or(0, |s| s.last_seq);
-        let pending = last.saturating_sub(record.state.next.saturating_sub(1))
-            + record.state.pending.len() as u64;
+        let pending = match &self.inner.home {
+            Home::Local(l) => {
+                let record = l.store.consumer_or_create(stream, consumer, config).await?;
+                let last = l.store.stream(stream).map_or(0, |s| s.last_seq);
+                last.saturating_sub(record.state.next.saturating_sub(1))
+                    + record.state.pending.len() as u64
+            }
+            Home::Shared(s) => {
+                s.ensure_consumer(stream.to_owned(), consumer.to_owned(), config)
+                    .await?
+            }
+        };
         {
             let mut subs = socket.0.subscriptions.lock();
             let key = (stream.to_owned(), consumer.to_owned());
@@ -176,7 +346,7 @@ impl Streams {
             gone
         };
         for key in &removed {
-            self.send(key, Cmd::Detach(socket.id().clone()));
+            self.detach(socket, key);
         }
         socket.session_changed();
         removed.len()
@@ -185,22 +355,40 @@ impl Streams {
     /// Deletes a consumer: its runner stops first, so that nothing of the old position is saved
     /// over a consumer created again with the same name. True if it existed.
     pub async fn delete_consumer(&self, stream: &str, consumer: &str) -> Result<bool, StoreError> {
+        let l = match &self.inner.home {
+            Home::Local(l) => l,
+            Home::Shared(s) => {
+                return s
+                    .delete_consumer(stream.to_owned(), consumer.to_owned())
+                    .await;
+            }
+        };
         let key = (stream.to_owned(), consumer.to_owned());
-        let runner = self.inner.runners.lock().remove(&key);
+        let runner = l.runners.lock().remove(&key);
         if let Some(tx) = runner {
             let (done, stopped) = tokio::sync::oneshot::channel();
             if tx.send(Cmd::Stop(done)).await.is_ok() {
                 let _ = stopped.await;
             }
         }
-        self.inner.store.delete_consumer(stream, consumer).await
+        l.store.delete_consumer(stream, consumer).await
     }
 
     /// Detaches a leaving socket from every consumer.
     pub(crate) fn detach_all(&self, socket: &Socket) {
         let subs = socket.0.subscriptions.lock().clone();
         for key in subs {
-            self.send(&key, Cmd::Detach(socket.id().clone()));
+            self.detach(socket, &key);
+        }
+    }
+
+    fn detach(&self, socket: &Socket, (stream, consumer): &Key) {
+        match &self.inner.home {
+            Home::Local(_) => self.send(
+                &(stream.clone(), consumer.clone()),
+                Cmd::Detach(socket.id().clone()),
+            ),
+            Home::Shared(s) => s.detach(socket.id(), stream, consumer),
         }
     }
 
@@ -214,7 +402,9 @@ impl Streams {
             if socket.0.conn.io.authorize(socket, &access).is_err() {
                 continue;
             }
-            if self.inner.store.consumer(&stream, &consumer).is_none() {
+            if let Home::Local(l) = &self.inner.home
+                && l.store.consumer(&stream, &consumer).is_none()
+            {
                 continue;
             }
             socket
@@ -227,7 +417,7 @@ impl Streams {
     }
 
     fn send(&self, key: &Key, cmd: Cmd) {
-        let tx = self.inner.runners.lock().get(key).cloned();
+        let tx = self.local().runners.lock().get(key).cloned();
         if let Some(tx) = tx
             && tx.try_send(cmd).is_err()
         {
@@ -240,8 +430,12 @@ impl Streams {
     }
 
     fn attach(&self, socket: &Socket, stream: &str, consumer: &str) {
+        let l = match &self.inner.home {
+            Home::Local(l) => l,
+            Home::Shared(s) => return s.attach(socket.clone(), stream, consumer),
+        };
         let key = (stream.to_owned(), consumer.to_owned());
-        let mut runners = self.inner.runners.lock();
+        let mut runners = l.runners.lock();
         if let Some(tx) = runners.get(&key)
             && tx.try_send(Cmd::Attach(socket.clone())).is_ok()
         {
@@ -409,7 +603,7 @@ const SAVE_EVERY: Duration = Duration::from_millis(50);
 
 impl Runner {
     fn store(&self) -> &Store {
-        &self.streams.inner.store
+        &self.streams.local().store
     }
 
     async fn run(mut self) {
@@ -806,31 +1000,18 @@ impl Runner {
 
     /// Sends `entry` to `socket` as `(event, data, meta)` with an ack request.
     fn send_entry(&self, socket: &Socket, entry: &Entry, deliveries: u32) {
-        let (stream, _) = &self.key;
-        let nsp = socket.ns().name();
-        if let Some(o) = socket.0.conn.io.observer() {
-            let meta = json!({"stream": stream, "seq": entry.seq, "id": entry.id, "deliveries": deliveries});
-            let data = serde_json::from_slice(&entry.data).unwrap_or(Value::Null);
-            o.event_sent(socket, &entry.event, &[data, meta]);
-        }
         let tx = self.tx.clone();
         let seq = entry.seq;
-        let sent = socket.send_with_callback(
-            |ack_id| Outbound::Text(delivery_packet(nsp, ack_id, stream, entry, deliveries)),
-            Box::new(move |_: Payload| {
-                if tx.try_send(Cmd::Acked(seq)).is_err() {
-                    tracing::warn!(seq, "ack dropped: consumer runner busy");
-                }
-            }),
-        );
-        if !sent {
-            tracing::debug!(sid = %socket.id(), seq, "delivery not queued; it will be retried");
-        }
+        deliver(socket, &self.key.0, entry, deliveries, move || {
+            if tx.try_send(Cmd::Acked(seq)).is_err() {
+                tracing::warn!(seq, "ack dropped: consumer runner busy");
+            }
+        });
     }
 
     /// Leaves the registry if nothing is waiting; true if the runner should stop.
     fn retire_if_idle(&mut self) -> bool {
-        let mut runners = self.streams.inner.runners.lock();
+        let mut runners = self.streams.local().runners.lock();
         // Under the registry lock no new command can arrive through it.
         if !self.rx.is_empty() {
             return false;
@@ -845,7 +1026,7 @@ impl Runner {
     }
 
     fn retire(&mut self) {
-        let mut runners = self.streams.inner.runners.lock();
+        let mut runners = self.streams.local().runners.lock();
         if runners
             .get(&self.key)
             .is_some_and(|tx| tx.same_channel(&self.tx))
@@ -853,6 +1034,33 @@ impl Runner {
             runners.remove(&self.key);
         }
     }
+}
+
+/// Sends `entry` of `stream` to `socket` as `(event, data, meta)` with an ack request;
+/// `acked` runs when the client acknowledges it. False if the socket's queue did not take it
+/// (the delivery is then retried as an unacknowledged one).
+pub fn deliver(
+    socket: &Socket,
+    stream: &str,
+    entry: &Entry,
+    deliveries: u32,
+    acked: impl FnOnce() + Send + 'static,
+) -> bool {
+    let nsp = socket.ns().name();
+    if let Some(o) = socket.0.conn.io.observer() {
+        let meta =
+            json!({"stream": stream, "seq": entry.seq, "id": entry.id, "deliveries": deliveries});
+        let data = serde_json::from_slice(&entry.data).unwrap_or(Value::Null);
+        o.event_sent(socket, &entry.event, &[data, meta]);
+    }
+    let sent = socket.send_with_callback(
+        |ack_id| Outbound::Text(delivery_packet(nsp, ack_id, stream, entry, deliveries)),
+        Box::new(move |_: Payload| acked()),
+    );
+    if !sent {
+        tracing::debug!(sid = %socket.id(), seq = entry.seq, "delivery not queued; it will be retried");
+    }
+    sent
 }
 
 fn on_command(
@@ -1191,7 +1399,7 @@ fn publish(
     // queue costs a task, which also slows this connection down.
     let held = socket.0.conn.hold();
     let counter = streams.clone();
-    let done = Box::new(move |r: Result<Vec<Appended>, StoreError>| {
+    let done: courier_store::PublishCallback = Box::new(move |r| {
         let _held = held;
         let r = r.map(|mut v| v.remove(0));
         counter.count_publish(r.as_ref());
@@ -1218,8 +1426,19 @@ fn publish(
                 .and_then(|payload| ack.send(payload)),
         };
     });
-    if let Some(later) = streams.store().publish_then(stream, vec![entry], done) {
-        socket.0.conn.run(later);
+    match &streams.inner.home {
+        Home::Local(l) => {
+            if let Some(later) = l.store.publish_then(stream, vec![entry], done) {
+                socket.0.conn.run(later);
+            }
+        }
+        Home::Shared(s) => {
+            let publishing = s.publish(stream, entry);
+            socket
+                .0
+                .conn
+                .run(async move { done(publishing.await.map(|a| vec![a])) });
+        }
     }
 }
 

@@ -139,8 +139,9 @@ async fn summary(State(d): State<Dash>) -> Json<Value> {
     if let Some(c) = &d.cluster {
         body["cluster"] = json!({"redis_up": c.status().redis_up, "nodes": c.nodes()});
     }
-    if let Some(streams) = d.io.streams() {
-        body["streams"] = streams_json(streams.store());
+    // A cluster's streams are listed by the HTTP API (`GET /api/v1/streams`), from Redis.
+    if let Some(store) = d.io.streams().and_then(|s| s.store()) {
+        body["streams"] = streams_json(store);
     }
     Json(body)
 }
@@ -203,9 +204,10 @@ async fn entries(
             "this hub has no streams",
         );
     };
-    let store = streams.store();
-    let Some(info) = store.stream(&stream) else {
-        return store_error(StoreError::StreamNotFound(stream));
+    let info = match streams.info(&stream).await {
+        Ok(Some(info)) => info,
+        Ok(None) => return store_error(StoreError::StreamNotFound(stream)),
+        Err(e) => return store_error(e),
     };
     let limit = q.limit.unwrap_or(50).clamp(1, MAX_ENTRIES);
     // By default the newest `limit` entries.
@@ -214,7 +216,7 @@ async fn entries(
             .saturating_sub(limit as u64 - 1)
             .max(info.first_seq)
     });
-    match store.read(&stream, from, limit).await {
+    match streams.read(&stream, from, limit).await {
         Ok(list) => {
             let list: Vec<Value> = list
                 .iter()
@@ -242,7 +244,7 @@ async fn replay(State(d): State<Dash>, Path((stream, seq)): Path<(String, u64)>)
             "this hub has no streams",
         );
     };
-    let entry = match streams.store().read(&stream, seq, 1).await {
+    let entry = match streams.read(&stream, seq, 1).await {
         Ok(list) => list.into_iter().find(|e| e.seq == seq),
         Err(e) => return store_error(e),
     };

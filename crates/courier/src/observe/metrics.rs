@@ -258,10 +258,10 @@ impl Hub {
     }
 
     fn streams(&self, out: &mut Out<'_, '_>) -> fmt::Result {
-        let Some(streams) = self.io.streams() else {
+        // A cluster's streams are in Redis: the HTTP API lists them.
+        let Some(store) = self.io.streams().and_then(|s| s.store()) else {
             return Ok(());
         };
-        let store = streams.store();
         let list = store.streams();
         out.gauges(
             "courier_stream_entries",

@@ -1,0 +1,1421 @@
+//! Durable streams in Redis, shared by every node: one hub for them too.
+//!
+//! - A stream is a Redis stream whose entry ids are `<seq>-0`, so one sequence per stream
+//!   is assigned by Redis whichever node publishes, and a read from `seq` is an `XRANGE`.
+//!   Beside it, a hash with its settings, its last seq and its bytes, and one key per message
+//!   id seen within the dedupe window. Publishing is one script: dedupe, quotas, the append,
+//!   retention by count and bytes, and a notice on the streams' channel.
+//! - A consumer is a consumer group of that stream (its position and pending entries with
+//!   their delivery counts are Redis's), and each node reads for it as a group member named
+//!   after the node: Redis hands each entry to one node, the node to one of its subscribed
+//!   sockets. An unacknowledged entry is claimed again (`XCLAIM`, which counts the delivery)
+//!   by whichever node has a subscriber once it has been idle for its `ack_wait` (doubled per
+//!   delivery), so what a dead node held goes to the others; after `max_deliver` deliveries
+//!   it goes to the dead-letter stream.
+//! - Every key of a stream carries the stream's name as its hash tag, so the scripts touch one
+//!   slot (the quota counters and the list of streams are the exceptions, see docs/cluster.md).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use courier_server::store::{
+    Appended, ConsumerConfig, ConsumerRecord, ConsumerState, Entry, NewEntry, Seq, StartPosition,
+    StoreError, StoreOptions, StreamConfig, StreamInfo, check_name,
+};
+use courier_server::{SharedStreams, Socket, engine::Sid};
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
+use redis::Value as Rv;
+use redis::aio::ConnectionManager;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+
+use crate::Cluster;
+
+/// Entries read for a consumer at a time.
+const READ_BATCH: usize = 256;
+/// Bytes of deliveries one consumer may have out with this node's subscribers.
+const MAX_BYTES_IN_FLIGHT: u64 = 8 << 20;
+/// How often a consumer with subscribers looks for entries that others left unacknowledged
+/// (a dead node's), and for new ones in case a notice was missed.
+const SCAN_EVERY: Duration = Duration::from_secs(1);
+/// After a failed round trip, the wait before the next.
+const RETRY: Duration = Duration::from_secs(1);
+/// Idle time given to entries a leaving socket held, so that any node takes them at once.
+const RELEASED_IDLE_MS: u64 = 864_000_000;
+/// Pending entries looked at per scan.
+const SCAN_PENDING: usize = 1000;
+
+/// The settings of streams on a cluster: those of a single node's store that apply.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// Auto-creation, defaults of new streams, limits and quotas.
+    pub store: StoreOptions,
+    /// Streams declared in the settings, created (or updated) once Redis answers.
+    pub declared: Vec<(String, StreamConfig)>,
+    /// Replicas that must have a publish before it is confirmed (`WAIT`); 0: the primary.
+    pub wait_replicas: u32,
+    /// Longest wait for them.
+    pub wait_timeout: Duration,
+}
+
+/// A script invocation with these keys.
+macro_rules! keys {
+    ($inv:expr, $($k:expr),*) => {{ let mut i = $inv; $( i.key($k); )* i }};
+}
+
+/// Creates a stream if it does not exist (KEYS[2] its hash, KEYS[4] the list of streams),
+/// with the settings in ARGV[5..11]; ARGV[4] = 1 allows it, ARGV[12] is `max_streams`
+/// (0: none), ARGV[13] the name. Returns an error table, or nil when the stream is there.
+const ENSURE_STREAM: &str = r#"
+local function ensure()
+  if redis.call('EXISTS', KEYS[2]) == 1 then return nil end
+  if ARGV[4] ~= '1' then return {1, 'stream_not_found', ''} end
+  local max = tonumber(ARGV[12])
+  if max > 0 and redis.call('SISMEMBER', KEYS[4], ARGV[13]) == 0
+      and redis.call('SCARD', KEYS[4]) >= max then
+    return {1, 'too_many_streams', ARGV[12]}
+  end
+  redis.call('HSET', KEYS[2], 'last', 0, 'bytes', 0, 'age', ARGV[5], 'entries', ARGV[6],
+    'maxbytes', ARGV[7], 'dedupe', ARGV[8], 'discard', ARGV[9], 'dlq', ARGV[10], 'config', ARGV[11])
+  redis.call('SADD', KEYS[4], ARGV[13])
+  return nil
+end
+local function size_of(fields)
+  local n = 0
+  for i = 2, #fields, 2 do
+    if fields[i - 1] ~= 't' then n = n + #fields[i] end
+  end
+  return n
+end
+-- Removes the oldest entries while the stream is over its count or bytes (KEYS[1] the
+-- entries, KEYS[3] the bytes of every stream).
+local function trim(maxn, maxb)
+  local bytes = tonumber(redis.call('HGET', KEYS[2], 'bytes'))
+  while (maxn > 0 and redis.call('XLEN', KEYS[1]) > maxn) or (maxb > 0 and bytes > maxb) do
+    local old = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+    if not old then break end
+    local s = size_of(old[2])
+    redis.call('XDEL', KEYS[1], old[1])
+    bytes = redis.call('HINCRBY', KEYS[2], 'bytes', -s)
+    redis.call('DECRBY', KEYS[3], s)
+  end
+end
+"#;
+
+/// Publishes one entry. KEYS: 1 entries, 2 the stream's hash, 3 bytes of every stream, 4 the
+/// list of streams, 5 the message id's dedupe key (the hash again without an id). ARGV: 1
+/// event, 2 data, 3 id ('' for none), 4..13 as ENSURE_STREAM, 14 `max_disk_bytes`, 15 the
+/// channel told of new entries. Returns {0, seq, duplicate} or {1, code, detail}.
+static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        "{ENSURE_STREAM}{}",
+        r#"
+local err = ensure()
+if err then return err end
+local e, d, id = ARGV[1], ARGV[2], ARGV[3]
+if id ~= '' then
+  local seen = redis.call('GET', KEYS[5])
+  if seen then return {0, tonumber(seen), 1} end
+end
+local size = #e + #d + #id
+local m = redis.call('HMGET', KEYS[2], 'entries', 'maxbytes', 'discard', 'dedupe', 'bytes')
+local maxn, maxb, dedupe = tonumber(m[1]), tonumber(m[2]), tonumber(m[4])
+local disk = tonumber(ARGV[14])
+if disk > 0 and tonumber(redis.call('GET', KEYS[3]) or '0') + size > disk then
+  return {1, 'storage_full', 'over max_disk_bytes'}
+end
+if m[3] == 'new' then
+  if maxn > 0 and redis.call('XLEN', KEYS[1]) >= maxn then
+    return {1, 'storage_full', 'the stream is at its max_entries'}
+  end
+  if maxb > 0 and tonumber(m[5]) + size > maxb then
+    return {1, 'storage_full', 'the stream is at its max_bytes'}
+  end
+end
+local seq = redis.call('HINCRBY', KEYS[2], 'last', 1)
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if id ~= '' then
+  redis.call('XADD', KEYS[1], seq .. '-0', 'e', e, 'd', d, 't', ms, 'i', id)
+  if dedupe > 0 then redis.call('SET', KEYS[5], seq, 'PX', dedupe) end
+else
+  redis.call('XADD', KEYS[1], seq .. '-0', 'e', e, 'd', d, 't', ms)
+end
+redis.call('HINCRBY', KEYS[2], 'bytes', size)
+redis.call('INCRBY', KEYS[3], size)
+if m[3] ~= 'new' then trim(maxn, maxb) end
+redis.call('PUBLISH', ARGV[15], ARGV[13])
+return {0, seq, 0}
+"#
+    ))
+});
+
+/// Creates a stream or changes its settings (KEYS and ARGV as ENSURE_STREAM, ARGV[4] = 1),
+/// then applies its retention. Returns {0} or an error table.
+static CREATE_STREAM: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        "{ENSURE_STREAM}{}",
+        r#"
+local err = ensure()
+if err then return err end
+redis.call('HSET', KEYS[2], 'age', ARGV[5], 'entries', ARGV[6], 'maxbytes', ARGV[7],
+  'dedupe', ARGV[8], 'discard', ARGV[9], 'dlq', ARGV[10], 'config', ARGV[11])
+if ARGV[9] ~= 'new' then trim(tonumber(ARGV[6]), tonumber(ARGV[7])) end
+return {0}
+"#
+    ))
+});
+
+/// Removes entries older than ARGV[1] ms (at most 1000 a call), and for a `discard = old`
+/// stream those over its count or bytes. KEYS: 1 entries, 2 hash, 3 bytes of every stream.
+static RETAIN: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        "{ENSURE_STREAM}{}",
+        r#"
+local m = redis.call('HMGET', KEYS[2], 'age', 'entries', 'maxbytes', 'discard')
+if not m[1] then return 0 end
+local age = tonumber(m[1])
+local removed = 0
+if age > 0 then
+  local t = redis.call('TIME')
+  local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - age
+  for _, old in ipairs(redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1000)) do
+    local f = old[2]
+    local at = 0
+    for i = 2, #f, 2 do if f[i - 1] == 't' then at = tonumber(f[i]) end end
+    if at >= cutoff then break end
+    local s = size_of(f)
+    redis.call('XDEL', KEYS[1], old[1])
+    redis.call('HINCRBY', KEYS[2], 'bytes', -s)
+    redis.call('DECRBY', KEYS[3], s)
+    removed = removed + 1
+  end
+end
+if m[4] ~= 'new' then trim(tonumber(m[2]), tonumber(m[3])) end
+return removed
+"#
+    ))
+});
+
+/// Removes every entry. KEYS: 1 entries, 2 hash, 3 bytes of every stream. Returns how many,
+/// or -1 for no such stream.
+static PURGE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+local n = redis.call('XLEN', KEYS[1])
+local bytes = tonumber(redis.call('HGET', KEYS[2], 'bytes'))
+if n > 0 then redis.call('XTRIM', KEYS[1], 'MAXLEN', 0) end
+redis.call('HSET', KEYS[2], 'bytes', 0)
+redis.call('DECRBY', KEYS[3], bytes)
+return n
+"#,
+    )
+});
+
+/// Creates a consumer unless it exists (a consumer group starting at ARGV[16], with its
+/// settings ARGV[15] in KEYS[6]), creating the stream as ENSURE_STREAM says. KEYS: 1 entries,
+/// 2 hash, 3 bytes, 4 list of streams, 5 count of consumers, 6 consumers' settings. ARGV:
+/// 4..13 as ENSURE_STREAM, 14 the consumer, 17 `max_consumers`. Returns {0, waiting} or an
+/// error table.
+static ENSURE_CONSUMER: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        "{ENSURE_STREAM}{}",
+        r#"
+local err = ensure()
+if err then return err end
+local name = ARGV[14]
+if redis.call('HEXISTS', KEYS[6], name) == 0 then
+  local max = tonumber(ARGV[17])
+  if max > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') >= max then
+    return {1, 'too_many_consumers', ARGV[17]}
+  end
+  local start = ARGV[16]
+  if start == 'new' then start = redis.call('HGET', KEYS[2], 'last') .. '-0' end
+  local ok = redis.pcall('XGROUP', 'CREATE', KEYS[1], name, start, 'MKSTREAM')
+  if type(ok) == 'table' and ok.err then
+    -- A group left by a consumer deleted half-way: it starts afresh.
+    redis.call('XGROUP', 'DESTROY', KEYS[1], name)
+    redis.call('XGROUP', 'CREATE', KEYS[1], name, start, 'MKSTREAM')
+  end
+  redis.call('HSET', KEYS[6], name, ARGV[15])
+  redis.call('INCR', KEYS[5])
+end
+local last = tonumber(redis.call('HGET', KEYS[2], 'last'))
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local f = {}
+  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+  if f['name'] == name then
+    local delivered = tonumber(string.match(f['last-delivered-id'], '^(%d+)'))
+    local waiting = last - delivered
+    if waiting < 0 then waiting = 0 end
+    return {0, waiting + f['pending']}
+  end
+end
+return {0, 0}
+"#
+    ))
+});
+
+/// Deletes a consumer. KEYS: 1 entries, 5 count of consumers, 6 consumers' settings (2..4
+/// unused); ARGV[14] the consumer. Returns 1 if it existed.
+static DELETE_CONSUMER: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local name = ARGV[14]
+if redis.call('HDEL', KEYS[6], name) == 0 then return 0 end
+redis.call('HDEL', KEYS[6], name .. '#r', name .. '#d')
+redis.call('DECR', KEYS[5])
+redis.pcall('XGROUP', 'DESTROY', KEYS[1], name)
+return 1
+"#,
+    )
+});
+
+/// Reads new entries for this node: at most ARGV[3] pending in the whole group, at most
+/// ARGV[4] read. KEYS[1] entries; ARGV: 1 group, 2 this node. Returns the entries, or nil.
+static READ_NEW: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1])
+local room = tonumber(ARGV[3]) - p[1]
+if room <= 0 then return nil end
+if room > tonumber(ARGV[4]) then room = tonumber(ARGV[4]) end
+local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', room, 'STREAMS', KEYS[1], '>')
+if not r then return nil end
+return r[1][2]
+"#,
+    )
+});
+
+/// Claims for this node the group's entries that waited long enough for their ack: idle at
+/// least ARGV[3] ms doubled per earlier delivery (at most 16 times). KEYS: 1 entries, 2 the
+/// consumers' settings; ARGV: 1 group, 2 this node, 3 ack_wait, 4 max_deliver, 5 most to
+/// claim, 6 pending entries to look at. Returns {id, fields, deliveries, dead} per entry
+/// claimed; `dead` (1) says it had its `max_deliver` deliveries and goes to the dead letters.
+static CLAIM_DUE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local wait, maxd, most = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local out = {}
+for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', wait, '-', '+', ARGV[6])) do
+  if #out >= most then break end
+  local id, idle, count = p[1], p[3], p[4]
+  local shift = count - 1
+  if shift > 4 then shift = 4 end
+  local need = wait * (2 ^ shift)
+  if idle >= need then
+    local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], need, id)
+    local e = got[1]
+    if e and e[2] then
+      local dead = 0
+      if count >= maxd then dead = 1 else redis.call('HINCRBY', KEYS[2], ARGV[1] .. '#r', 1) end
+      table.insert(out, {e[1], e[2], count + 1 - dead, dead})
+    elseif not e then
+      -- Removed by retention or a purge: nothing left to deliver.
+      redis.call('XACK', KEYS[1], ARGV[1], id)
+    end
+  end
+end
+return out
+"#,
+    )
+});
+
+/// Takes back entries from a socket that left: their idle time becomes so long that any
+/// node with a subscriber sends them at its next look. KEYS[1] entries; ARGV: 1 group, 2 this
+/// node, 3 the idle time, 4.. the ids.
+static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local ids = {}
+for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
+return #redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(ids), 'IDLE', ARGV[3], 'JUSTID')
+"#,
+    )
+});
+
+/// The keys of one stream, every one with the stream's name as its hash tag.
+struct Keys {
+    entries: String,
+    meta: String,
+    consumers: String,
+    tag: String,
+}
+
+/// Durable streams on a cluster's Redis. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct RedisStreams(Arc<Inner>);
+
+struct Inner {
+    cluster: Cluster,
+    options: StreamOptions,
+    /// Runners of this node, by (stream, consumer).
+    runners: Mutex<HashMap<(String, String), RunnerHandle>>,
+}
+
+#[derive(Clone)]
+struct RunnerHandle {
+    tx: mpsc::UnboundedSender<Cmd>,
+    wake: Arc<Notify>,
+    /// Look for entries due again at the next wake, not only new ones.
+    scan: Arc<AtomicBool>,
+}
+
+enum Cmd {
+    Attach(Socket),
+    Detach(Sid),
+    Acked(Seq),
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("Redis: {e}"))
+}
+
+/// The error an error table of a script stands for.
+fn script_error(code: &str, detail: &str, stream: &str) -> StoreError {
+    let limit = || detail.parse().unwrap_or(0);
+    match code {
+        "stream_not_found" => StoreError::StreamNotFound(stream.to_owned()),
+        "too_many_streams" => StoreError::TooManyStreams(limit()),
+        "too_many_consumers" => StoreError::TooManyConsumers(limit()),
+        "storage_full" => StoreError::StorageFull(detail.to_owned()),
+        other => StoreError::io(format!("Redis script: {other} {detail}")),
+    }
+}
+
+fn int(v: &Rv) -> Option<i64> {
+    match v {
+        Rv::Int(n) => Some(*n),
+        Rv::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Rv::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn text(v: &Rv) -> Option<String> {
+    match v {
+        Rv::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Rv::SimpleString(s) => Some(s.clone()),
+        Rv::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The seq of an entry id `<seq>-0`.
+fn seq_of(id: &str) -> Option<Seq> {
+    id.split('-').next()?.parse().ok()
+}
+
+/// A script's answer `{0, ...}`, or its error table as an error.
+fn answer(v: Rv, stream: &str) -> Result<Vec<Rv>, StoreError> {
+    let Rv::Array(items) = v else {
+        return Err(StoreError::io("Redis script: unexpected answer"));
+    };
+    if items.first().and_then(int) == Some(1) {
+        let code = items.get(1).and_then(text).unwrap_or_default();
+        let detail = items.get(2).and_then(text).unwrap_or_default();
+        return Err(script_error(&code, &detail, stream));
+    }
+    Ok(items)
+}
+
+/// One entry from `[id, [field, value, ...]]`.
+fn entry_of(v: &Rv) -> Option<Entry> {
+    let Rv::Array(pair) = v else { return None };
+    let seq = seq_of(&text(pair.first()?)?)?;
+    let Rv::Array(fields) = pair.get(1)? else {
+        return None;
+    };
+    entry_from_fields(seq, fields)
+}
+
+fn entry_from_fields(seq: Seq, fields: &[Rv]) -> Option<Entry> {
+    let mut e = Entry {
+        seq,
+        ts_ms: 0,
+        id: None,
+        event: String::new(),
+        data: Bytes::new(),
+    };
+    for kv in fields.chunks(2) {
+        let [k, v] = kv else { break };
+        match text(k)?.as_str() {
+            "e" => e.event = text(v)?,
+            "d" => {
+                e.data = match v {
+                    Rv::BulkString(b) => Bytes::from(b.clone()),
+                    other => Bytes::from(text(other)?),
+                }
+            }
+            "i" => e.id = text(v),
+            "t" => e.ts_ms = int(v)? as u64,
+            _ => {}
+        }
+    }
+    Some(e)
+}
+
+fn entries_of(v: &Rv) -> Vec<Entry> {
+    match v {
+        Rv::Array(list) => list.iter().filter_map(entry_of).collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl RedisStreams {
+    pub(crate) fn new(cluster: Cluster, options: StreamOptions) -> RedisStreams {
+        RedisStreams(Arc::new(Inner {
+            cluster,
+            options,
+            runners: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn prefix(&self) -> &str {
+        &self.0.cluster.0.key
+    }
+
+    fn keys(&self, stream: &str) -> Keys {
+        // The hash tag is the part between the first `{` and the next `}`: braces in a name
+        // are escaped so that the tag is always the whole name.
+        let mut escaped = String::with_capacity(stream.len() + 2);
+        for c in stream.chars() {
+            match c {
+                '%' => escaped.push_str("%25"),
+                '{' => escaped.push_str("%7B"),
+                '}' => escaped.push_str("%7D"),
+                c => escaped.push(c),
+            }
+        }
+        let p = self.prefix();
+        let tag = format!("{{{escaped}}}");
+        Keys {
+            entries: format!("{p}-courier-stream#{tag}"),
+            meta: format!("{p}-courier-stream-meta#{tag}"),
+            consumers: format!("{p}-courier-stream-consumers#{tag}"),
+            tag,
+        }
+    }
+
+    fn dedupe_key(&self, keys: &Keys, id: &str) -> String {
+        format!("{}-courier-stream-id#{}#{id}", self.prefix(), keys.tag)
+    }
+
+    fn bytes_key(&self) -> String {
+        format!("{}-courier-stream-bytes", self.prefix())
+    }
+
+    fn list_key(&self) -> String {
+        format!("{}-courier-streams", self.prefix())
+    }
+
+    fn consumer_count_key(&self) -> String {
+        format!("{}-courier-stream-consumer-count", self.prefix())
+    }
+
+    /// The channel told of every stream's new entries (the stream's name).
+    pub(crate) fn channel(prefix: &str) -> String {
+        format!("{prefix}-courier-stream-new")
+    }
+
+    /// The connection, unless Redis is away: then the answer is `unavailable` at once.
+    fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let c = &self.0.cluster.0;
+        match c.streams.get() {
+            Some(conn) if c.up.load(Ordering::Relaxed) => Ok(conn.clone()),
+            _ => Err(StoreError::Unavailable("Redis is not reachable".into())),
+        }
+    }
+
+    fn node(&self) -> &str {
+        &self.0.cluster.0.uid
+    }
+
+    /// ARGV[4..13] of ENSURE_STREAM for `stream` with `config`.
+    fn stream_args(
+        inv: &mut redis::ScriptInvocation<'_>,
+        create: bool,
+        config: &StreamConfig,
+        max_streams: usize,
+        stream: &str,
+    ) {
+        let discard = match config.discard {
+            courier_server::store::Discard::Old => "old",
+            courier_server::store::Discard::New => "new",
+        };
+        inv.arg(if create { "1" } else { "0" })
+            .arg(config.max_age_ms)
+            .arg(config.max_entries)
+            .arg(config.max_bytes)
+            .arg(config.dedupe_window_ms)
+            .arg(discard)
+            .arg(config.dead_letter.as_deref().unwrap_or(""))
+            .arg(serde_json::to_string(config).expect("settings serialize"))
+            .arg(max_streams)
+            .arg(stream);
+    }
+
+    async fn publish_entry(
+        &self,
+        stream: String,
+        entry: NewEntry,
+        dead_letter: bool,
+    ) -> Result<Appended, StoreError> {
+        check_name(&stream)?;
+        let o = &self.0.options.store;
+        if entry.size() as usize > o.max_entry_bytes {
+            return Err(StoreError::TooLarge(
+                entry.size() as usize,
+                o.max_entry_bytes,
+            ));
+        }
+        let mut conn = self.conn()?;
+        let k = self.keys(&stream);
+        let dedupe = match &entry.id {
+            Some(id) => self.dedupe_key(&k, id),
+            None => k.meta.clone(),
+        };
+        let mut inv = keys!(
+            PUBLISH.prepare_invoke(),
+            &k.entries,
+            &k.meta,
+            self.bytes_key(),
+            self.list_key(),
+            &dedupe
+        );
+        inv.arg(&entry.event)
+            .arg(entry.data.as_ref())
+            .arg(entry.id.as_deref().unwrap_or(""));
+        // A dead-letter stream exists whatever `auto_create` and `max_streams` say: losing
+        // the entry is worse.
+        let (create, max) = if dead_letter {
+            (true, 0)
+        } else {
+            (o.auto_create, o.max_streams)
+        };
+        Self::stream_args(&mut inv, create, &o.default_stream, max, &stream);
+        inv.arg(o.max_disk_bytes).arg(Self::channel(self.prefix()));
+        let r: Rv = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let items = answer(r, &stream)?;
+        let seq = items.get(1).and_then(int).unwrap_or(0) as Seq;
+        let duplicate = items.get(2).and_then(int) == Some(1);
+        let replicas = self.0.options.wait_replicas;
+        if replicas > 0 && !duplicate {
+            let timeout = self.0.options.wait_timeout.as_millis() as u64;
+            let acked: i64 = redis::cmd("WAIT")
+                .arg(replicas)
+                .arg(timeout)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if acked < i64::from(replicas) {
+                return Err(StoreError::Unavailable(format!(
+                    "stored as seq {seq} but only {acked} of {replicas} replicas confirmed it in time; publish again with the same id"
+                )));
+            }
+        }
+        Ok(Appended { seq, duplicate })
+    }
+
+    async fn info(&self, name: &str) -> Result<Option<StreamInfo>, StoreError> {
+        let mut conn = self.conn()?;
+        let k = self.keys(name);
+        let (meta, len, first, consumers): (HashMap<String, String>, u64, Rv, Vec<String>) =
+            redis::pipe()
+                .hgetall(&k.meta)
+                .cmd("XLEN")
+                .arg(&k.entries)
+                .cmd("XRANGE")
+                .arg(&k.entries)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .hkeys(&k.consumers)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+        if meta.is_empty() {
+            return Ok(None);
+        }
+        let num = |f: &str| meta.get(f).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let last = num("last");
+        let first = entries_of(&first).first().map_or(last + 1, |e| e.seq);
+        let config = meta
+            .get("config")
+            .and_then(|c| serde_json::from_str(c).ok())
+            .unwrap_or_default();
+        let mut consumers: Vec<String> = consumers
+            .into_iter()
+            .filter(|c| !c.ends_with("#r") && !c.ends_with("#d"))
+            .collect();
+        consumers.sort();
+        Ok(Some(StreamInfo {
+            name: name.to_owned(),
+            config,
+            first_seq: first,
+            last_seq: last,
+            entries: len,
+            bytes: num("bytes"),
+            consumers,
+        }))
+    }
+
+    async fn consumer_records(
+        &self,
+        stream: &str,
+    ) -> Result<Vec<(String, ConsumerRecord)>, StoreError> {
+        let mut conn = self.conn()?;
+        let k = self.keys(stream);
+        let (settings, groups): (HashMap<String, String>, Rv) = redis::pipe()
+            .hgetall(&k.consumers)
+            .cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&k.entries)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let mut delivered: HashMap<String, Seq> = HashMap::new();
+        if let Rv::Array(groups) = groups {
+            for g in groups {
+                let fields: Vec<Rv> = match g {
+                    Rv::Array(f) => f,
+                    Rv::Map(m) => m.into_iter().flat_map(|(a, b)| [a, b]).collect(),
+                    _ => continue,
+                };
+                let mut name = None;
+                let mut last = 0;
+                for kv in fields.chunks(2) {
+                    match (text(&kv[0]).as_deref(), kv.get(1)) {
+                        (Some("name"), Some(v)) => name = text(v),
+                        (Some("last-delivered-id"), Some(v)) => {
+                            last = text(v).as_deref().and_then(seq_of).unwrap_or(0);
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(name) = name {
+                    delivered.insert(name, last);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (name, config) in &settings {
+            if name.ends_with("#r") || name.ends_with("#d") {
+                continue;
+            }
+            let Ok(config) = serde_json::from_str::<ConsumerConfig>(config) else {
+                continue;
+            };
+            let pending: Rv = redis::cmd("XPENDING")
+                .arg(&k.entries)
+                .arg(name)
+                .arg("-")
+                .arg("+")
+                .arg(100_000)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let mut map = BTreeMap::new();
+            if let Rv::Array(list) = pending {
+                for p in list {
+                    if let Rv::Array(p) = p
+                        && let (Some(id), Some(n)) =
+                            (p.first().and_then(text), p.get(3).and_then(int))
+                        && let Some(seq) = seq_of(&id)
+                    {
+                        map.insert(seq, n as u32);
+                    }
+                }
+            }
+            let count = |suffix: &str| {
+                settings
+                    .get(&format!("{name}{suffix}"))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            let state = ConsumerState {
+                next: delivered.get(name).copied().unwrap_or(0) + 1,
+                pending: map,
+                redelivered: count("#r"),
+                dead_lettered: count("#d"),
+            };
+            out.push((name.clone(), ConsumerRecord { config, state }));
+        }
+        Ok(out)
+    }
+
+    /// Handles a notice on the streams' channel: `<stream>` has new entries, or (`!<stream>`)
+    /// entries a socket left unacknowledged, for this node's runners of that stream.
+    pub(crate) fn on_notice(&self, message: &[u8]) {
+        let Ok(message) = std::str::from_utf8(message) else {
+            return;
+        };
+        let (stream, scan) = match message.strip_prefix('!') {
+            Some(s) => (s, true),
+            None => (message, false),
+        };
+        for ((s, _), h) in self.0.runners.lock().iter() {
+            if s == stream {
+                if scan {
+                    h.scan.store(true, Ordering::Relaxed);
+                }
+                h.wake.notify_one();
+            }
+        }
+    }
+
+    /// Every runner looks again (Redis is back, and notices may have been missed meanwhile).
+    pub(crate) fn wake_all(&self) {
+        for h in self.0.runners.lock().values() {
+            h.wake.notify_one();
+        }
+    }
+
+    fn send(&self, stream: &str, consumer: &str, cmd: Cmd) {
+        let key = (stream.to_owned(), consumer.to_owned());
+        if let Some(h) = self.0.runners.lock().get(&key) {
+            let _ = h.tx.send(cmd);
+        }
+    }
+
+    /// Creates the declared streams once Redis answers, then applies retention every second.
+    pub(crate) async fn maintain(self) {
+        let mut declared = self.0.options.declared.clone();
+        let mut ticks = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            ticks.tick().await;
+            if self.conn().is_err() {
+                continue;
+            }
+            while let Some((name, config)) = declared.first().cloned() {
+                match self.create(name.clone(), config).await {
+                    Ok(_) => {
+                        declared.remove(0);
+                    }
+                    Err(e) => {
+                        tracing::warn!(stream = name, error = %e, "creating a declared stream failed; trying again");
+                        break;
+                    }
+                }
+            }
+            if let Err(e) = self.retain_all().await {
+                tracing::debug!(error = %e, "stream retention skipped");
+            }
+        }
+    }
+
+    async fn retain_all(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.list_key())
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        for name in names {
+            let k = self.keys(&name);
+            let _: i64 = keys!(
+                RETAIN.prepare_invoke(),
+                &k.entries,
+                &k.meta,
+                self.bytes_key()
+            )
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn create(&self, name: String, config: StreamConfig) -> Result<StreamInfo, StoreError> {
+        check_name(&name)?;
+        if let Some(dlq) = &config.dead_letter {
+            check_name(dlq)?;
+        }
+        let mut conn = self.conn()?;
+        let k = self.keys(&name);
+        let mut inv = keys!(
+            CREATE_STREAM.prepare_invoke(),
+            &k.entries,
+            &k.meta,
+            self.bytes_key(),
+            self.list_key()
+        );
+        inv.arg("").arg("").arg("");
+        Self::stream_args(
+            &mut inv,
+            true,
+            &config,
+            self.0.options.store.max_streams,
+            &name,
+        );
+        let r: Rv = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        answer(r, &name)?;
+        self.info(&name)
+            .await?
+            .ok_or_else(|| StoreError::StreamNotFound(name))
+    }
+
+    fn consumer_invocation<'a>(
+        &self,
+        script: &'a redis::Script,
+        k: &Keys,
+    ) -> redis::ScriptInvocation<'a> {
+        keys!(
+            script.prepare_invoke(),
+            &k.entries,
+            &k.meta,
+            self.bytes_key(),
+            self.list_key(),
+            self.consumer_count_key(),
+            &k.consumers
+        )
+    }
+}
+
+impl SharedStreams for RedisStreams {
+    fn publish(
+        &self,
+        stream: String,
+        entry: NewEntry,
+    ) -> BoxFuture<'static, Result<Appended, StoreError>> {
+        let this = self.clone();
+        Box::pin(async move { this.publish_entry(stream, entry, false).await })
+    }
+
+    fn ensure_consumer(
+        &self,
+        stream: String,
+        consumer: String,
+        config: ConsumerConfig,
+    ) -> BoxFuture<'static, Result<u64, StoreError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            check_name(&stream)?;
+            check_name(&consumer)?;
+            let mut conn = this.conn()?;
+            let k = this.keys(&stream);
+            let o = &this.0.options.store;
+            let mut inv = this.consumer_invocation(&ENSURE_CONSUMER, &k);
+            inv.arg("").arg("").arg("");
+            Self::stream_args(
+                &mut inv,
+                o.auto_create,
+                &o.default_stream,
+                o.max_streams,
+                &stream,
+            );
+            let start = match config.start {
+                StartPosition::New => "new".to_owned(),
+                StartPosition::All => "0".to_owned(),
+                StartPosition::Seq(n) => format!("{}-0", n.saturating_sub(1)),
+            };
+            inv.arg(&consumer)
+                .arg(serde_json::to_string(&config).expect("settings serialize"))
+                .arg(start)
+                .arg(o.max_consumers);
+            let r: Rv = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+            let items = answer(r, &stream)?;
+            Ok(items.get(1).and_then(int).unwrap_or(0).max(0) as u64)
+        })
+    }
+
+    fn attach(&self, socket: Socket, stream: &str, consumer: &str) {
+        let key = (stream.to_owned(), consumer.to_owned());
+        let mut runners = self.0.runners.lock();
+        if let Some(h) = runners.get(&key)
+            && h.tx.send(Cmd::Attach(socket.clone())).is_ok()
+        {
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(Cmd::Attach(socket));
+        let handle = RunnerHandle {
+            tx,
+            wake: Arc::new(Notify::new()),
+            scan: Arc::new(AtomicBool::new(false)),
+        };
+        runners.insert(key.clone(), handle.clone());
+        drop(runners);
+        let runner = Runner {
+            streams: self.clone(),
+            key,
+            handle,
+            rx,
+        };
+        tokio::spawn(runner.run());
+    }
+
+    fn detach(&self, sid: &Sid, stream: &str, consumer: &str) {
+        self.send(stream, consumer, Cmd::Detach(sid.clone()));
+    }
+
+    fn delete_consumer(
+        &self,
+        stream: String,
+        consumer: String,
+    ) -> BoxFuture<'static, Result<bool, StoreError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut conn = this.conn()?;
+            let k = this.keys(&stream);
+            let mut inv = this.consumer_invocation(&DELETE_CONSUMER, &k);
+            for _ in 0..13 {
+                inv.arg("");
+            }
+            inv.arg(&consumer);
+            let n: i64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn create_stream(
+        &self,
+        name: String,
+        config: StreamConfig,
+    ) -> BoxFuture<'static, Result<StreamInfo, StoreError>> {
+        let this = self.clone();
+        Box::pin(async move { this.create(name, config).await })
+    }
+
+    fn purge(&self, name: String) -> BoxFuture<'static, Result<u64, StoreError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut conn = this.conn()?;
+            let k = this.keys(&name);
+            let n: i64 = keys!(
+                PURGE.prepare_invoke(),
+                &k.entries,
+                &k.meta,
+                this.bytes_key()
+            )
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+            if n < 0 {
+                return Err(StoreError::StreamNotFound(name));
+            }
+            Ok(n as u64)
+        })
+    }
+
+    fn streams(&self) -> BoxFuture<'static, Result<Vec<StreamInfo>, StoreError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut conn = this.conn()?;
+            let names: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(this.list_key())
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let mut out = Vec::with_capacity(names.len());
+            for name in names {
+                if let Some(info) = this.info(&name).await? {
+                    out.push(info);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn stream(&self, name: String) -> BoxFuture<'static, Result<Option<StreamInfo>, StoreError>> {
+        let this = self.clone();
+        Box::pin(async move { this.info(&name).await })
+    }
+
+    fn consumers(
+        &self,
+        stream: String,
+    ) -> BoxFuture<'static, Result<Vec<(String, ConsumerRecord)>, StoreError>> {
+        let this = self.clone();
+        Box::pin(async move { this.consumer_records(&stream).await })
+    }
+
+    fn read(
+        &self,
+        stream: String,
+        from: Seq,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<Entry>, StoreError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut conn = this.conn()?;
+            let k = this.keys(&stream);
+            let r: Rv = redis::cmd("XRANGE")
+                .arg(&k.entries)
+                .arg(format!("{from}-0"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(entries_of(&r))
+        })
+    }
+}
+
+/// One consumer with subscribers on this node.
+struct Runner {
+    streams: RedisStreams,
+    key: (String, String),
+    handle: RunnerHandle,
+    rx: mpsc::UnboundedReceiver<Cmd>,
+}
+
+/// An entry out with one of this node's sockets.
+struct Held {
+    holder: Sid,
+    size: u64,
+    /// When it is due again, for this node's next look.
+    due: Instant,
+}
+
+impl Runner {
+    async fn run(mut self) {
+        let (stream, consumer) = self.key.clone();
+        let mut subscribers: Vec<Socket> = Vec::new();
+        let mut held: HashMap<Seq, Held> = HashMap::new();
+        let mut acks: Vec<Seq> = Vec::new();
+        let mut released: Vec<Seq> = Vec::new();
+        let mut turn = 0usize;
+        let mut config: Option<ConsumerConfig> = None;
+        let mut scanned = Instant::now() - SCAN_EVERY;
+        let mut failed_at: Option<Instant> = None;
+        loop {
+            while let Ok(cmd) = self.rx.try_recv() {
+                self.on_command(cmd, &mut subscribers, &mut held, &mut acks, &mut released);
+            }
+            subscribers.retain(Socket::connected);
+            if subscribers.is_empty() {
+                released.extend(held.drain().map(|(seq, _)| seq));
+            }
+            let retry_wait = failed_at.is_some_and(|t| t.elapsed() < RETRY);
+            let mut more = false;
+            if !retry_wait {
+                match self
+                    .round(
+                        &subscribers,
+                        &mut held,
+                        &mut acks,
+                        &mut released,
+                        &mut config,
+                        &mut scanned,
+                        &mut turn,
+                    )
+                    .await
+                {
+                    Ok(m) => {
+                        more = m;
+                        failed_at = None;
+                    }
+                    Err(e) => {
+                        if failed_at.is_none() {
+                            tracing::warn!(stream, consumer, error = %e, "consumer: Redis round trip failed; trying again");
+                        }
+                        failed_at = Some(Instant::now());
+                    }
+                }
+            }
+            if subscribers.is_empty() && acks.is_empty() && released.is_empty() {
+                let mut runners = self.streams.0.runners.lock();
+                if self.rx.is_empty() {
+                    if runners
+                        .get(&self.key)
+                        .is_some_and(|h| h.tx.same_channel(&self.handle.tx))
+                    {
+                        runners.remove(&self.key);
+                    }
+                    return;
+                }
+                continue;
+            }
+            if more {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let next_due = held.values().map(|h| h.due).min();
+            let mut wake = scanned + SCAN_EVERY;
+            if let Some(d) = next_due {
+                wake = wake.min(d);
+            }
+            if let Some(t) = failed_at {
+                wake = wake.max(t + RETRY);
+            }
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd, &mut subscribers, &mut held, &mut acks, &mut released),
+                    None => return,
+                },
+                _ = self.handle.wake.notified() => {}
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+        }
+    }
+
+    fn on_command(
+        &self,
+        cmd: Cmd,
+        subscribers: &mut Vec<Socket>,
+        held: &mut HashMap<Seq, Held>,
+        acks: &mut Vec<Seq>,
+        released: &mut Vec<Seq>,
+    ) {
+        match cmd {
+            Cmd::Attach(socket) => {
+                if !subscribers.iter().any(|s| s.id() == socket.id()) {
+                    subscribers.push(socket);
+                }
+            }
+            Cmd::Detach(sid) => {
+                subscribers.retain(|s| *s.id() != sid);
+                let gone: Vec<Seq> = held
+                    .iter()
+                    .filter(|(_, h)| h.holder == sid)
+                    .map(|(seq, _)| *seq)
+                    .collect();
+                for seq in gone {
+                    held.remove(&seq);
+                    released.push(seq);
+                }
+            }
+            Cmd::Acked(seq) => {
+                held.remove(&seq);
+                acks.push(seq);
+            }
+        }
+    }
+
+    /// One round: acks and releases out, due entries claimed and sent again, new ones read
+    /// and sent. True if more new entries may be waiting.
+    #[allow(clippy::too_many_arguments)]
+    async fn round(
+        &self,
+        subscribers: &[Socket],
+        held: &mut HashMap<Seq, Held>,
+        acks: &mut Vec<Seq>,
+        released: &mut Vec<Seq>,
+        cached: &mut Option<ConsumerConfig>,
+        scanned: &mut Instant,
+        turn: &mut usize,
+    ) -> Result<bool, StoreError> {
+        let (stream, consumer) = &self.key;
+        let s = &self.streams;
+        let mut conn = s.conn()?;
+        let k = s.keys(stream);
+        if !acks.is_empty() {
+            let ids: Vec<String> = acks.iter().map(|q| format!("{q}-0")).collect();
+            let r: redis::RedisResult<i64> = redis::cmd("XACK")
+                .arg(&k.entries)
+                .arg(consumer)
+                .arg(&ids)
+                .query_async(&mut conn)
+                .await;
+            match r {
+                Ok(_) => acks.clear(),
+                Err(e) if is_nogroup(&e) => acks.clear(),
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        let mut scan_now = self.handle.scan.swap(false, Ordering::Relaxed);
+        if !released.is_empty() {
+            scan_now = true;
+            let mut inv = keys!(RELEASE.prepare_invoke(), &k.entries);
+            inv.arg(consumer).arg(s.node()).arg(RELEASED_IDLE_MS);
+            for q in released.iter() {
+                inv.arg(format!("{q}-0"));
+            }
+            match inv.invoke_async::<i64>(&mut conn).await {
+                Ok(_) => {
+                    released.clear();
+                    // The consumer's subscribers on other nodes look now, not at their next
+                    // scan.
+                    let _: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                        .arg(RedisStreams::channel(s.prefix()))
+                        .arg(format!("!{stream}"))
+                        .query_async(&mut conn)
+                        .await;
+                }
+                Err(e) if is_nogroup(&e) => released.clear(),
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        if subscribers.is_empty() {
+            return Ok(false);
+        }
+        let config = match cached {
+            Some(c) => c.clone(),
+            None => {
+                let raw: Option<String> = redis::cmd("HGET")
+                    .arg(&k.consumers)
+                    .arg(consumer)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                // A deleted consumer delivers nothing until it is created again.
+                let Some(c) = raw.and_then(|r| serde_json::from_str::<ConsumerConfig>(&r).ok())
+                else {
+                    return Ok(false);
+                };
+                *cached = Some(c.clone());
+                c
+            }
+        };
+        let now = Instant::now();
+        // Entries that were sent long ago and whose ack never came were claimed by whoever
+        // looked first (this node or another): they are no longer this node's to count.
+        let forget = config.redelivery_wait(config.max_deliver.max(5)) * 2;
+        held.retain(|_, h| h.due + forget > now);
+        let own_due = held.values().any(|h| h.due <= now);
+        if scan_now || own_due || scanned.elapsed() >= SCAN_EVERY {
+            *scanned = now;
+            let mut inv = keys!(CLAIM_DUE.prepare_invoke(), &k.entries, &k.consumers);
+            inv.arg(consumer)
+                .arg(s.node())
+                .arg(config.ack_wait_ms)
+                .arg(config.max_deliver)
+                .arg(READ_BATCH)
+                .arg(SCAN_PENDING);
+            let claimed: Rv = match inv.invoke_async(&mut conn).await {
+                Ok(v) => v,
+                Err(e) if is_nogroup(&e) => {
+                    *cached = None;
+                    return Ok(false);
+                }
+                Err(e) => return Err(unavailable(e)),
+            };
+            if let Rv::Array(list) = claimed {
+                for c in list {
+                    let Rv::Array(c) = c else { continue };
+                    let (Some(id), Some(Rv::Array(fields)), Some(n), Some(dead)) = (
+                        c.first().and_then(text),
+                        c.get(1),
+                        c.get(2).and_then(int),
+                        c.get(3).and_then(int),
+                    ) else {
+                        continue;
+                    };
+                    let Some(entry) = seq_of(&id).and_then(|q| entry_from_fields(q, fields)) else {
+                        continue;
+                    };
+                    held.remove(&entry.seq);
+                    if dead == 1 {
+                        self.dead_letter(&mut conn, &k, &entry, n as u32).await?;
+                        continue;
+                    }
+                    self.send(subscribers, turn, held, &config, entry, n as u32);
+                }
+            }
+        }
+        let bytes: u64 = held.values().map(|h| h.size).sum();
+        if bytes >= MAX_BYTES_IN_FLIGHT {
+            return Ok(false);
+        }
+        let mut inv = keys!(READ_NEW.prepare_invoke(), &k.entries);
+        inv.arg(consumer)
+            .arg(s.node())
+            .arg(config.max_ack_pending)
+            .arg(READ_BATCH);
+        let fresh: Rv = match inv.invoke_async(&mut conn).await {
+            Ok(v) => v,
+            Err(e) if is_nogroup(&e) => {
+                *cached = None;
+                return Ok(false);
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        let fresh = entries_of(&fresh);
+        let full = fresh.len() == READ_BATCH;
+        for entry in fresh {
+            self.send(subscribers, turn, held, &config, entry, 1);
+        }
+        Ok(full)
+    }
+
+    fn send(
+        &self,
+        subscribers: &[Socket],
+        turn: &mut usize,
+        held: &mut HashMap<Seq, Held>,
+        config: &ConsumerConfig,
+        entry: Entry,
+        deliveries: u32,
+    ) {
+        *turn = turn.wrapping_add(1);
+        let socket = &subscribers[*turn % subscribers.len()];
+        let tx = self.handle.tx.clone();
+        let seq = entry.seq;
+        held.insert(
+            seq,
+            Held {
+                holder: socket.id().clone(),
+                size: entry.size(),
+                due: Instant::now() + config.redelivery_wait(deliveries),
+            },
+        );
+        courier_server::deliver(socket, &self.key.0, &entry, deliveries, move || {
+            let _ = tx.send(Cmd::Acked(seq));
+        });
+    }
+
+    /// Moves `entry` to the dead-letter stream, then acknowledges it; an error leaves it
+    /// pending, to be tried again (dedupe makes a second copy impossible).
+    async fn dead_letter(
+        &self,
+        conn: &mut ConnectionManager,
+        k: &Keys,
+        entry: &Entry,
+        deliveries: u32,
+    ) -> Result<(), StoreError> {
+        let (stream, consumer) = &self.key;
+        let target = match self.streams.info(stream).await? {
+            Some(info) => info.config.dead_letter_of(stream),
+            None => format!("{stream}.dlq"),
+        };
+        let data = json!({
+            "stream": stream,
+            "consumer": consumer,
+            "seq": entry.seq,
+            "id": entry.id,
+            "deliveries": deliveries,
+            "data": serde_json::from_slice::<Value>(&entry.data).unwrap_or(Value::Null),
+        });
+        let dead = NewEntry {
+            event: entry.event.clone(),
+            data: Bytes::from(data.to_string()),
+            id: Some(format!("{stream}:{consumer}:{}", entry.seq)),
+        };
+        self.streams.publish_entry(target, dead, true).await?;
+        let _: () = redis::pipe()
+            .cmd("XACK")
+            .arg(&k.entries)
+            .arg(consumer)
+            .arg(format!("{}-0", entry.seq))
+            .ignore()
+            .cmd("HINCRBY")
+            .arg(&k.consumers)
+            .arg(format!("{consumer}#d"))
+            .arg(1)
+            .ignore()
+            .query_async(conn)
+            .await
+            .map_err(unavailable)?;
+        tracing::info!(
+            stream,
+            consumer,
+            seq = entry.seq,
+            deliveries,
+            "entry moved to the dead-letter stream"
+        );
+        Ok(())
+    }
+}
+
+fn is_nogroup(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
+}
