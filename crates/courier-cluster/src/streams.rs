@@ -332,9 +332,12 @@ return out
 static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
-local ids = {}
-for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
-return #redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(ids), 'IDLE', ARGV[3], 'JUSTID')
+local args = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+for i = 4, #ARGV do args[#args + 1] = ARGV[i] end
+args[#args + 1] = 'IDLE'
+args[#args + 1] = ARGV[3]
+args[#args + 1] = 'JUSTID'
+return #redis.call(unpack(args))
 "#,
     )
 });

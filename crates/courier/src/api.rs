@@ -373,11 +373,7 @@ fn streams(api: &Api) -> Result<&Streams, ApiError> {
     api.io.streams().ok_or_else(|| ApiError {
         status: StatusCode::SERVICE_UNAVAILABLE,
         code: "unavailable",
-        message: if api.cluster.is_some() {
-            crate::hub::NO_STREAMS_IN_CLUSTER.into()
-        } else {
-            "this hub has no store".into()
-        },
+        message: crate::hub::NO_STREAMS.into(),
     })
 }
 

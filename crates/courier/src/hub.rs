@@ -153,9 +153,9 @@ fn handle(
     let mut joined = Vec::new();
     let answer = match msg.event.as_str() {
         "courier:join" | "courier:leave" => rooms_request(rules, socket, &msg, &mut joined),
-        // Reached only when the hub has no streams (a cluster node).
+        // Reached only when the hub has no streams.
         "courier:subscribe" | "courier:unsubscribe" | "courier:publish" => {
-            error_answer("unavailable", NO_STREAMS_IN_CLUSTER)
+            error_answer("unavailable", NO_STREAMS)
         }
         other if other.starts_with("courier:") => {
             error_answer("unknown_event", format!("unknown event {other:?}"))
@@ -173,9 +173,8 @@ fn handle(
     })
 }
 
-/// Why a cluster node refuses durable streams.
-pub const NO_STREAMS_IN_CLUSTER: &str = "durable streams are not available on a cluster node yet: \
-     they would be split between nodes (see docs/cluster.md)";
+/// Why a hub without streams refuses them.
+pub const NO_STREAMS: &str = "this hub has no durable streams";
 
 /// Longest room name a client may join.
 const MAX_ROOM_NAME: usize = 256;

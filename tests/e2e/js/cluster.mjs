@@ -111,12 +111,15 @@ export function redisCommand(port, args, { timeoutMs = 2000 } = {}) {
 // --- redis-server -----------------------------------------------------------------------------
 
 /**
- * A redis-server of the test's own: no persistence, bound to 127.0.0.1. `stop()` and `start()`
- * take it away and bring it back on the same port (an empty Redis, as after a restart without
- * persistence).
+ * A redis-server of the test's own, bound to 127.0.0.1: no persistence unless `aof`. `stop()`
+ * and `start()` take it away and bring it back on the same port (an empty Redis, as after a
+ * restart without persistence, or what the append-only file kept).
  */
 export class RedisServer {
-  constructor(port) {
+  /** With `aof`, every write is in an append-only file fsynced before Redis answers, and a
+   * restart (stop, then start) finds it all again. */
+  constructor(port, { aof = false } = {}) {
+    this.aof = aof;
     this.port = port;
     this.url = `redis://127.0.0.1:${port}`;
     this.dir = mkdtempSync(path.join(tmpdir(), "courier-e2e-redis-"));
@@ -131,7 +134,8 @@ export class RedisServer {
   /** Starts redis-server and resolves once it answers PING; rejects with its output if it exits. */
   async start() {
     if (this.running) throw new Error("redis-server is already running");
-    const args = ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+    const persistence = this.aof ? ["--appendonly", "yes", "--appendfsync", "always"] : ["--appendonly", "no"];
+    const args = ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", ...persistence];
     args.push("--dir", this.dir, "--daemonize", "no", "--protected-mode", "no");
     const child = spawn(REDIS_BIN, args, { stdio: ["ignore", "pipe", "pipe"] });
     track(child);
@@ -212,10 +216,10 @@ export class RedisServer {
 }
 
 /** Starts a redis-server on a free port; it is removed when the test `t` ends. */
-export async function startRedis({ t } = {}) {
+export async function startRedis({ t, aof = false } = {}) {
   // The port is free when chosen but may be taken before redis-server binds it: try another.
   for (let attempt = 1; ; attempt++) {
-    const redis = new RedisServer(await freePort());
+    const redis = new RedisServer(await freePort(), { aof });
     try {
       await redis.start();
       if (t) t.after(() => redis.close());
@@ -304,8 +308,8 @@ export async function nodeControl(server, what, body = {}) {
  * {redis, nodes: [Courier nodes], nodeServers: [Node servers], servers: [all], addNode({via}),
  * restartNode(i, {signal})}.
  */
-export async function startCluster(t, { courier = 3, node = 0, config = {}, env = {} } = {}) {
-  const redis = await startRedis();
+export async function startCluster(t, { courier = 3, node = 0, config = {}, env = {}, aof = false } = {}) {
+  const redis = await startRedis({ aof });
   const cluster = { redis, nodes: [], nodeServers: [] };
   t.after(async () => {
     await Promise.all([...cluster.nodes, ...cluster.nodeServers].map((s) => s.stop()));

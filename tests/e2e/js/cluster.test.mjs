@@ -406,27 +406,6 @@ test("a room joined before Redis went away spans the nodes again once it is back
   assert.equal(answer.recipients, 2);
 });
 
-// --- durable streams stay on one node for now -------------------------------------------------
-
-test("durable streams are refused on a cluster node, clearly, over the API and from clients", async (t) => {
-  const cluster = await startCluster(t, { courier: 1 });
-  const [node] = cluster.nodes;
-  const res = await api(node, "POST", "/api/v1/streams/orders/publish", { event: "created", data: 1 });
-  assert.equal(res.status, 503);
-  assert.equal(res.body.error.code, "unavailable");
-  assert.match(res.body.error.message, /cluster/);
-  const socket = await connect(t, node.url);
-  for (const [event, arg] of [
-    ["courier:subscribe", { stream: "orders", consumer: "shop" }],
-    ["courier:publish", { stream: "orders", event: "created", data: 1 }],
-  ]) {
-    const answer = await ask(socket, event, arg);
-    assert.equal(answer.ok, false, event);
-    assert.equal(answer.error.code, "unavailable", event);
-    assert.match(answer.error.message, /cluster/, event);
-  }
-});
-
 test("emit through a node with no socket in a namespace from a pattern reaches that namespace's sockets on the others", async (t) => {
   const cluster = await startCluster(t, { courier: 2, config: { hub: { namespace_patterns: ["^/shop-[0-9]+$"] } } });
   const [a, b] = cluster.nodes;
