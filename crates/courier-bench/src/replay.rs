@@ -41,16 +41,24 @@ pub struct ReplayArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 120.0)]
     timeout: f64,
+    /// Courier: where the consumer subscribes and comes back (another node of a cluster);
+    /// the entries are published through `--url`.
+    #[arg(long)]
+    consume_url: Option<String>,
 }
 
 pub async fn run(a: ReplayArgs) -> anyhow::Result<Metrics> {
     let target = Target::parse(&a.common.url)?;
+    let consumer = match &a.consume_url {
+        Some(url) => Target::parse(url)?,
+        None => target.clone(),
+    };
     let n = a.entries;
     // Create the consumer before the entries exist, so that it has missed all of them.
     let mut redis = None;
     match target.proto {
         Proto::SocketIo => {
-            let mut ws = client::connect(&target, &target.builder()?, None).await?;
+            let mut ws = client::connect(&consumer, &consumer.builder()?, None).await?;
             let pending = subscribe(&mut ws, STREAM, a.max_ack_pending).await?;
             anyhow::ensure!(pending == 0, "the stream is not empty ({pending} pending)");
             let _ = ws.close().await;
@@ -82,7 +90,7 @@ pub async fn run(a: ReplayArgs) -> anyhow::Result<Metrics> {
     let got = match redis {
         Some(conn) => tokio::time::timeout(limit, redis_consume(conn, n, a.batch)).await,
         None => {
-            let ws = client::connect(&target, &target.builder()?, None).await?;
+            let ws = client::connect(&consumer, &consumer.builder()?, None).await?;
             let got = Cell::new(0);
             tokio::time::timeout(limit, sio_consume(ws, STREAM, n, a.max_ack_pending, &got)).await
         }

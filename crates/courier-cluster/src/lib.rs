@@ -237,11 +237,12 @@ impl Cluster {
     /// sequence numbers, dedupe, retention and consumers are the cluster's. False if the
     /// node has streams of its own already.
     pub fn serve_streams(&self, options: StreamOptions) -> bool {
-        let shared = streams::RedisStreams::new(self.clone(), options);
+        let (shared, publishes) = streams::RedisStreams::new(self.clone(), options);
         if !self.0.io.set_shared_streams(Arc::new(shared.clone())) {
             return false;
         }
         let _ = self.0.shared_streams.set(shared.clone());
+        tokio::spawn(shared.clone().publish_loop(publishes));
         tokio::spawn(shared.maintain());
         true
     }

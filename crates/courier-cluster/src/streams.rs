@@ -26,12 +26,14 @@ use courier_server::store::{
     StoreError, StoreOptions, StreamConfig, StreamInfo, check_name,
 };
 use courier_server::{SharedStreams, Socket, engine::Sid};
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
 use parking_lot::Mutex;
 use redis::Value as Rv;
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::Cluster;
 
@@ -106,50 +108,64 @@ local function trim(maxn, maxb)
 end
 "#;
 
-/// Publishes one entry. KEYS: 1 entries, 2 the stream's hash, 3 bytes of every stream, 4 the
-/// list of streams, 5 the message id's dedupe key (the hash again without an id). ARGV: 1
-/// event, 2 data, 3 id ('' for none), 4..13 as ENSURE_STREAM, 14 `max_disk_bytes`, 15 the
-/// channel told of new entries. Returns {0, seq, duplicate} or {1, code, detail}.
+/// Publishes entries to one stream, in order. KEYS: 1 entries, 2 the stream's hash, 3 bytes of
+/// every stream, 4 the list of streams, then per entry its message id's dedupe key (the hash
+/// again for an entry without an id). ARGV: 4..13 as ENSURE_STREAM, 14 `max_disk_bytes`, 15 the
+/// channel told of new entries, then per entry its event, data and id ('' for none). Returns,
+/// per entry, {0, seq, duplicate} or {1, code, detail}, flattened; or one error table for all.
 static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         "{ENSURE_STREAM}{}",
         r#"
 local err = ensure()
 if err then return err end
-local e, d, id = ARGV[1], ARGV[2], ARGV[3]
-if id ~= '' then
-  local seen = redis.call('GET', KEYS[5])
-  if seen then return {0, tonumber(seen), 1} end
-end
-local size = #e + #d + #id
-local m = redis.call('HMGET', KEYS[2], 'entries', 'maxbytes', 'discard', 'dedupe', 'bytes')
-local maxn, maxb, dedupe = tonumber(m[1]), tonumber(m[2]), tonumber(m[4])
+local m = redis.call('HMGET', KEYS[2], 'entries', 'maxbytes', 'discard', 'dedupe', 'bytes', 'last')
+local maxn, maxb, dedupe, bytes = tonumber(m[1]), tonumber(m[2]), tonumber(m[4]), tonumber(m[5])
+local seq = tonumber(m[6])
 local disk = tonumber(ARGV[14])
-if disk > 0 and tonumber(redis.call('GET', KEYS[3]) or '0') + size > disk then
-  return {1, 'storage_full', 'over max_disk_bytes'}
-end
-if m[3] == 'new' then
-  if maxn > 0 and redis.call('XLEN', KEYS[1]) >= maxn then
-    return {1, 'storage_full', 'the stream is at its max_entries'}
-  end
-  if maxb > 0 and tonumber(m[5]) + size > maxb then
-    return {1, 'storage_full', 'the stream is at its max_bytes'}
-  end
-end
-local seq = redis.call('HINCRBY', KEYS[2], 'last', 1)
+local total = tonumber(redis.call('GET', KEYS[3]) or '0')
+local len = redis.call('XLEN', KEYS[1])
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if id ~= '' then
-  redis.call('XADD', KEYS[1], seq .. '-0', 'e', e, 'd', d, 't', ms, 'i', id)
-  if dedupe > 0 then redis.call('SET', KEYS[5], seq, 'PX', dedupe) end
-else
-  redis.call('XADD', KEYS[1], seq .. '-0', 'e', e, 'd', d, 't', ms)
+local out = {}
+local added, grown = 0, 0
+for i = 0, (#ARGV - 15) / 3 - 1 do
+  local e, d, id = ARGV[16 + 3 * i], ARGV[17 + 3 * i], ARGV[18 + 3 * i]
+  local key = KEYS[5 + i]
+  local seen = id ~= '' and redis.call('GET', key)
+  local size = #e + #d + #id
+  if seen then
+    out[#out + 1] = 0; out[#out + 1] = tonumber(seen); out[#out + 1] = 1
+  elseif disk > 0 and total + size > disk then
+    out[#out + 1] = 1; out[#out + 1] = 'storage_full'; out[#out + 1] = 'over max_disk_bytes'
+  elseif m[3] == 'new' and maxn > 0 and len >= maxn then
+    out[#out + 1] = 1; out[#out + 1] = 'storage_full'; out[#out + 1] = 'the stream is at its max_entries'
+  elseif m[3] == 'new' and maxb > 0 and bytes + size > maxb then
+    out[#out + 1] = 1; out[#out + 1] = 'storage_full'; out[#out + 1] = 'the stream is at its max_bytes'
+  else
+    seq = seq + 1
+    if id ~= '' then
+      redis.call('XADD', KEYS[1], seq .. '-0', 'e', e, 'd', d, 't', ms, 'i', id)
+      if dedupe > 0 then redis.call('SET', key, seq, 'PX', dedupe) end
+    else
+      redis.call('XADD', KEYS[1], seq .. '-0', 'e', e, 'd', d, 't', ms)
+    end
+    bytes = bytes + size
+    total = total + size
+    len = len + 1
+    added = added + 1
+    grown = grown + size
+    out[#out + 1] = 0; out[#out + 1] = seq; out[#out + 1] = 0
+  end
 end
-redis.call('HINCRBY', KEYS[2], 'bytes', size)
-redis.call('INCRBY', KEYS[3], size)
-if m[3] ~= 'new' then trim(maxn, maxb) end
-redis.call('PUBLISH', ARGV[15], ARGV[13])
-return {0, seq, 0}
+if added > 0 then
+  redis.call('HSET', KEYS[2], 'last', seq)
+  redis.call('HINCRBY', KEYS[2], 'bytes', grown)
+  redis.call('INCRBY', KEYS[3], grown)
+  if m[3] ~= 'new' then trim(maxn, maxb) end
+  redis.call('PUBLISH', ARGV[15], ARGV[13])
+end
+return out
 "#
     ))
 });
@@ -293,29 +309,38 @@ return r[1][2]
 });
 
 /// Claims for this node the group's entries that waited long enough for their ack: idle at
-/// least ARGV[3] ms doubled per earlier delivery (at most 16 times). KEYS: 1 entries, 2 the
-/// consumers' settings; ARGV: 1 group, 2 this node, 3 ack_wait, 4 max_deliver, 5 most to
-/// claim, 6 pending entries to look at. Returns {id, fields, deliveries, dead} per entry
-/// claimed; `dead` (1) says it had its `max_deliver` deliveries and goes to the dead letters.
+/// least ARGV[3] ms doubled per earlier delivery (at most 16 times), or held by a node that is
+/// gone (no longer listening on its channel, ARGV[7] followed by its id). KEYS: 1 entries, 2 the
+/// consumers' settings; ARGV: 1 group, 2 this node, 3 ack_wait, 4 max_deliver, 5 most to claim,
+/// 6 pending entries to look at. Returns {id, fields, deliveries, dead} per entry claimed;
+/// `dead` (1) says it had its `max_deliver` deliveries and goes to the dead letters.
 static CLAIM_DUE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
 local wait, maxd, most = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local gone = {}
+local function is_gone(node)
+  if node == ARGV[2] then return false end
+  if gone[node] == nil then
+    gone[node] = redis.call('PUBSUB', 'NUMSUB', ARGV[7] .. node)[2] == 0
+  end
+  return gone[node]
+end
 local out = {}
-for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', wait, '-', '+', ARGV[6])) do
+for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', ARGV[6])) do
   if #out >= most then break end
-  local id, idle, count = p[1], p[3], p[4]
+  local id, owner, idle, count = p[1], p[2], p[3], p[4]
   local shift = count - 1
   if shift > 4 then shift = 4 end
   local need = wait * (2 ^ shift)
-  if idle >= need then
-    local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], need, id)
+  if idle >= need or is_gone(owner) then
+    local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id)
     local e = got[1]
     if e and e[2] then
       local dead = 0
       if count >= maxd then dead = 1 else redis.call('HINCRBY', KEYS[2], ARGV[1] .. '#r', 1) end
       table.insert(out, {e[1], e[2], count + 1 - dead, dead})
-    elseif not e then
+    else
       -- Removed by retention or a purge: nothing left to deliver.
       redis.call('XACK', KEYS[1], ARGV[1], id)
     end
@@ -342,6 +367,88 @@ return #redis.call(unpack(args))
     )
 });
 
+/// ARGV[4..13] of ENSURE_STREAM: whether the stream may be created, its settings, the
+/// `max_streams` limit and its name.
+fn stream_args(
+    create: bool,
+    config: &StreamConfig,
+    max_streams: usize,
+    stream: &str,
+) -> [String; 10] {
+    let discard = match config.discard {
+        courier_server::store::Discard::Old => "old",
+        courier_server::store::Discard::New => "new",
+    };
+    [
+        if create { "1" } else { "0" }.to_owned(),
+        config.max_age_ms.to_string(),
+        config.max_entries.to_string(),
+        config.max_bytes.to_string(),
+        config.dedupe_window_ms.to_string(),
+        discard.to_owned(),
+        config.dead_letter.clone().unwrap_or_default(),
+        serde_json::to_string(config).expect("settings serialize"),
+        max_streams.to_string(),
+        stream.to_owned(),
+    ]
+}
+
+/// Groups of publishes sent to Redis and not yet answered, at most.
+const MAX_GROUPS_IN_FLIGHT: usize = 8;
+/// Publishes sent to Redis in one group at most.
+const MAX_PUBLISH_BATCH: usize = 1024;
+
+/// A publish waiting for the publishing task.
+pub(crate) struct Publish {
+    stream: String,
+    entry: NewEntry,
+    dead_letter: bool,
+    done: oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+/// Answers every publish of `groups` with `e`.
+fn fail_groups(groups: Vec<(String, bool, Vec<Publish>)>, e: &StoreError) {
+    for (_, _, list) in groups {
+        for p in list {
+            let _ = p.done.send(Err(e.clone()));
+        }
+    }
+}
+
+/// Answers each publish of a group from the script's flattened answer.
+fn answer_group(stream: &str, list: Vec<Publish>, reply: Rv, replicated: &Result<(), StoreError>) {
+    let items = match answer(reply, stream) {
+        Ok(items) => items,
+        Err(e) => {
+            for p in list {
+                let _ = p.done.send(Err(e.clone()));
+            }
+            return;
+        }
+    };
+    for (p, r) in list.into_iter().zip(items.chunks(3)) {
+        let result = match r {
+            [status, a, b] if int(status) == Some(0) => {
+                let appended = Appended {
+                    seq: int(a).unwrap_or(0) as Seq,
+                    duplicate: int(b) == Some(1),
+                };
+                match replicated {
+                    Err(e) if !appended.duplicate => Err(e.clone()),
+                    _ => Ok(appended),
+                }
+            }
+            [_, code, detail] => Err(script_error(
+                &text(code).unwrap_or_default(),
+                &text(detail).unwrap_or_default(),
+                stream,
+            )),
+            _ => Err(StoreError::io("Redis script: short answer")),
+        };
+        let _ = p.done.send(result);
+    }
+}
+
 /// The keys of one stream, every one with the stream's name as its hash tag.
 struct Keys {
     entries: String,
@@ -357,6 +464,8 @@ pub(crate) struct RedisStreams(Arc<Inner>);
 struct Inner {
     cluster: Cluster,
     options: StreamOptions,
+    /// To the task that sends publishes to Redis in groups.
+    publishes: mpsc::UnboundedSender<Publish>,
     /// Runners of this node, by (stream, consumer).
     runners: Mutex<HashMap<(String, String), RunnerHandle>>,
 }
@@ -471,12 +580,19 @@ fn entries_of(v: &Rv) -> Vec<Entry> {
 }
 
 impl RedisStreams {
-    pub(crate) fn new(cluster: Cluster, options: StreamOptions) -> RedisStreams {
-        RedisStreams(Arc::new(Inner {
+    /// The streams, and the receiving end for [`RedisStreams::publish_loop`].
+    pub(crate) fn new(
+        cluster: Cluster,
+        options: StreamOptions,
+    ) -> (RedisStreams, mpsc::UnboundedReceiver<Publish>) {
+        let (publishes, rx) = mpsc::unbounded_channel();
+        let streams = RedisStreams(Arc::new(Inner {
             cluster,
             options,
+            publishes,
             runners: Mutex::new(HashMap::new()),
-        }))
+        }));
+        (streams, rx)
     }
 
     fn prefix(&self) -> &str {
@@ -547,20 +663,9 @@ impl RedisStreams {
         max_streams: usize,
         stream: &str,
     ) {
-        let discard = match config.discard {
-            courier_server::store::Discard::Old => "old",
-            courier_server::store::Discard::New => "new",
-        };
-        inv.arg(if create { "1" } else { "0" })
-            .arg(config.max_age_ms)
-            .arg(config.max_entries)
-            .arg(config.max_bytes)
-            .arg(config.dedupe_window_ms)
-            .arg(discard)
-            .arg(config.dead_letter.as_deref().unwrap_or(""))
-            .arg(serde_json::to_string(config).expect("settings serialize"))
-            .arg(max_streams)
-            .arg(stream);
+        for a in stream_args(create, config, max_streams, stream) {
+            inv.arg(a);
+        }
     }
 
     async fn publish_entry(
@@ -577,23 +682,102 @@ impl RedisStreams {
                 o.max_entry_bytes,
             ));
         }
-        let mut conn = self.conn()?;
-        let k = self.keys(&stream);
-        let dedupe = match &entry.id {
-            Some(id) => self.dedupe_key(&k, id),
-            None => k.meta.clone(),
+        self.conn()?;
+        let (done, answer) = oneshot::channel();
+        let request = Publish {
+            stream,
+            entry,
+            dead_letter,
+            done,
         };
-        let mut inv = keys!(
-            PUBLISH.prepare_invoke(),
-            &k.entries,
-            &k.meta,
-            self.bytes_key(),
-            self.list_key(),
-            &dedupe
-        );
-        inv.arg(&entry.event)
-            .arg(entry.data.as_ref())
-            .arg(entry.id.as_deref().unwrap_or(""));
+        if self.0.publishes.send(request).is_err() {
+            return Err(StoreError::Closed);
+        }
+        answer.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Sends the waiting publishes to Redis: one script per stream for everything queued
+    /// meanwhile, the streams' scripts in one round trip, then the next group. Redis appends
+    /// (and fsyncs) a group at once, and the node pays one round trip for all of it.
+    pub(crate) async fn publish_loop(self, mut rx: mpsc::UnboundedReceiver<Publish>) {
+        // Several groups in flight: Redis works on some while the next is gathered and sent.
+        // They are sent in order, on one connection, so Redis applies them in order.
+        let mut inflight = FuturesOrdered::new();
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, MAX_PUBLISH_BATCH), if inflight.len() < MAX_GROUPS_IN_FLIGHT => {
+                    if n == 0 {
+                        break;
+                    }
+                    inflight.push_back(self.clone().publish_group(std::mem::take(&mut batch)));
+                }
+                Some(()) = inflight.next(), if !inflight.is_empty() => {}
+            }
+        }
+        while inflight.next().await.is_some() {}
+    }
+
+    /// Sends one group of publishes and answers each.
+    async fn publish_group(self, batch: Vec<Publish>) {
+        let mut groups: Vec<(String, bool, Vec<Publish>)> = Vec::new();
+        for p in batch {
+            match groups
+                .iter_mut()
+                .find(|(s, dl, _)| *s == p.stream && *dl == p.dead_letter)
+            {
+                Some((_, _, list)) => list.push(p),
+                None => groups.push((p.stream.clone(), p.dead_letter, vec![p])),
+            }
+        }
+        let mut conn = match self.conn() {
+            Ok(c) => c,
+            Err(e) => return fail_groups(groups, &e),
+        };
+        let mut pipe = redis::pipe();
+        for (stream, dead_letter, list) in &groups {
+            pipe.add_command(self.publish_command(stream, *dead_letter, list));
+        }
+        let mut replies = pipe.query_async::<Vec<Rv>>(&mut conn).await;
+        if replies
+            .as_ref()
+            .is_err_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        {
+            // Redis restarted and forgot the script: nothing of the group was done.
+            replies = match PUBLISH.load_async(&mut conn).await {
+                Ok(_) => pipe.query_async(&mut conn).await,
+                Err(e) => Err(e),
+            };
+        }
+        let replies = match replies {
+            Ok(r) => r,
+            Err(e) => return fail_groups(groups, &unavailable(e)),
+        };
+        let replicated = match self.0.options.wait_replicas {
+            0 => Ok(()),
+            n => self.wait_replicas(&mut conn, n).await,
+        };
+        for ((stream, _, list), reply) in groups.into_iter().zip(replies) {
+            answer_group(&stream, list, reply, &replicated);
+        }
+    }
+
+    /// `EVALSHA` of the publish script for the group `list` of `stream`.
+    fn publish_command(&self, stream: &str, dead_letter: bool, list: &[Publish]) -> redis::Cmd {
+        let o = &self.0.options.store;
+        let k = self.keys(stream);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(PUBLISH.get_hash()).arg(4 + list.len());
+        cmd.arg(&k.entries)
+            .arg(&k.meta)
+            .arg(self.bytes_key())
+            .arg(self.list_key());
+        for p in list {
+            match &p.entry.id {
+                Some(id) => cmd.arg(self.dedupe_key(&k, id)),
+                None => cmd.arg(&k.meta),
+            };
+        }
         // A dead-letter stream exists whatever `auto_create` and `max_streams` say: losing
         // the entry is worse.
         let (create, max) = if dead_letter {
@@ -601,28 +785,34 @@ impl RedisStreams {
         } else {
             (o.auto_create, o.max_streams)
         };
-        Self::stream_args(&mut inv, create, &o.default_stream, max, &stream);
-        inv.arg(o.max_disk_bytes).arg(Self::channel(self.prefix()));
-        let r: Rv = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
-        let items = answer(r, &stream)?;
-        let seq = items.get(1).and_then(int).unwrap_or(0) as Seq;
-        let duplicate = items.get(2).and_then(int) == Some(1);
-        let replicas = self.0.options.wait_replicas;
-        if replicas > 0 && !duplicate {
-            let timeout = self.0.options.wait_timeout.as_millis() as u64;
-            let acked: i64 = redis::cmd("WAIT")
-                .arg(replicas)
-                .arg(timeout)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            if acked < i64::from(replicas) {
-                return Err(StoreError::Unavailable(format!(
-                    "stored as seq {seq} but only {acked} of {replicas} replicas confirmed it in time; publish again with the same id"
-                )));
-            }
+        cmd.arg("").arg("").arg("");
+        for a in stream_args(create, &o.default_stream, max, stream) {
+            cmd.arg(a);
         }
-        Ok(Appended { seq, duplicate })
+        cmd.arg(o.max_disk_bytes).arg(Self::channel(self.prefix()));
+        for p in list {
+            cmd.arg(&p.entry.event)
+                .arg(p.entry.data.as_ref())
+                .arg(p.entry.id.as_deref().unwrap_or(""));
+        }
+        cmd
+    }
+
+    /// `WAIT` for `n` replicas to have everything this connection wrote.
+    async fn wait_replicas(&self, conn: &mut ConnectionManager, n: u32) -> Result<(), StoreError> {
+        let timeout = self.0.options.wait_timeout.as_millis() as u64;
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(n)
+            .arg(timeout)
+            .query_async(conn)
+            .await
+            .map_err(unavailable)?;
+        if acked < i64::from(n) {
+            return Err(StoreError::Unavailable(format!(
+                "stored, but only {acked} of {n} replicas confirmed it in time; publish again with the same id"
+            )));
+        }
+        Ok(())
     }
 
     async fn info(&self, name: &str) -> Result<Option<StreamInfo>, StoreError> {
@@ -1283,7 +1473,8 @@ impl Runner {
                 .arg(config.ack_wait_ms)
                 .arg(config.max_deliver)
                 .arg(READ_BATCH)
-                .arg(SCAN_PENDING);
+                .arg(SCAN_PENDING)
+                .arg(s.0.cluster.node_channel(""));
             let claimed: Rv = match inv.invoke_async(&mut conn).await {
                 Ok(v) => v,
                 Err(e) if is_nogroup(&e) => {
