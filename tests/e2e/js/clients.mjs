@@ -162,9 +162,13 @@ export function deliveries(socket, event, { autoAck = true } = {}) {
 /** The seqs of recorded deliveries, in arrival order. */
 export const seqsOf = (list) => list.map((d) => d.meta.seq);
 
-/** Waits until `list` holds at least `n` entries; returns it. */
+/** Waits until `list` holds at least `n` entries; returns it. A timeout says how many came. */
 export function waitCount(list, n, ms = 5000, what = "deliveries") {
-  return waitFor(() => list.length >= n && list, { ms, what: `${n} ${what} (have ${list.length})` });
+  return waitFor(() => list.length >= n && list, { ms, what: `${n} ${what}` }).catch((err) => {
+    // the count when the wait gave up, and the seqs when these are stream deliveries
+    const seqs = list.every((d) => d?.meta?.seq !== undefined) ? `: seqs ${JSON.stringify(seqsOf(list))}` : "";
+    throw new Error(`${err.message} (have ${list.length}${seqs})`);
+  });
 }
 
 /** `[1, 2, ..., n]` shifted to start at `from`. */

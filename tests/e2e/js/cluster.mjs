@@ -398,3 +398,40 @@ export async function waitForwarding(nodes, { ms = READY_TIMEOUT_MS } = {}) {
     }
   }
 }
+
+// --- a hub: many nodes used as one server -----------------------------------------------------
+
+/**
+ * Starts a cluster of `courier` Courier nodes (startCluster, each with `config`) and returns it as
+ * a hub: an object the helpers of clients.mjs take wherever they take one server. Each read of
+ * `hub.url` gives the next node's URL, round robin, so consecutive sockets and API calls land on
+ * different nodes: a subscriber on one node, the publish on the next, the consumer's state read
+ * from the third. Everything is stopped when `t` ends.
+ *
+ * `hub.nodes` are the nodes, `hub.nodeOf(socket)` the index of the node a client socket was
+ * opened on, `hub.restartNode(i, {signal})` stops node `i` and starts it again on its port (the
+ * hub keeps working through it; what lives in Redis survives).
+ */
+export async function startHub(t, { courier = 3, config = {}, env = {} } = {}) {
+  const cluster = await startCluster(t, { courier, config, env });
+  let next = 0;
+  return {
+    cluster,
+    redis: cluster.redis,
+    get nodes() {
+      return cluster.nodes;
+    },
+    get url() {
+      const node = cluster.nodes[next % cluster.nodes.length];
+      next += 1;
+      return node.url;
+    },
+    nodeOf(socket) {
+      const origin = new URL(socket.io.uri).origin;
+      const i = cluster.nodes.findIndex((n) => n.url === origin);
+      if (i < 0) throw new Error(`socket on ${origin} is on none of the nodes ${cluster.nodes.map((n) => n.url)}`);
+      return i;
+    },
+    restartNode: (i, { signal = "SIGTERM" } = {}) => cluster.restartNode(i, { signal }),
+  };
+}
