@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_server::store::{
-    Appended, ConsumerConfig, ConsumerRecord, ConsumerState, Entry, NewEntry, Seq, StartPosition,
-    StoreError, StoreOptions, StreamConfig, StreamInfo, check_name,
+    Appended, ConsumerConfig, ConsumerRecord, ConsumerState, Entry, NewEntry, PublishCallback, Seq,
+    StartPosition, StoreError, StoreOptions, StreamConfig, StreamInfo, check_name,
 };
 use courier_server::{SharedStreams, Socket, engine::Sid};
 use futures_util::StreamExt;
@@ -403,14 +403,16 @@ pub(crate) struct Publish {
     stream: String,
     entry: NewEntry,
     dead_letter: bool,
-    done: oneshot::Sender<Result<Appended, StoreError>>,
+    /// Called with the answer, on the publishing task: every answer of a group in one burst, so
+    /// that a connection's acks go out in one write.
+    done: Box<dyn FnOnce(Result<Appended, StoreError>) + Send>,
 }
 
 /// Answers every publish of `groups` with `e`.
 fn fail_groups(groups: Vec<(String, bool, Vec<Publish>)>, e: &StoreError) {
     for (_, _, list) in groups {
         for p in list {
-            let _ = p.done.send(Err(e.clone()));
+            (p.done)(Err(e.clone()));
         }
     }
 }
@@ -421,7 +423,7 @@ fn answer_group(stream: &str, list: Vec<Publish>, reply: Rv, replicated: &Result
         Ok(items) => items,
         Err(e) => {
             for p in list {
-                let _ = p.done.send(Err(e.clone()));
+                (p.done)(Err(e.clone()));
             }
             return;
         }
@@ -445,7 +447,7 @@ fn answer_group(stream: &str, list: Vec<Publish>, reply: Rv, replicated: &Result
             )),
             _ => Err(StoreError::io("Redis script: short answer")),
         };
-        let _ = p.done.send(result);
+        (p.done)(result);
     }
 }
 
@@ -674,26 +676,43 @@ impl RedisStreams {
         entry: NewEntry,
         dead_letter: bool,
     ) -> Result<Appended, StoreError> {
-        check_name(&stream)?;
-        let o = &self.0.options.store;
-        if entry.size() as usize > o.max_entry_bytes {
-            return Err(StoreError::TooLarge(
-                entry.size() as usize,
-                o.max_entry_bytes,
-            ));
-        }
-        self.conn()?;
         let (done, answer) = oneshot::channel();
+        self.queue_publish(
+            stream,
+            entry,
+            dead_letter,
+            Box::new(move |r| {
+                let _ = done.send(r);
+            }),
+        );
+        answer.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Queues a publish for the publishing task, or answers it at once if it cannot be.
+    fn queue_publish(
+        &self,
+        stream: String,
+        entry: NewEntry,
+        dead_letter: bool,
+        done: Box<dyn FnOnce(Result<Appended, StoreError>) + Send>,
+    ) {
+        let o = &self.0.options.store;
+        let refused = check_name(&stream).err().or_else(|| {
+            let size = entry.size() as usize;
+            (size > o.max_entry_bytes).then(|| StoreError::TooLarge(size, o.max_entry_bytes))
+        });
+        if let Some(e) = refused.or_else(|| self.conn().err()) {
+            return done(Err(e));
+        }
         let request = Publish {
             stream,
             entry,
             dead_letter,
             done,
         };
-        if self.0.publishes.send(request).is_err() {
-            return Err(StoreError::Closed);
+        if let Err(mpsc::error::SendError(p)) = self.0.publishes.send(request) {
+            (p.done)(Err(StoreError::Closed));
         }
-        answer.await.unwrap_or(Err(StoreError::Closed))
     }
 
     /// Sends the waiting publishes to Redis: one script per stream for everything queued
@@ -1072,13 +1091,13 @@ impl RedisStreams {
 }
 
 impl SharedStreams for RedisStreams {
-    fn publish(
-        &self,
-        stream: String,
-        entry: NewEntry,
-    ) -> BoxFuture<'static, Result<Appended, StoreError>> {
-        let this = self.clone();
-        Box::pin(async move { this.publish_entry(stream, entry, false).await })
+    fn publish(&self, stream: String, entry: NewEntry, done: PublishCallback) {
+        self.queue_publish(
+            stream,
+            entry,
+            false,
+            Box::new(move |r| done(r.map(|a| vec![a]))),
+        );
     }
 
     fn ensure_consumer(

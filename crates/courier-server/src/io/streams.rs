@@ -83,12 +83,9 @@ struct Local {
 /// Errors are the store's, so that clients and the HTTP API see the same codes as on one
 /// node; a store that cannot be reached answers `StoreError::Unavailable` at once.
 pub trait SharedStreams: Send + Sync + 'static {
-    /// Appends `entry` to `stream` (created if the settings allow); answers once it is stored.
-    fn publish(
-        &self,
-        stream: String,
-        entry: NewEntry,
-    ) -> BoxFuture<'static, Result<Appended, StoreError>>;
+    /// Appends `entry` to `stream` (created if the settings allow); calls `done` once it is
+    /// stored (with one answer), with no task waiting per publish.
+    fn publish(&self, stream: String, entry: NewEntry, done: courier_store::PublishCallback);
     /// Makes sure the consumer exists (created with `config` if new); answers the entries
     /// waiting for it.
     fn ensure_consumer(
@@ -233,7 +230,17 @@ impl Streams {
     async fn publish_entry(&self, stream: String, entry: NewEntry) -> Result<Appended, StoreError> {
         match &self.inner.home {
             Home::Local(l) => l.store.publish_one(&stream, entry).await,
-            Home::Shared(s) => s.publish(stream, entry).await,
+            Home::Shared(s) => {
+                let (done, answer) = tokio::sync::oneshot::channel();
+                s.publish(
+                    stream,
+                    entry,
+                    Box::new(move |r| {
+                        let _ = done.send(r.map(|mut v| v.remove(0)));
+                    }),
+                );
+                answer.await.unwrap_or(Err(StoreError::Closed))
+            }
         }
     }
 
@@ -1432,13 +1439,7 @@ fn publish(
                 socket.0.conn.run(later);
             }
         }
-        Home::Shared(s) => {
-            let publishing = s.publish(stream, entry);
-            socket
-                .0
-                .conn
-                .run(async move { done(publishing.await.map(|a| vec![a])) });
-        }
+        Home::Shared(s) => s.publish(stream, entry, done),
     }
 }
 
