@@ -267,6 +267,11 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
   if f['name'] == name then
     local delivered = tonumber(string.match(f['last-delivered-id'], '^(%d+)'))
+    -- Entries removed before the consumer got them do not wait for it.
+    local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+    local floor = last
+    if first then floor = tonumber(string.match(first[1], '^(%d+)')) - 1 end
+    if delivered < floor then delivered = floor end
     local waiting = last - delivered
     if waiting < 0 then waiting = 0 end
     return {0, waiting + f['pending']}
@@ -882,6 +887,11 @@ impl RedisStreams {
         &self,
         stream: &str,
     ) -> Result<Vec<(String, ConsumerRecord)>, StoreError> {
+        // Where a consumer that has delivered nothing from a removed range stands: at the
+        // stream's first entry, as on one node.
+        let Some(info) = self.info(stream).await? else {
+            return Err(StoreError::StreamNotFound(stream.to_owned()));
+        };
         let mut conn = self.conn()?;
         let k = self.keys(stream);
         let (settings, groups): (HashMap<String, String>, Rv) = redis::pipe()
@@ -952,7 +962,7 @@ impl RedisStreams {
                     .unwrap_or(0)
             };
             let state = ConsumerState {
-                next: delivered.get(name).copied().unwrap_or(0) + 1,
+                next: (delivered.get(name).copied().unwrap_or(0) + 1).max(info.first_seq),
                 pending: map,
                 redelivered: count("#r"),
                 dead_lettered: count("#d"),
@@ -1258,16 +1268,23 @@ impl SharedStreams for RedisStreams {
         Box::pin(async move {
             let mut conn = this.conn()?;
             let k = this.keys(&stream);
-            let r: Rv = redis::cmd("XRANGE")
+            let (exists, r): (bool, Rv) = redis::pipe()
+                .exists(&k.meta)
+                .cmd("XRANGE")
                 .arg(&k.entries)
                 .arg(format!("{from}-0"))
                 .arg("+")
                 .arg("COUNT")
-                .arg(limit)
+                .arg(limit.clamp(1, i64::MAX as usize))
                 .query_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
-            Ok(entries_of(&r))
+            if !exists {
+                return Err(StoreError::StreamNotFound(stream));
+            }
+            let mut entries = entries_of(&r);
+            entries.truncate(limit);
+            Ok(entries)
         })
     }
 }

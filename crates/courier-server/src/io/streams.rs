@@ -308,6 +308,28 @@ impl Streams {
         }
     }
 
+    /// Creates consumer `consumer` of `stream` with `config` unless it exists; answers how many
+    /// entries wait for it (not yet delivered, or delivered and not acknowledged).
+    pub async fn create_consumer(
+        &self,
+        stream: &str,
+        consumer: &str,
+        config: ConsumerConfig,
+    ) -> Result<u64, StoreError> {
+        match &self.inner.home {
+            Home::Local(l) => {
+                let record = l.store.consumer_or_create(stream, consumer, config).await?;
+                let last = l.store.stream(stream).map_or(0, |s| s.last_seq);
+                Ok(last.saturating_sub(record.state.next.saturating_sub(1))
+                    + record.state.pending.len() as u64)
+            }
+            Home::Shared(s) => {
+                s.ensure_consumer(stream.to_owned(), consumer.to_owned(), config)
+                    .await
+            }
+        }
+    }
+
     /// Subscribes `socket` to consumer `consumer` of `stream`, creating the consumer with
     /// `config` if it is new. Deliveries start at once.
     pub async fn subscribe(
@@ -317,18 +339,7 @@ impl Streams {
         consumer: &str,
         config: ConsumerConfig,
     ) -> Result<Subscribed, StoreError> {
-        let pending = match &self.inner.home {
-            Home::Local(l) => {
-                let record = l.store.consumer_or_create(stream, consumer, config).await?;
-                let last = l.store.stream(stream).map_or(0, |s| s.last_seq);
-                last.saturating_sub(record.state.next.saturating_sub(1))
-                    + record.state.pending.len() as u64
-            }
-            Home::Shared(s) => {
-                s.ensure_consumer(stream.to_owned(), consumer.to_owned(), config)
-                    .await?
-            }
-        };
+        let pending = self.create_consumer(stream, consumer, config).await?;
         {
             let mut subs = socket.0.subscriptions.lock();
             let key = (stream.to_owned(), consumer.to_owned());
