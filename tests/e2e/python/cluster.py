@@ -286,5 +286,10 @@ class Hub:
         self.nodes[i] = self._relaunch(i, kill)
         return self.nodes[i]
 
-    def output(self):
-        return "\n".join(f"--- node {i} ({n.url}) ---\n{n.output()}" for i, n in enumerate(self.nodes))
+    def output(self, tail=None):
+        """Every node's log (its last `tail` lines)."""
+        def lines(n):
+            text = n.output().splitlines()
+            return "\n".join(text[-tail:] if tail else text)
+
+        return "\n".join(f"--- {self.mode} node {i} ({n.url}) ---\n{lines(n)}" for i, n in enumerate(self.nodes))

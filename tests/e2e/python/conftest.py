@@ -243,8 +243,12 @@ def hub_mode(request):
 @pytest.fixture
 def start_hub(hub_mode, start_courier, start_cluster):
     """start_hub(config="") -> cluster.Hub: one `courier serve`, or (cluster mode) three nodes
-    started with --redis on a redis-server of the test's own; every node gets `config`."""
+    started with --redis on a redis-server of the test's own; every node gets `config`.
+
+    The end of each node's log is printed at teardown: pytest shows it when the test failed."""
     from cluster import Hub
+
+    hubs = []
 
     def start(config=""):
         if hub_mode == "single":
@@ -259,9 +263,12 @@ def start_hub(hub_mode, start_courier, start_cluster):
             cluster = start_cluster(nodes=CLUSTER_NODES, config=config)
             hub = Hub(hub_mode, cluster.nodes,
                       lambda i, kill: cluster.restart_node(i, kill=kill))
+        hubs.append(hub)
         return hub
 
-    return start
+    yield start
+    for hub in hubs:
+        print(hub.output(tail=40))
 
 
 @pytest.fixture
