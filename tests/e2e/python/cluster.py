@@ -245,3 +245,51 @@ def wait_forwarding(nodes, timeout=READY_TIMEOUT):
             if via is not owner:
                 eventually(lambda owner=owner, via=via: probe_forwarding(owner, via).status_code == 200,
                            timeout=timeout, message=f"{via.url} to forward requests of sessions on {owner.url}")
+
+
+class Hub:
+    """What a test parameterised over `hub_mode` calls "the server": one `courier serve`
+    ("single") or three nodes on a Redis of the test's own ("cluster"), every node started with
+    the test's config.
+
+    Each read of `.url` (and each `node()`) gives the next node, round robin over one counter, so
+    consecutive clients and API calls land on different nodes: a subscriber on one node, a
+    publisher on the next, `Api(hub)` answering from a third. With one node they all land on it.
+    A test that needs to come back to a node keeps the node itself (it has a `.url` of its own).
+    """
+
+    def __init__(self, mode, nodes, relaunch):
+        self.mode = mode
+        self.nodes = list(nodes)
+        self._relaunch = relaunch
+        self._turn = 0
+
+    def node(self):
+        """The next node, round robin."""
+        node = self.nodes[self._turn % len(self.nodes)]
+        self._turn += 1
+        return node
+
+    @property
+    def url(self):
+        return self.node().url
+
+    def restart(self, node, kill=False):
+        """Stops `node` (SIGTERM, which must exit 0, or SIGKILL) and starts it again on its port
+        and data directory; returns the new process, which takes the old one's place."""
+        i = self.nodes.index(node)
+        if kill:
+            node.kill()
+        else:
+            status = node.terminate()
+            assert status == 0, f"{node.url} exited with status {status} on SIGTERM\n{node.output()}"
+        self.nodes[i] = self._relaunch(i, kill)
+        return self.nodes[i]
+
+    def output(self, tail=None):
+        """Every node's log (its last `tail` lines)."""
+        def lines(n):
+            text = n.output().splitlines()
+            return "\n".join(text[-tail:] if tail else text)
+
+        return "\n".join(f"--- {self.mode} node {i} ({n.url}) ---\n{lines(n)}" for i, n in enumerate(self.nodes))

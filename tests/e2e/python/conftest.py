@@ -9,6 +9,9 @@ Two kinds of server process are started here, never on a fixed port:
 
 Each prints `listening on http://ADDR` on stderr once bound; the fixtures wait for that
 line (20 s), and always kill the process at the end of the test.
+
+`start_hub` (and `hub`) runs a test twice: against one `courier serve`, and against three
+nodes on a redis-server of the test's own (`start_cluster`).
 """
 
 from __future__ import annotations
@@ -224,6 +227,54 @@ def start_cluster(registry, start_courier, tmp_path):
         return cluster
 
     yield start
+
+
+HUB_MODES = ["single", "cluster"]
+CLUSTER_NODES = 3
+
+
+@pytest.fixture(params=HUB_MODES)
+def hub_mode(request):
+    """"single" or "cluster": a test that uses `start_hub` or `hub` runs once in each mode, and
+    its id says which."""
+    return request.param
+
+
+@pytest.fixture
+def start_hub(hub_mode, start_courier, start_cluster):
+    """start_hub(config="") -> cluster.Hub: one `courier serve`, or (cluster mode) three nodes
+    started with --redis on a redis-server of the test's own; every node gets `config`.
+
+    The end of each node's log is printed at teardown: pytest shows it when the test failed."""
+    from cluster import Hub
+
+    hubs = []
+
+    def start(config=""):
+        if hub_mode == "single":
+            server = start_courier(config)
+
+            def relaunch(i, kill):
+                old = hub.nodes[i]
+                return start_courier(config, listen=f"127.0.0.1:{old.port}", data_dir=old.data_dir)
+
+            hub = Hub(hub_mode, [server], relaunch)
+        else:
+            cluster = start_cluster(nodes=CLUSTER_NODES, config=config)
+            hub = Hub(hub_mode, cluster.nodes,
+                      lambda i, kill: cluster.restart_node(i, kill=kill))
+        hubs.append(hub)
+        return hub
+
+    yield start
+    for hub in hubs:
+        print(hub.output(tail=40))
+
+
+@pytest.fixture
+def hub(start_hub):
+    """`start_hub()` with the default configuration, in each mode."""
+    return start_hub()
 
 
 @pytest.fixture

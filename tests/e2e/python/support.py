@@ -11,13 +11,21 @@ import requests
 
 
 class Api:
-    """The HTTP API of `courier serve`."""
+    """The HTTP API of `courier serve`.
+
+    `base_url` is an address, or an object whose `.url` is read again for every request: with a
+    `cluster.Hub` of several nodes, consecutive calls go to different nodes.
+    """
 
     def __init__(self, base_url, token=None):
-        self.base_url = base_url
+        self._base = base_url
         self.http = requests.Session()
         if token:
             self.http.headers["Authorization"] = f"Bearer {token}"
+
+    @property
+    def base_url(self):
+        return self._base if isinstance(self._base, str) else self._base.url
 
     def get(self, path, **kw):
         kw.setdefault("timeout", 10)

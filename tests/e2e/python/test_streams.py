@@ -6,6 +6,11 @@ transports, publish with courier:publish and dedupe, a consumer resumed by a new
 redelivery, dead letters, back-pressure, a work queue of Python clients, restarts, errors in the
 ack, permissions, duplicate and unknown acks from a raw client, and python-socketio (which does
 not implement recovery) against a hub with recovery on.
+
+Every test runs twice (conftest's `hub_mode`): against one `courier serve` ("single") and against
+three nodes on one Redis ("cluster"), the same code. The hub hands out its nodes round robin, so
+in cluster mode consecutive clients and API calls land on different nodes: publishers, subscribers
+and the API answering about them are spread over the cluster.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import time
 
 import pytest
 
+from cluster import health
 from support import Api, Deliveries, eventually
 from wire import SioWebSocket, compact, parse_sio
 
@@ -21,19 +27,29 @@ TRANSPORTS = {"polling": ["polling"], "websocket": ["websocket"]}
 
 
 def connect(client, server, transports=("websocket",)):
+    """Connects to `server`: a hub (its next node) or one node."""
     client.connect(server.url, transports=list(transports), wait_timeout=5)
     return client
 
 
-def subscribe(client, stream, consumer, **options):
-    return client.call("courier:subscribe", {"stream": stream, "consumer": consumer, **options}, timeout=5)
+def answered_ok(answer, what):
+    assert isinstance(answer, dict) and answer.get("ok") is True, f"{what} answered {answer!r}"
+    return answer
 
 
-def publish(client, stream, event, data=None, id=None):
+def subscribe(client, stream, consumer, check=True, **options):
+    """courier:subscribe; its answer, which must be ok unless `check` is false."""
+    answer = client.call("courier:subscribe", {"stream": stream, "consumer": consumer, **options}, timeout=5)
+    return answered_ok(answer, f"subscribe to {stream} as {consumer}") if check else answer
+
+
+def publish(client, stream, event, data=None, id=None, check=True):
+    """courier:publish; its answer, which must be ok unless `check` is false."""
     body = {"stream": stream, "event": event, "data": data}
     if id is not None:
         body["id"] = id
-    return client.call("courier:publish", body, timeout=5)
+    answer = client.call("courier:publish", body, timeout=5)
+    return answered_ok(answer, f"publish to {stream}") if check else answer
 
 
 def consumer_when(api, stream, name, predicate, message):
@@ -55,10 +71,23 @@ def assert_error(answer, code):
 # ---------------------------------------------------------------- subscribe, deliver, publish
 
 
+def test_the_hub_spreads_clients_over_its_nodes(hub, sio_client):
+    """What the other tests rely on: in cluster mode, consecutive clients are on different nodes
+    (an Engine.IO session id starts with its node's id)."""
+    clients = [connect(sio_client(), hub) for _ in hub.nodes]
+    if hub.mode == "single":
+        assert len(hub.nodes) == 1
+        return
+    ids = [health(n)["cluster"]["node"] for n in hub.nodes]
+    homes = [[i for i in ids if c.eio.sid.startswith(i)] for c in clients]
+    assert sorted(h[0] for h in homes if len(h) == 1) == sorted(ids), (ids, [c.eio.sid for c in clients])
+
+
+
 @pytest.mark.parametrize("transport", list(TRANSPORTS))
-def test_subscribe_and_receive_deliveries_acked_by_returning(courier, sio_client, transport):
-    api = Api(courier.url)
-    c = connect(sio_client(), courier, TRANSPORTS[transport])
+def test_subscribe_and_receive_deliveries_acked_by_returning(hub, sio_client, transport):
+    api = Api(hub)
+    c = connect(sio_client(), hub, TRANSPORTS[transport])
     got = Deliveries(c, "order")
     assert subscribe(c, "orders", "vendor-7") == {"ok": True, "stream": "orders", "consumer": "vendor-7", "pending": 0}
 
@@ -73,10 +102,10 @@ def test_subscribe_and_receive_deliveries_acked_by_returning(courier, sio_client
     got.quiet(0.3)
 
 
-def test_courier_publish_answers_once_stored_and_dedupes_by_id(courier, sio_client):
-    api = Api(courier.url)
-    pub = connect(sio_client(), courier)
-    reader = connect(sio_client(), courier, ["polling"])
+def test_courier_publish_answers_once_stored_and_dedupes_by_id(hub, sio_client):
+    api = Api(hub)
+    pub = connect(sio_client(), hub)
+    reader = connect(sio_client(), hub, ["polling"])
     got = Deliveries(reader, "paid")
     assert subscribe(reader, "payments", "audit")["ok"] is True
 
@@ -91,13 +120,13 @@ def test_courier_publish_answers_once_stored_and_dedupes_by_id(courier, sio_clie
     assert [(d, m["seq"], m["id"]) for d, m in items] == [({"amount": 5}, 1, "pay-1"), ({"amount": 7}, 2, None)]
 
 
-def test_binary_publish_is_kept_or_refused(courier, sio_client):
+def test_binary_publish_is_kept_or_refused(hub, sio_client):
     """python-socketio sends bytes as a binary attachment, a {_placeholder, num} marker in the
     JSON; a confirmed publish whose stored data is the marker has lost the bytes."""
-    c = connect(sio_client(), courier)
+    c = connect(sio_client(), hub)
     got = Deliveries(c, "file")
     subscribe(c, "files", "reader")
-    answer = publish(c, "files", "file", {"name": "a", "bytes": b"\x01\x02\x03"})
+    answer = publish(c, "files", "file", {"name": "a", "bytes": b"\x01\x02\x03"}, check=False)
     if answer.get("ok") is False:
         assert_error(answer, "bad_request")
         return
@@ -105,9 +134,9 @@ def test_binary_publish_is_kept_or_refused(courier, sio_client):
     assert data == {"name": "a", "bytes": b"\x01\x02\x03"}, f"publish answered {answer}; the subscriber got {data!r}"
 
 
-def test_a_consumer_resumes_on_a_new_client_with_exactly_what_it_missed(courier, sio_client):
-    api = Api(courier.url)
-    first = connect(sio_client(), courier)
+def test_a_consumer_resumes_on_a_new_client_with_exactly_what_it_missed(hub, sio_client):
+    api = Api(hub)
+    first = connect(sio_client(), hub)
     got = Deliveries(first, "tick")
     subscribe(first, "ticks", "dash")
     for i in range(1, 4):
@@ -119,7 +148,7 @@ def test_a_consumer_resumes_on_a_new_client_with_exactly_what_it_missed(courier,
 
     for i in range(4, 8):
         api.publish("ticks", "tick", {"i": i})
-    second = connect(sio_client(), courier, ["polling"])
+    second = connect(sio_client(), hub, ["polling"])
     again = Deliveries(second, "tick")
     assert subscribe(second, "ticks", "dash", **{"from": "all"})["pending"] == 4
     again.wait(4)
@@ -127,11 +156,11 @@ def test_a_consumer_resumes_on_a_new_client_with_exactly_what_it_missed(courier,
     assert [(m["seq"], d["i"], m["deliveries"]) for d, m in items] == [(i, i, 1) for i in range(4, 8)]
 
 
-def test_start_positions(courier, sio_client):
-    api = Api(courier.url)
+def test_start_positions(hub, sio_client):
+    api = Api(hub)
     for i in range(1, 6):
         api.publish("feed", "item", i)
-    clients = [connect(sio_client(), courier) for _ in range(3)]
+    clients = [connect(sio_client(), hub) for _ in range(3)]
     got = [Deliveries(c, "item") for c in clients]
     assert subscribe(clients[0], "feed", "a", **{"from": "all"})["pending"] == 5
     assert subscribe(clients[1], "feed", "n", **{"from": "new"})["pending"] == 0
@@ -149,9 +178,9 @@ def test_start_positions(courier, sio_client):
 # ---------------------------------------------------------------- redelivery, dead letters, back-pressure
 
 
-def test_unacked_delivery_comes_again_after_ack_wait(courier, sio_client):
-    api = Api(courier.url)
-    c = connect(sio_client(), courier)
+def test_unacked_delivery_comes_again_after_ack_wait(hub, sio_client):
+    api = Api(hub)
+    c = connect(sio_client(), hub)
     # the first attempt's handler does not return (no ack); the second one acks
     got = Deliveries(c, "job", hold=lambda data, meta: meta["deliveries"] == 1)
     subscribe(c, "jobs", "worker", ack_wait_ms=300)
@@ -172,9 +201,9 @@ def test_unacked_delivery_comes_again_after_ack_wait(courier, sio_client):
     assert got.wait(3)[2][1] == {"stream": "jobs", "seq": 2, "id": None, "deliveries": 1}
 
 
-def test_dead_letter_after_max_deliver(courier, sio_client):
-    api = Api(courier.url)
-    c = connect(sio_client(), courier)
+def test_dead_letter_after_max_deliver(hub, sio_client):
+    api = Api(hub)
+    c = connect(sio_client(), hub)
     got = Deliveries(c, "mail", hold=lambda data, meta: True)
     subscribe(c, "outbox", "sender", ack_wait_ms=150, max_deliver=2)
     api.publish("outbox", "mail", {"to": "x"})
@@ -192,11 +221,11 @@ def test_dead_letter_after_max_deliver(courier, sio_client):
     got.release()
 
 
-def test_max_ack_pending_limits_what_is_in_flight(courier, sio_client):
-    api = Api(courier.url)
+def test_max_ack_pending_limits_what_is_in_flight(hub, sio_client):
+    api = Api(hub)
     for i in range(1, 51):
         api.publish("backlog", "row", i)
-    c = connect(sio_client(), courier)
+    c = connect(sio_client(), hub)
     got = Deliveries(c, "row", hold=lambda data, meta: True)
     assert subscribe(c, "backlog", "slow", max_ack_pending=5, **{"from": "all"})["pending"] == 50
     got.wait(5)
@@ -210,9 +239,9 @@ def test_max_ack_pending_limits_what_is_in_flight(courier, sio_client):
     consumer_when(api, "backlog", "slow", lambda x: x["ack_floor"] == 50 and x["pending"] == 0, "all acked")
 
 
-def test_work_queue_of_python_clients(courier, sio_client):
-    api = Api(courier.url)
-    workers = [connect(sio_client(), courier, t) for t in (["websocket"], ["polling"], ["websocket"])]
+def test_work_queue_of_python_clients(hub, sio_client):
+    api = Api(hub)
+    workers = [connect(sio_client(), hub, t) for t in (["websocket"], ["polling"], ["websocket"])]
     got = [Deliveries(w, "task") for w in workers]
     for w in workers:
         assert subscribe(w, "tasks", "pool")["ok"] is True
@@ -228,11 +257,13 @@ def test_work_queue_of_python_clients(courier, sio_client):
 
 
 @pytest.mark.parametrize("how", ["sigterm", "kill"])
-def test_consumer_survives_a_restart(start_courier, sio_client, tmp_path, how):
-    data_dir = tmp_path / "hub-data"
-    first = start_courier(data_dir=data_dir)
-    api = Api(first.url)
-    c = connect(sio_client(), first)
+def test_consumer_survives_a_restart(start_hub, sio_client, how):
+    """The subscriber's node (in cluster mode one of three, the others staying up) stops and
+    starts again on its port and data; a new client on it resumes the consumer where it was."""
+    hub = start_hub()
+    api = Api(hub)
+    node = hub.node()
+    c = connect(sio_client(), node)
     got = Deliveries(c, "line", hold=lambda data, meta: data["i"] > 3)
     subscribe(c, "ledger", "books", **{"from": "all"})
     for i in range(1, 9):
@@ -241,15 +272,10 @@ def test_consumer_survives_a_restart(start_courier, sio_client, tmp_path, how):
     consumer_when(api, "ledger", "books", lambda x: x["ack_floor"] == 3 and x["pending"] == 5, "acks of 1..3")
     # the consumer's position is written with the store's next batch, which this publish waits for
     api.publish("barrier", "b", {})
-    if how == "kill":
-        first.kill()
-    else:
-        assert first.terminate() == 0, first.output()
+    node = hub.restart(node, kill=how == "kill")
 
-    second = start_courier(listen=f"127.0.0.1:{first.port}", data_dir=data_dir)
-    api = Api(second.url)
     api.publish("ledger", "line", {"i": 9})
-    c2 = connect(sio_client(), second)
+    c2 = connect(sio_client(), node)
     again = Deliveries(c2, "line")
     assert subscribe(c2, "ledger", "books")["pending"] == 6
     again.wait(6)
@@ -262,9 +288,9 @@ def test_consumer_survives_a_restart(start_courier, sio_client, tmp_path, how):
 # ---------------------------------------------------------------- errors in the ack, permissions
 
 
-def test_bad_requests_are_answered_in_the_ack(start_courier, sio_client):
-    server = start_courier("[store]\nmax_entry_bytes = 1000\n")
-    c = connect(sio_client(), server)
+def test_bad_requests_are_answered_in_the_ack(start_hub, sio_client):
+    hub = start_hub("[store]\nmax_entry_bytes = 1000\n")
+    c = connect(sio_client(), hub)
     cases = [
         ("courier:subscribe", None, "bad_request"),
         ("courier:subscribe", "orders", "bad_request"),
@@ -283,12 +309,12 @@ def test_bad_requests_are_answered_in_the_ack(start_courier, sio_client):
     assert publish(c, "orders", "e", "fine") == {"ok": True, "seq": 1, "duplicate": False}
 
 
-def test_unknown_stream_without_auto_create(start_courier, sio_client):
-    server = start_courier("[streams]\nauto_create = false\n")
-    api = Api(server.url)
-    c = connect(sio_client(), server)
-    assert_error(subscribe(c, "ghost", "c"), "stream_not_found")
-    assert_error(publish(c, "ghost", "e", 1), "stream_not_found")
+def test_unknown_stream_without_auto_create(start_hub, sio_client):
+    hub = start_hub("[streams]\nauto_create = false\n")
+    api = Api(hub)
+    c = connect(sio_client(), hub)
+    assert_error(subscribe(c, "ghost", "c", check=False), "stream_not_found")
+    assert_error(publish(c, "ghost", "e", 1, check=False), "stream_not_found")
     r = api.post("/api/v1/streams/ghost/publish", {"event": "e"})
     assert r.status_code == 404 and r.json()["error"]["code"] == "stream_not_found", r.text
     assert api.put("/api/v1/streams/ghost", {}).status_code == 200
@@ -297,19 +323,19 @@ def test_unknown_stream_without_auto_create(start_courier, sio_client):
 
 @pytest.mark.parametrize("setting, event", [("client_publish", "courier:publish"),
                                             ("client_subscribe", "courier:subscribe")])
-def test_client_permissions_answer_forbidden(start_courier, sio_client, setting, event):
-    server = start_courier(f"[hub]\n{setting} = false\n")
-    c = connect(sio_client(), server)
+def test_client_permissions_answer_forbidden(start_hub, sio_client, setting, event):
+    hub = start_hub(f"[hub]\n{setting} = false\n")
+    c = connect(sio_client(), hub)
     body = {"stream": "s", "consumer": "c"} if event == "courier:subscribe" else {"stream": "s", "event": "e"}
     assert_error(c.call(event, body, timeout=5), "forbidden")
-    r = Api(server.url).get("/api/v1/streams/s")
+    r = Api(hub).get("/api/v1/streams/s")
     assert r.status_code == 404, f"nothing was created: {r.text}"
 
 
-def test_acks_twice_or_for_unknown_ids_are_harmless(courier):
+def test_acks_twice_or_for_unknown_ids_are_harmless(hub):
     """A raw client acks a delivery twice and acks ids it was never sent."""
-    api = Api(courier.url)
-    ws = SioWebSocket(courier.url)
+    api = Api(hub)
+    ws = SioWebSocket(hub.url)
     try:
         assert ws.connect()["type"] == 0
         ws.emit("/", "courier:subscribe", {"stream": "raw", "consumer": "c"}, ack=1)
@@ -343,12 +369,12 @@ RECOVERY_ON = "[recovery]\nenabled = true\n"
 
 
 @pytest.mark.parametrize("transport", list(TRANSPORTS))
-def test_python_client_works_against_a_recovery_hub(start_courier, sio_client, transport):
+def test_python_client_works_against_a_recovery_hub(start_hub, sio_client, transport):
     """python-socketio ignores the pid and does not recover; broadcasts reach its handlers with
     the offset as an extra last string argument, and durable deliveries carry none."""
-    server = start_courier(RECOVERY_ON)
-    api = Api(server.url)
-    c = connect(sio_client(), server, TRANSPORTS[transport])
+    hub = start_hub(RECOVERY_ON)
+    api = Api(hub)
+    c = connect(sio_client(), hub, TRANSPORTS[transport])
     news = []
     c.on("news", lambda *args: news.append(args))
     got = Deliveries(c, "job")
@@ -368,14 +394,14 @@ def test_python_client_works_against_a_recovery_hub(start_courier, sio_client, t
     assert res["acks"] == [{"sid": c.get_sid("/"), "args": ["q"]}], res
 
 
-def test_python_client_reconnects_as_a_new_session_after_a_drop(start_courier, sio_client):
-    server = start_courier(RECOVERY_ON)
-    api = Api(server.url)
+def test_python_client_reconnects_as_a_new_session_after_a_drop(start_hub, sio_client):
+    hub = start_hub(RECOVERY_ON)
+    api = Api(hub)
     c = sio_client(reconnection=True, reconnection_delay=0.1, reconnection_delay_max=0.3,
                    randomization_factor=0)
     connects = []
     c.on("connect", lambda: connects.append(time.monotonic()))
-    connect(c, server)
+    connect(c, hub)
     sid = c.get_sid("/")
     assert c.call("courier:join", "room", timeout=5)["ok"] is True
     assert api.disconnect(rooms=[sid], close=True) == {"disconnected": 1}
