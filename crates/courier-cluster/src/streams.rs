@@ -26,9 +26,7 @@ use courier_server::store::{
     StartPosition, StoreError, StoreOptions, StreamConfig, StreamInfo, check_name,
 };
 use courier_server::{SharedStreams, Socket, engine::Sid};
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesOrdered;
 use parking_lot::Mutex;
 use redis::Value as Rv;
 use redis::aio::ConnectionManager;
@@ -398,8 +396,6 @@ fn stream_args(
     ]
 }
 
-/// Groups of publishes sent to Redis and not yet answered, at most.
-const MAX_GROUPS_IN_FLIGHT: usize = 8;
 /// Publishes sent to Redis in one group at most.
 const MAX_PUBLISH_BATCH: usize = 1024;
 
@@ -724,22 +720,13 @@ impl RedisStreams {
     /// meanwhile, the streams' scripts in one round trip, then the next group. Redis appends
     /// (and fsyncs) a group at once, and the node pays one round trip for all of it.
     pub(crate) async fn publish_loop(self, mut rx: mpsc::UnboundedReceiver<Publish>) {
-        // Several groups in flight: Redis works on some while the next is gathered and sent.
-        // They are sent in order, on one connection, so Redis applies them in order.
-        let mut inflight = FuturesOrdered::new();
+        // One group at a time: groups reach Redis in the order their publishes came, so seqs
+        // follow that order (with several in flight, a later group could be applied first).
+        // What arrives meanwhile makes the next group.
         let mut batch = Vec::new();
-        loop {
-            tokio::select! {
-                n = rx.recv_many(&mut batch, MAX_PUBLISH_BATCH), if inflight.len() < MAX_GROUPS_IN_FLIGHT => {
-                    if n == 0 {
-                        break;
-                    }
-                    inflight.push_back(self.clone().publish_group(std::mem::take(&mut batch)));
-                }
-                Some(()) = inflight.next(), if !inflight.is_empty() => {}
-            }
+        while rx.recv_many(&mut batch, MAX_PUBLISH_BATCH).await > 0 {
+            self.clone().publish_group(std::mem::take(&mut batch)).await;
         }
-        while inflight.next().await.is_some() {}
     }
 
     /// Sends one group of publishes and answers each.
