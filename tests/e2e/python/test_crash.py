@@ -60,6 +60,7 @@ WARMUP = 1.0  # steady traffic before the first kill
 COOLDOWN = 1.0  # steady traffic after the last restart
 PUBLISH_PAUSE = 0.004  # between two publishes of one publisher
 RETRY_PAUSE = 0.05  # before retrying a failed publish
+ACK_WAIT_MS = 3000  # consumers' ack_wait_ms: an entry whose ack was lost comes back after it
 DRAIN_TIMEOUT = 25.0  # bound on waiting for the consumers to catch up
 DRAIN_STALL = 6.0  # ... and on waiting without any progress
 BACKEND = os.environ.get("CRASH_BACKEND", "sqlite")
@@ -134,6 +135,7 @@ class Ledger:
         self.duplicate_answers = 0  # publishes confirmed with duplicate: true
         self.attempts = 0
         self.failures = Counter()  # why attempts failed
+        self.timings = []  # (began, ended, outcome) of every attempt, monotonic clock
 
     def confirm(self, publisher, n, mid, seq, duplicate):
         with self.lock:
@@ -143,9 +145,15 @@ class Ledger:
             if duplicate:
                 self.duplicate_answers += 1
 
-    def failed(self, why):
+    def failed(self, why, began=None, outcome=None):
         with self.lock:
             self.failures[why] += 1
+            if began is not None:
+                self.timings.append((began, time.monotonic(), outcome or why))
+
+    def timed(self, began, outcome):
+        with self.lock:
+            self.timings.append((began, time.monotonic(), outcome))
 
     def confirmed(self):
         """(seq, message id) of every confirmed publish."""
@@ -154,10 +162,14 @@ class Ledger:
 
 
 class Publisher(threading.Thread):
-    def __init__(self, index, hub, ledger, stop, run_id):
+    """Publishes to `urls[start]`; a publish the node did not answer (connection refused or
+    reset, timeout) is retried on the next URL of the list (with one URL: the same node)."""
+
+    def __init__(self, index, urls, ledger, stop, run_id, start=0):
         super().__init__(name=f"publisher-{index}", daemon=True)
         self.index = index
-        self.hub = hub
+        self.urls = list(urls)
+        self.at = start
         self.ledger = ledger
         self.stop_event = stop
         self.run_id = run_id
@@ -170,7 +182,7 @@ class Publisher(threading.Thread):
             n = 0
             while not self.stop_event.is_set():
                 n += 1
-                self.publish(http, n)
+                http = self.publish(http, n)
                 self.published = n
                 time.sleep(PUBLISH_PAUSE)
         except Exception as e:  # pragma: no cover - reported by the test
@@ -184,29 +196,41 @@ class Publisher(threading.Thread):
         while True:
             with self.ledger.lock:
                 self.ledger.attempts += 1
+            url = self.urls[self.at % len(self.urls)]
+            began = time.monotonic()
             try:
-                r = http.post(f"{self.hub.url}/api/v1/streams/{STREAM}/publish", json=body, timeout=(1, 3))
+                r = http.post(f"{url}/api/v1/streams/{STREAM}/publish", json=body, timeout=(1, 3))
             except requests.RequestException as e:
-                self.ledger.failed(type(e).__name__)
+                self.ledger.failed(type(e).__name__, began, type(e).__name__)
                 http.close()
                 http = requests.Session()
+                self.at += 1
             else:
                 if r.status_code == 200:
                     answer = r.json()
                     if isinstance(answer.get("seq"), int):
                         self.ledger.confirm(self.index, n, mid, answer["seq"], answer.get("duplicate") is True)
-                        return
-                    self.ledger.failed(f"200 without a seq: {r.text[:80]}")
+                        self.ledger.timed(began, "ok")
+                        return http
+                    self.ledger.failed(f"200 without a seq: {r.text[:80]}", began, "200 without a seq")
                 else:
-                    self.ledger.failed(f"HTTP {r.status_code}")
+                    self.ledger.failed(f"HTTP {r.status_code}", began, f"HTTP {r.status_code} {error_code(r)}")
             if self.stop_event.is_set():
                 # Still bounded once the test wants to finish: a publish nobody answers for
                 # 15 s is left unconfirmed (and the test then reports it).
                 give_up = give_up or time.monotonic() + 15
                 if time.monotonic() > give_up:
                     self.ledger.failed("gave up")
-                    return
+                    return http
             time.sleep(RETRY_PAUSE)
+
+
+def error_code(response):
+    """The `error.code` of an HTTP error answer, or ""."""
+    try:
+        return str(response.json()["error"]["code"])
+    except Exception:
+        return ""
 
 
 # --- consumers ---------------------------------------------------------------------------------
@@ -232,12 +256,25 @@ class InOrderClient(socketio.Client):
 
 
 class Consumer:
-    def __init__(self, name, hub):
+    """A consumer on one node, python-socketio reconnecting to it by itself."""
+
+    def __init__(self, name, url):
+        self.init_records(name)
+        self.url = url
+        self.client = self.make_client(
+            reconnection=True,
+            reconnection_delay=0.1,
+            reconnection_delay_max=0.5,
+            randomization_factor=0,
+        )
+
+    def init_records(self, name):
         self.name = name
-        self.hub = hub
         self.lock = threading.Lock()
         self.deliveries = []  # (seq, data, meta, connection) in arrival order
         self.first_order = []  # seqs of first deliveries, in arrival order
+        self.sent_first_order = []  # seqs of deliveries with meta.deliveries == 1, in arrival order
+        self.late_firsts = []  # (seq, meta.deliveries, highest seq received before it)
         self.acked = {}  # (seq, message id) -> the connection its first ack went out on
         self.message_at = {}  # seq -> message id first delivered with it
         self.seq_reused = []  # (seq, earlier message id, later message id)
@@ -246,31 +283,33 @@ class Consumer:
         self.connects = 0
         self.subscribed = 0
         self.subscribe_errors = []
-        self.client = InOrderClient(
-            reconnection=True,
-            reconnection_delay=0.1,
-            reconnection_delay_max=0.5,
-            randomization_factor=0,
-        )
-        self.client.on("connect", self.on_connect)
-        self.client.on(EVENT, self.on_delivery)
+        self._highest = None  # the highest seq received so far
+
+    def make_client(self, **options):
+        client = InOrderClient(**options)
+        client.on("connect", lambda: self.on_connect(client))
+        client.on(EVENT, self.on_delivery)
+        return client
 
     def start(self):
-        self.client.connect(self.hub.url, transports=["websocket"], wait_timeout=5)
+        self.client.connect(self.url, transports=["websocket"], wait_timeout=5)
 
-    def on_connect(self):
+    def on_connect(self, client):
         with self.lock:
             self.connects += 1
+        self.subscribe(client)
+
+    def subscribe(self, client):
         request = {
             "stream": STREAM,
             "consumer": self.name,
             "from": "all",
-            "ack_wait_ms": 3000,
+            "ack_wait_ms": ACK_WAIT_MS,
             "max_deliver": 1000,  # redeliveries caused by the kills must never dead-letter an entry
         }
-        self.client.emit("courier:subscribe", request, callback=self.on_subscribed)
+        client.emit("courier:subscribe", request, callback=lambda *answer: self.on_subscribed(client, *answer))
 
-    def on_subscribed(self, answer=None, *rest):
+    def on_subscribed(self, client, answer=None, *rest):
         with self.lock:
             if isinstance(answer, dict) and answer.get("ok") is True:
                 self.subscribed += 1
@@ -280,10 +319,13 @@ class Consumer:
     def on_delivery(self, data=None, meta=None, *rest):
         seq = meta.get("seq") if isinstance(meta, dict) else None
         mid = data.get("id") if isinstance(data, dict) else None
+        deliveries = meta.get("deliveries") if isinstance(meta, dict) else None
         with self.lock:
             # on_connect runs on the reading thread too, so this is the connection that carried it
             connection = self.connects
             self.deliveries.append((seq, data, meta, connection))
+            if deliveries == 1:
+                self.sent_first_order.append(seq)
             key = (seq, mid)
             if key in self.acked:
                 if self.acked[key] < connection:
@@ -292,6 +334,11 @@ class Consumer:
                     self.redelivered_same_connection += 1
             else:
                 self.acked[key] = connection
+                highest = self._highest
+                if isinstance(seq, int) and highest is not None and seq < highest:
+                    self.late_firsts.append((seq, deliveries, highest))
+                if isinstance(seq, int):
+                    self._highest = seq if highest is None else max(highest, seq)
                 self.first_order.append(seq)
                 earlier = self.message_at.setdefault(seq, mid)
                 if earlier != mid:
@@ -313,41 +360,51 @@ class Consumer:
             pass
 
 
-# --- the test ----------------------------------------------------------------------------------
+# --- waiting and checking (both tests) ----------------------------------------------------------
 
 
-def consumer_state(hub, name):
+def consumer_state(url, name):
     try:
-        r = requests.get(f"{hub.url}/api/v1/streams/{STREAM}/consumers/{name}", timeout=3)
+        r = requests.get(f"{url}/api/v1/streams/{STREAM}/consumers/{name}", timeout=3)
         return r.json() if r.status_code == 200 else {"http": r.status_code, "body": r.text[:200]}
     except requests.RequestException as e:
         return {"error": type(e).__name__}
 
 
-def caught_up(hub, consumers, ledger):
+def caught_up(url, consumers, ledger):
     confirmed = ledger.confirmed()
     if not all(confirmed <= c.acked_messages() for c in consumers):
         return False
     for c in consumers:
-        s = consumer_state(hub, c.name)
+        s = consumer_state(url, c.name)
         if s.get("pending") != 0 or s.get("waiting") != 0:
             return False
     return True
 
 
-def drain(hub, consumers, ledger, timeout):
-    """Waits until `consumers` caught up, at most `timeout` s or DRAIN_STALL s without progress."""
+def drain(url, consumers, ledger, timeout, stall=DRAIN_STALL):
+    """Waits until `consumers` caught up (the hub asked at `url`), at most `timeout` s or `stall` s
+    without progress."""
     start = time.monotonic()
     last_progress, last_total = start, -1
-    while not caught_up(hub, consumers, ledger):
+    while not caught_up(url, consumers, ledger):
         total = sum(len(c.acked) for c in consumers)
         now = time.monotonic()
         if total != last_total:
             last_total, last_progress = total, now
-        if now - start > timeout or now - last_progress > DRAIN_STALL:
+        if now - start > timeout or now - last_progress > stall:
             break
         time.sleep(0.1)
     return time.monotonic() - start
+
+
+def wait_subscribed(consumers, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not all(c.subscribed for c in consumers):
+        assert time.monotonic() < deadline, (
+            f"consumers not subscribed: {[(c.name, c.subscribe_errors) for c in consumers]}"
+        )
+        time.sleep(0.02)
 
 
 def sample(values, k=8):
@@ -355,64 +412,9 @@ def sample(values, k=8):
     return values[:k] + (["..."] if len(values) > k else [])
 
 
-@pytest.mark.timeout(120)
-def test_sigkill_loses_nothing_confirmed(start_courier, tmp_path):
-    seed = int(os.environ.get("CRASH_SEED", time.time_ns() % 1_000_000))
-    rng = random.Random(seed)
-    started = time.monotonic()
-    hub = Hub(start_courier, free_port(), tmp_path / "data")
-    hub.start()
-
-    consumers = [Consumer(name, hub) for name in CONSUMERS]
-    publishers = []
-    stop = threading.Event()
-    ledger = Ledger()
-    try:
-        for c in consumers:
-            c.start()
-        deadline = time.monotonic() + 10
-        while not all(c.subscribed for c in consumers):
-            assert time.monotonic() < deadline, (
-                f"consumers not subscribed: {[(c.name, c.subscribe_errors) for c in consumers]}"
-            )
-            time.sleep(0.02)
-
-        run_id = f"r{seed}"
-        publishers = [Publisher(i, hub, ledger, stop, run_id) for i in range(PUBLISHERS)]
-        for p in publishers:
-            p.start()
-
-        time.sleep(WARMUP)
-        for _ in range(KILLS):
-            time.sleep(rng.uniform(*KILL_INTERVAL))
-            hub.kill()
-            time.sleep(rng.uniform(0, 0.2))  # publishers and consumers meet a closed port meanwhile
-            hub.start()
-        time.sleep(COOLDOWN)
-
-        stop.set()
-        for p in publishers:
-            p.join(20)
-        stuck = [p.name for p in publishers if p.is_alive()]
-
-        # Wait, bounded, until every consumer has acked every confirmed publish and the hub agrees.
-        drained_in = drain(hub, consumers, ledger, DRAIN_TIMEOUT)
-
-        # A consumer created now, from the start of the stream, reads only what the store kept
-        # through the kills: everything confirmed must be there, once, at its confirmed seq.
-        late = Consumer(LATECOMER, hub)
-        consumers.append(late)
-        late.start()
-        drain(hub, [late], ledger, 15.0)
-        hub_view = {c.name: consumer_state(hub, c.name) for c in consumers}
-    finally:
-        stop.set()
-        for c in consumers:
-            c.close()
-
-    final_status = hub.server.terminate()
-
-    # --- the verdict ---------------------------------------------------------------------------
+def check(ledger, publishers, stuck, consumers, hub_view):
+    """The checks both tests make of what publishers were told and consumers received; returns
+    the problems found."""
     problems = []
     confirmed = ledger.confirmed()
     seq_of = dict(ledger.seq_of)
@@ -453,7 +455,8 @@ def test_sigkill_loses_nothing_confirmed(start_courier, tmp_path):
         if backwards:
             problems.append(
                 f"consumer {c.name}: first deliveries out of seq order {len(backwards)} times, "
-                f"e.g. (seq, next seq) {backwards[:5]}"
+                f"e.g. (seq, next seq) {backwards[:5]}; received after a higher seq, as "
+                f"(seq, meta.deliveries, highest seq before it): {c.late_firsts[:5]}"
             )
         if c.seq_reused:
             problems.append(
@@ -489,29 +492,101 @@ def test_sigkill_loses_nothing_confirmed(start_courier, tmp_path):
         state = hub_view[c.name]
         if state.get("pending") != 0 or state.get("waiting") != 0:
             problems.append(f"consumer {c.name}: the hub still holds entries for it at the end: {state}")
+    return problems
 
-    # A panic prints "thread '...' panicked at <file>"; ERROR lines are only counted and shown.
+
+def check_logs(servers, problems):
+    """A panic prints "thread '...' panicked at <file>" (a problem); ERROR lines are only counted
+    and shown. `servers` are (label, ServerProcess); returns the ERROR lines."""
     errors_logged = []
-    for i, server in enumerate(hub.generations):
+    for label, server in servers:
         for line in server.output().splitlines():
             if "panicked at" in line:
-                problems.append(f"courier serve #{i + 1} panicked: {line}")
+                problems.append(f"{label} panicked: {line}")
             elif " ERROR " in line:
-                errors_logged.append(f"courier serve #{i + 1}: {line}")
-    if final_status != 0:
-        problems.append(f"the last courier serve exited with {final_status} on SIGTERM")
+                errors_logged.append(f"{label}: {line}")
+    return errors_logged
 
+
+def counts(ledger, consumers):
     deliveries = {c.name: len(c.deliveries) for c in consumers}
-    summary = (
-        f"crash: backend={BACKEND} kills={hub.kills} publishers={PUBLISHERS} consumers={len(CONSUMERS)}+{LATECOMER} "
-        f"confirmed={len(confirmed)} last_seq={max(ids_at, default=0)} attempts={ledger.attempts} "
+    return (
+        f"confirmed={len(ledger.confirmed())} last_seq={max(ledger.ids_at, default=0)} attempts={ledger.attempts} "
         f"failed_attempts={sum(v for k, v in ledger.failures.items() if k != 'gave up')} "
         f"duplicate_publishes={ledger.duplicate_answers} "
         f"delivered={sum(deliveries.values())} ({', '.join(f'{k}={v}' for k, v in deliveries.items())}) "
         f"duplicates={sum(c.duplicates() for c in consumers)} "
         f"(after_crash={sum(c.redelivered_after_crash for c in consumers)} "
         f"same_connection={sum(c.redelivered_same_connection for c in consumers)}) "
-        f"reconnects={sum(c.connects - 1 for c in consumers if c.name != LATECOMER)} errors_logged={len(errors_logged)} "
+        f"reconnects={sum(c.connects - 1 for c in consumers if c.name != LATECOMER)} "
+    )
+
+
+# --- one node ------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_loses_nothing_confirmed(start_courier, tmp_path):
+    seed = int(os.environ.get("CRASH_SEED", time.time_ns() % 1_000_000))
+    rng = random.Random(seed)
+    started = time.monotonic()
+    hub = Hub(start_courier, free_port(), tmp_path / "data")
+    hub.start()
+
+    consumers = [Consumer(name, hub.url) for name in CONSUMERS]
+    publishers = []
+    stop = threading.Event()
+    ledger = Ledger()
+    try:
+        for c in consumers:
+            c.start()
+        wait_subscribed(consumers)
+
+        run_id = f"r{seed}"
+        publishers = [Publisher(i, [hub.url], ledger, stop, run_id) for i in range(PUBLISHERS)]
+        for p in publishers:
+            p.start()
+
+        time.sleep(WARMUP)
+        for _ in range(KILLS):
+            time.sleep(rng.uniform(*KILL_INTERVAL))
+            hub.kill()
+            time.sleep(rng.uniform(0, 0.2))  # publishers and consumers meet a closed port meanwhile
+            hub.start()
+        time.sleep(COOLDOWN)
+
+        stop.set()
+        for p in publishers:
+            p.join(20)
+        stuck = [p.name for p in publishers if p.is_alive()]
+
+        # Wait, bounded, until every consumer has acked every confirmed publish and the hub agrees.
+        drained_in = drain(hub.url, consumers, ledger, DRAIN_TIMEOUT)
+
+        # A consumer created now, from the start of the stream, reads only what the store kept
+        # through the kills: everything confirmed must be there, once, at its confirmed seq.
+        late = Consumer(LATECOMER, hub.url)
+        consumers.append(late)
+        late.start()
+        drain(hub.url, [late], ledger, 15.0)
+        hub_view = {c.name: consumer_state(hub.url, c.name) for c in consumers}
+    finally:
+        stop.set()
+        for c in consumers:
+            c.close()
+
+    final_status = hub.server.terminate()
+
+    # --- the verdict ---------------------------------------------------------------------------
+    problems = check(ledger, publishers, stuck, consumers, hub_view)
+    errors_logged = check_logs([(f"courier serve #{i + 1}", s) for i, s in enumerate(hub.generations)], problems)
+    if final_status != 0:
+        problems.append(f"the last courier serve exited with {final_status} on SIGTERM")
+
+    summary = (
+        f"crash: backend={BACKEND} kills={hub.kills} publishers={PUBLISHERS} consumers={len(CONSUMERS)}+{LATECOMER} "
+        + counts(ledger, consumers)
+        + f"errors_logged={len(errors_logged)} "
         f"drained_in={drained_in:.1f}s "
         f"elapsed={time.monotonic() - started:.1f}s seed={seed} problems={len(problems)}"
     )
