@@ -30,9 +30,33 @@ stored but its answer was lost). The totals are printed as one line starting wit
 
     .venv/bin/python -m pytest tests/e2e/python/test_crash.py -q -s
 
+Cluster mode (test_cluster_sigkill_loses_nothing_confirmed): the same load and the same checks
+on three `courier serve --redis` nodes, streams and consumers living in a redis-server of the
+test's own (`--appendonly yes --appendfsync always`), every port free, never fixed. Each
+publisher and consumer starts on a node; a publish its node did not answer is retried on the
+next node, and a consumer whose node went away connects to the next node that accepts it (a new
+python-socketio client: the client only reconnects to the URL it started with). Meanwhile a node
+is killed with SIGKILL several times (CRASH_KILLS), each time restarted on its port, and once,
+at a random place among those kills, redis-server is killed with SIGKILL and restarted on its
+port and directory, reloading its AOF. On top of the checks above:
+
+* everything confirmed before Redis's kill is in the stream once it is back (its last_seq);
+* publishes while Redis is away are answered at once with an error (503 `unavailable` seen, the
+  slowest failed attempt and the slowest one sent while Redis was down answered within
+  OUTAGE_ANSWER s), not held until Redis returns;
+* order: the entries a killed node had sent that never arrived (or was about to send) come back
+  as redeliveries only once their ack_wait has passed, after later entries, so per consumer the
+  first *arrivals* do not increase in cluster mode (they are counted as late_first_receipts).
+  What is checked is that the hub's first deliveries (meta.deliveries == 1) increase, and that
+  every entry that arrives for the first time after a higher seq is a redelivery.
+
+It prints one line starting with `crash cluster:` (lost = confirmed publishes some consumer
+never acked; redeliveries = deliveries with meta.deliveries > 1).
+
 Knobs (environment): CRASH_SEED (random seed, printed in the summary), CRASH_KILLS (4),
 CRASH_BACKEND (`sqlite`, the default; `memory` shows the test failing, since that store keeps
-nothing across a kill).
+nothing across a kill), CRASH_REDIS_AOF (Redis's appendfsync in cluster mode, `always` by
+default; `off` runs Redis without an AOF and shows the cluster test failing).
 """
 
 from __future__ import annotations
@@ -49,6 +73,8 @@ import pytest
 import requests
 import socketio
 
+from cluster import wait_redis_state
+
 STREAM = "crash"
 EVENT = "tick"
 PUBLISHERS = 4
@@ -60,10 +86,18 @@ WARMUP = 1.0  # steady traffic before the first kill
 COOLDOWN = 1.0  # steady traffic after the last restart
 PUBLISH_PAUSE = 0.004  # between two publishes of one publisher
 RETRY_PAUSE = 0.05  # before retrying a failed publish
+SUBSCRIBE_RETRY = 0.2  # before subscribing again after an `unavailable` answer (cluster)
 ACK_WAIT_MS = 3000  # consumers' ack_wait_ms: an entry whose ack was lost comes back after it
 DRAIN_TIMEOUT = 25.0  # bound on waiting for the consumers to catch up
 DRAIN_STALL = 6.0  # ... and on waiting without any progress
 BACKEND = os.environ.get("CRASH_BACKEND", "sqlite")
+# cluster mode
+NODES = 3
+REDIS_AOF = os.environ.get("CRASH_REDIS_AOF", "always")  # Redis's appendfsync; "off": no AOF
+REDIS_DOWN = (1.0, 1.5)  # seconds redis-server stays down after its SIGKILL
+OUTAGE_ANSWER = 2.0  # bound on the answer to a publish while Redis is away (an error)
+CLUSTER_DRAIN_TIMEOUT = 40.0  # entries a killed node held come back after ack_wait, doubled per delivery
+CLUSTER_DRAIN_STALL = 15.0
 
 CONFIG = f"""
 [server]
@@ -72,6 +106,14 @@ shutdown_grace_ms = 1000
 [store]
 backend = "{BACKEND}"
 sync = "always"
+
+[[stream]]
+name = "{STREAM}"
+"""
+
+CLUSTER_CONFIG = f"""
+[server]
+shutdown_grace_ms = 1000
 
 [[stream]]
 name = "{STREAM}"
@@ -119,6 +161,54 @@ class Hub:
 
     def output(self):
         return "\n".join(f"--- courier serve #{i + 1} ---\n{s.output()}" for i, s in enumerate(self.generations))
+
+
+class ClusterHub:
+    """Courier nodes on a redis-server with an AOF (`cluster.Cluster`), killed and restarted at
+    will, each node on its own port, Redis on its port and directory."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.urls = [n.url for n in cluster.nodes]
+        self.servers = [(f"node {i} #1", n) for i, n in enumerate(cluster.nodes)]  # every process
+        self.started = [1] * len(cluster.nodes)
+        self.node_kills = 0
+        self.redis_kills = 0
+        self.outages = []  # (Redis killed, Redis answering again, every node back on it)
+
+    def kill_node(self, i, pause):
+        """SIGKILL of node i; `pause` s later it starts again on its port."""
+        self.cluster.nodes[i].kill()
+        self.node_kills += 1
+        time.sleep(pause)  # publishers and consumers meet a closed port meanwhile
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                node = self.cluster.start_node(i)
+                break
+            except pytest.fail.Exception as e:
+                # the port was just released by the killed process: if binding fails, try again
+                if "in use" not in str(e).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.started[i] += 1
+        self.servers.append((f"node {i} #{self.started[i]}", node))
+
+    def kill_redis(self, down):
+        """SIGKILL of redis-server; `down` s later it starts again on its port and directory
+        (reloading its AOF); returns once every node says Redis is up again."""
+        killed = time.monotonic()
+        self.cluster.redis.kill()
+        self.redis_kills += 1
+        time.sleep(down)
+        self.cluster.redis.start()
+        back = time.monotonic()
+        for node in self.cluster.nodes:
+            wait_redis_state(node, "up")
+        self.outages.append((killed, back, time.monotonic()))
+
+    def output(self):
+        return "\n".join(f"--- {label} ---\n{s.output()}" for label, s in self.servers)
 
 
 # --- publishers --------------------------------------------------------------------------------
@@ -360,6 +450,90 @@ class Consumer:
             pass
 
 
+class RoamingConsumer(Consumer):
+    """A consumer on a cluster: connects to `urls[start]` and, when that node goes away, to the
+    next node of the list that accepts it. python-socketio reconnects only to the URL it was
+    given, so each connection is a client of its own (no automatic reconnection). A subscribe
+    answered `unavailable` (Redis away) is sent again on the same connection a moment later."""
+
+    def __init__(self, name, urls, start=0):
+        self.init_records(name)
+        self.urls = list(urls)
+        self.at = start
+        self.client = None
+        self.closing = threading.Event()
+        self.moves = 0  # connections lost (their node killed), each followed by one elsewhere
+        self.refused = 0  # connection attempts that failed (the node was down)
+        self.subscribe_retries = 0  # subscribes answered `unavailable`, sent again
+        self.error = None
+        self.thread = threading.Thread(target=self.run, name=f"consumer-{name}", daemon=True)
+
+    def start(self):
+        self.thread.start()
+
+    def run(self):
+        try:
+            while not self.closing.is_set():
+                client = self.make_client(reconnection=False)
+                gone = threading.Event()
+                client.on("disconnect", lambda *reason, gone=gone: gone.set())
+                try:
+                    client.connect(self.urls[self.at % len(self.urls)], transports=["websocket"], wait_timeout=2)
+                except Exception:
+                    with self.lock:
+                        self.refused += 1
+                    close_quietly(client)
+                    self.at += 1
+                    self.closing.wait(RETRY_PAUSE)
+                    continue
+                self.client = client
+                while not gone.wait(0.05):
+                    if self.closing.is_set():
+                        return
+                if self.closing.is_set():
+                    return
+                with self.lock:
+                    self.moves += 1
+                self.at += 1
+        except Exception as e:  # pragma: no cover - reported by the test
+            self.error = repr(e)
+
+    def on_subscribed(self, client, answer=None, *rest):
+        error = answer.get("error") if isinstance(answer, dict) else None
+        if isinstance(error, dict) and error.get("code") == "unavailable":
+            with self.lock:
+                self.subscribe_retries += 1
+            retry = threading.Timer(SUBSCRIBE_RETRY, self.resubscribe, args=(client,))
+            retry.daemon = True
+            retry.start()
+            return
+        super().on_subscribed(client, answer, *rest)
+
+    def resubscribe(self, client):
+        if client.connected and not self.closing.is_set():
+            try:
+                self.subscribe(client)
+            except Exception:
+                pass  # the connection went away meanwhile: the next one subscribes
+
+    def close(self):
+        self.closing.set()
+        if self.client is not None:
+            close_quietly(self.client)
+        self.thread.join(5)
+
+
+def close_quietly(client):
+    try:
+        client.disconnect()
+    except Exception:
+        pass
+    try:
+        client.eio.disconnect(abort=True)
+    except Exception:
+        pass
+
+
 # --- waiting and checking (both tests) ----------------------------------------------------------
 
 
@@ -412,9 +586,12 @@ def sample(values, k=8):
     return values[:k] + (["..."] if len(values) > k else [])
 
 
-def check(ledger, publishers, stuck, consumers, hub_view):
+def check(ledger, publishers, stuck, consumers, hub_view, order="received"):
     """The checks both tests make of what publishers were told and consumers received; returns
-    the problems found."""
+    the problems found. `order` is what must come in increasing seq order per consumer:
+    "received", each entry's first arrival at the consumer; "first_sent", each entry's first
+    delivery by the hub (meta.deliveries == 1), any entry that arrives for the first time after
+    a higher seq being a redelivery."""
     problems = []
     confirmed = ledger.confirmed()
     seq_of = dict(ledger.seq_of)
@@ -450,11 +627,28 @@ def check(ledger, publishers, stuck, consumers, hub_view):
                 f"consumer {c.name}: {len(missing)} of {len(confirmed)} confirmed publishes never delivered "
                 f"and acked, e.g. (seq, id) {sample(missing, 5)}"
             )
-        order = c.first_order
-        backwards = [(a, b) for a, b in zip(order, order[1:]) if not (isinstance(a, int) and isinstance(b, int) and b > a)]
+        if order == "received":
+            # the first time the consumer received each entry
+            order_of = c.first_order
+            what = "first deliveries"
+        else:
+            # the first time the hub sent each entry (meta.deliveries == 1); an entry received
+            # for the first time after a higher seq must then be a redelivery
+            order_of = c.sent_first_order
+            what = "first deliveries (meta.deliveries == 1)"
+            not_redelivered = [x for x in c.late_firsts if not (isinstance(x[1], int) and x[1] > 1)]
+            if not_redelivered:
+                problems.append(
+                    f"consumer {c.name}: {len(not_redelivered)} entries received for the first time after a higher "
+                    f"seq without being redeliveries, as (seq, meta.deliveries, highest seq before it): "
+                    f"{not_redelivered[:5]}"
+                )
+        backwards = [
+            (a, b) for a, b in zip(order_of, order_of[1:]) if not (isinstance(a, int) and isinstance(b, int) and b > a)
+        ]
         if backwards:
             problems.append(
-                f"consumer {c.name}: first deliveries out of seq order {len(backwards)} times, "
+                f"consumer {c.name}: {what} out of seq order {len(backwards)} times, "
                 f"e.g. (seq, next seq) {backwards[:5]}; received after a higher seq, as "
                 f"(seq, meta.deliveries, highest seq before it): {c.late_firsts[:5]}"
             )
@@ -602,5 +796,161 @@ def test_sigkill_loses_nothing_confirmed(start_courier, tmp_path):
             + f"\nthe hub's view of the consumers at the end: {hub_view}"
             + "\n"
             + hub.output()[-4000:],
+            pytrace=False,
+        )
+
+
+# --- a cluster -----------------------------------------------------------------------------------
+
+
+def stream_last_seq(urls):
+    """The stream's last_seq as the first node that answers tells it."""
+    for url in urls:
+        try:
+            r = requests.get(f"{url}/api/v1/streams/{STREAM}", timeout=3)
+            if r.status_code == 200:
+                return r.json().get("last_seq")
+        except requests.RequestException:
+            pass
+    return None
+
+
+@pytest.mark.timeout(120)
+def test_cluster_sigkill_loses_nothing_confirmed(start_cluster, tmp_path):
+    """The same load and checks on three nodes sharing one redis-server (AOF, fsync always):
+    publishers and consumers spread over the nodes, nodes killed with SIGKILL several times,
+    and redis-server killed with SIGKILL once and restarted on its AOF."""
+    seed = int(os.environ.get("CRASH_SEED", time.time_ns() % 1_000_000))
+    rng = random.Random(seed)
+    started = time.monotonic()
+    hub = ClusterHub(start_cluster(nodes=NODES, config=CLUSTER_CONFIG, appendfsync=None if REDIS_AOF == "off" else REDIS_AOF))
+    urls = hub.urls
+
+    consumers = [RoamingConsumer(name, urls, start=i % NODES) for i, name in enumerate(CONSUMERS)]
+    publishers = []
+    stop = threading.Event()
+    ledger = Ledger()
+    problems = []
+    events = ["node"] * KILLS + ["redis"]
+    rng.shuffle(events)
+    try:
+        for c in consumers:
+            c.start()
+        wait_subscribed(consumers)
+
+        run_id = f"c{seed}"
+        publishers = [Publisher(i, urls, ledger, stop, run_id, start=i % NODES) for i in range(PUBLISHERS)]
+        for p in publishers:
+            p.start()
+
+        time.sleep(WARMUP)
+        for event in events:
+            time.sleep(rng.uniform(*KILL_INTERVAL))
+            if event == "node":
+                hub.kill_node(rng.randrange(NODES), rng.uniform(0, 0.2))
+            else:
+                before = max(ledger.ids_at, default=0)  # confirmed before the kill: in the AOF
+                hub.kill_redis(rng.uniform(*REDIS_DOWN))
+                after = stream_last_seq(urls)
+                if not isinstance(after, int) or after < before:
+                    problems.append(
+                        f"after Redis restarted on its AOF the stream's last_seq is {after}, "
+                        f"but seq {before} was confirmed before the kill"
+                    )
+        time.sleep(COOLDOWN)
+
+        stop.set()
+        for p in publishers:
+            p.join(20)
+        stuck = [p.name for p in publishers if p.is_alive()]
+
+        drained_in = drain(urls[0], consumers, ledger, CLUSTER_DRAIN_TIMEOUT, CLUSTER_DRAIN_STALL)
+
+        late = RoamingConsumer(LATECOMER, urls, start=rng.randrange(NODES))
+        consumers.append(late)
+        late.start()
+        drain(urls[0], [late], ledger, 15.0)
+        hub_view = {c.name: consumer_state(urls[0], c.name) for c in consumers}
+    finally:
+        stop.set()
+        for c in consumers:
+            c.close()
+
+    final_status = [n.terminate() for n in hub.cluster.nodes]
+
+    # --- the verdict ---------------------------------------------------------------------------
+    # Entries a killed node had sent (or was sending) that never arrived come back, as
+    # redeliveries, only once their ack_wait has passed, after later entries: per consumer, the
+    # first arrivals do not increase in cluster mode, only the hub's first deliveries do.
+    problems += check(ledger, publishers, stuck, consumers, hub_view, order="first_sent")
+    errors_logged = check_logs(hub.servers, problems)
+    if any(status != 0 for status in final_status):
+        problems.append(f"the last nodes exited with {final_status} on SIGTERM")
+    for c in consumers:
+        if c.error:
+            problems.append(f"consumer {c.name} crashed: {c.error}")
+
+    # Publishes while Redis was away: answered at once with an error, not held until it is back.
+    during = []  # (duration, outcome) of attempts that overlapped an outage
+    began_down = []  # ... of those that began while Redis was down
+    for began, ended, outcome in list(ledger.timings):
+        for killed, back, up in hub.outages:
+            if began <= up and ended >= killed:
+                during.append((ended - began, outcome))
+                if killed <= began <= back:
+                    began_down.append((ended - began, outcome))
+    failed = [d for d in during if d[1] != "ok"]
+    unavailable = [d for d in failed if d[1] == "HTTP 503 unavailable"]
+    slowest_failed = max(failed, default=(0.0, None))
+    slowest_down = max(began_down, default=(0.0, None))
+    if hub.outages and not unavailable:
+        problems.append(
+            f"no publish was answered 503 unavailable while Redis was away; outcomes: {Counter(o for _, o in during)}"
+        )
+    if slowest_failed[0] >= OUTAGE_ANSWER:
+        problems.append(
+            f"a publish that failed while Redis was away took {slowest_failed[0]:.2f} s ({slowest_failed[1]}); "
+            f"outcomes then: {Counter(o for _, o in during)}"
+        )
+    if slowest_down[0] >= OUTAGE_ANSWER:
+        problems.append(
+            f"a publish sent while Redis was down took {slowest_down[0]:.2f} s to answer ({slowest_down[1]})"
+        )
+
+    confirmed = ledger.confirmed()
+    lost = set()
+    for c in consumers:
+        lost |= confirmed - c.acked_messages()
+    redeliveries = sum(
+        1 for c in consumers for _, _, meta, _ in c.deliveries
+        if isinstance(meta, dict) and isinstance(meta.get("deliveries"), int) and meta["deliveries"] > 1
+    )
+    late_firsts = sum(len(c.late_firsts) for c in consumers)
+    summary = (
+        f"crash cluster: aof={REDIS_AOF} nodes={NODES} node_kills={hub.node_kills} redis_kills={hub.redis_kills} "
+        f"publishers={PUBLISHERS} consumers={len(CONSUMERS)}+{LATECOMER} "
+        + counts(ledger, consumers)
+        + f"redeliveries={redeliveries} lost={len(lost)} late_first_receipts={late_firsts} "
+        f"moves={sum(c.moves for c in consumers)} subscribe_retries={sum(c.subscribe_retries for c in consumers)} "
+        f"outage_unavailable={len(unavailable)} outage_slowest_failed={slowest_failed[0]:.2f}s "
+        f"outage_slowest_sent_while_down={slowest_down[0]:.2f}s "
+        f"errors_logged={len(errors_logged)} drained_in={drained_in:.1f}s "
+        f"elapsed={time.monotonic() - started:.1f}s seed={seed} problems={len(problems)}"
+    )
+    print(summary)
+    for line in errors_logged:
+        print(f"  logged: {line}")
+    if problems:
+        pytest.fail(
+            summary
+            + "\n"
+            + "\n".join(f"- {p}" for p in problems)
+            + f"\nevents: {events}"
+            + f"\nfailed attempts by cause: {dict(ledger.failures)}"
+            + f"\nthe hub's view of the consumers at the end: {hub_view}"
+            + "\n"
+            + hub.output()[-6000:]
+            + "\n--- redis-server ---\n"
+            + hub.cluster.redis.log()[-2000:],
             pytrace=False,
         )
