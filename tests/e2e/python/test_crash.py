@@ -44,11 +44,11 @@ port and directory, reloading its AOF. On top of the checks above:
 * publishes while Redis is away are answered at once with an error (503 `unavailable` seen, the
   slowest failed attempt and the slowest one sent while Redis was down answered within
   OUTAGE_ANSWER s), not held until Redis returns;
-* order: the entries a killed node had sent that never arrived (or was about to send) come back
-  as redeliveries only once their ack_wait has passed, after later entries, so per consumer the
-  first *arrivals* do not increase in cluster mode (they are counted as late_first_receipts).
-  What is checked is that the hub's first deliveries (meta.deliveries == 1) increase, and that
-  every entry that arrives for the first time after a higher seq is a redelivery.
+* order: per consumer, first arrivals increase, as on one node, and so do the hub's first
+  deliveries (meta.deliveries == 1). The entries a killed node held (sent but never arrived, or
+  not sent yet) come back as redeliveries: they keep the order only if the node the consumer
+  moves to takes them over before it reads anything new. Entries that arrive for the first time
+  after a higher seq are counted (late_first_receipts) and listed under the summary line.
 
 It prints one line starting with `crash cluster:` (lost = confirmed publishes some consumer
 never acked; redeliveries = deliveries with meta.deliveries > 1).
@@ -175,11 +175,13 @@ class ClusterHub:
         self.node_kills = 0
         self.redis_kills = 0
         self.outages = []  # (Redis killed, Redis answering again, every node back on it)
+        self.timeline = []  # (wall clock, what happened), to read beside the nodes' logs
 
     def kill_node(self, i, pause):
         """SIGKILL of node i; `pause` s later it starts again on its port."""
         self.cluster.nodes[i].kill()
         self.node_kills += 1
+        self.timeline.append((time.time(), f"node {i} killed"))
         time.sleep(pause)  # publishers and consumers meet a closed port meanwhile
         deadline = time.monotonic() + 10
         while True:
@@ -193,6 +195,7 @@ class ClusterHub:
                 time.sleep(0.1)
         self.started[i] += 1
         self.servers.append((f"node {i} #{self.started[i]}", node))
+        self.timeline.append((time.time(), f"node {i} back ({node.url})"))
 
     def kill_redis(self, down):
         """SIGKILL of redis-server; `down` s later it starts again on its port and directory
@@ -200,12 +203,15 @@ class ClusterHub:
         killed = time.monotonic()
         self.cluster.redis.kill()
         self.redis_kills += 1
+        self.timeline.append((time.time(), "redis-server killed"))
         time.sleep(down)
         self.cluster.redis.start()
         back = time.monotonic()
+        self.timeline.append((time.time(), "redis-server back"))
         for node in self.cluster.nodes:
             wait_redis_state(node, "up")
         self.outages.append((killed, back, time.monotonic()))
+        self.timeline.append((time.time(), "every node on Redis again"))
 
     def output(self):
         return "\n".join(f"--- {label} ---\n{s.output()}" for label, s in self.servers)
@@ -364,7 +370,7 @@ class Consumer:
         self.deliveries = []  # (seq, data, meta, connection) in arrival order
         self.first_order = []  # seqs of first deliveries, in arrival order
         self.sent_first_order = []  # seqs of deliveries with meta.deliveries == 1, in arrival order
-        self.late_firsts = []  # (seq, meta.deliveries, highest seq received before it)
+        self.late_firsts = []  # (seq, meta.deliveries, highest seq received before it, wall clock)
         self.acked = {}  # (seq, message id) -> the connection its first ack went out on
         self.message_at = {}  # seq -> message id first delivered with it
         self.seq_reused = []  # (seq, earlier message id, later message id)
@@ -426,7 +432,7 @@ class Consumer:
                 self.acked[key] = connection
                 highest = self._highest
                 if isinstance(seq, int) and highest is not None and seq < highest:
-                    self.late_firsts.append((seq, deliveries, highest))
+                    self.late_firsts.append((seq, deliveries, highest, clock(time.time())))
                 if isinstance(seq, int):
                     self._highest = seq if highest is None else max(highest, seq)
                 self.first_order.append(seq)
@@ -465,6 +471,7 @@ class RoamingConsumer(Consumer):
         self.moves = 0  # connections lost (their node killed), each followed by one elsewhere
         self.refused = 0  # connection attempts that failed (the node was down)
         self.subscribe_retries = 0  # subscribes answered `unavailable`, sent again
+        self.timeline = []  # (wall clock, what happened)
         self.error = None
         self.thread = threading.Thread(target=self.run, name=f"consumer-{name}", daemon=True)
 
@@ -477,8 +484,9 @@ class RoamingConsumer(Consumer):
                 client = self.make_client(reconnection=False)
                 gone = threading.Event()
                 client.on("disconnect", lambda *reason, gone=gone: gone.set())
+                url = self.urls[self.at % len(self.urls)]
                 try:
-                    client.connect(self.urls[self.at % len(self.urls)], transports=["websocket"], wait_timeout=2)
+                    client.connect(url, transports=["websocket"], wait_timeout=2)
                 except Exception:
                     with self.lock:
                         self.refused += 1
@@ -487,11 +495,13 @@ class RoamingConsumer(Consumer):
                     self.closing.wait(RETRY_PAUSE)
                     continue
                 self.client = client
+                self.timeline.append((time.time(), f"{self.name} connected to {url}"))
                 while not gone.wait(0.05):
                     if self.closing.is_set():
                         return
                 if self.closing.is_set():
                     return
+                self.timeline.append((time.time(), f"{self.name} lost {url}"))
                 with self.lock:
                     self.moves += 1
                 self.at += 1
@@ -586,12 +596,11 @@ def sample(values, k=8):
     return values[:k] + (["..."] if len(values) > k else [])
 
 
-def check(ledger, publishers, stuck, consumers, hub_view, order="received"):
+def check(ledger, publishers, stuck, consumers, hub_view, orders=("received",)):
     """The checks both tests make of what publishers were told and consumers received; returns
-    the problems found. `order` is what must come in increasing seq order per consumer:
+    the problems found. `orders` are what must come in increasing seq order per consumer:
     "received", each entry's first arrival at the consumer; "first_sent", each entry's first
-    delivery by the hub (meta.deliveries == 1), any entry that arrives for the first time after
-    a higher seq being a redelivery."""
+    delivery by the hub (meta.deliveries == 1)."""
     problems = []
     confirmed = ledger.confirmed()
     seq_of = dict(ledger.seq_of)
@@ -627,31 +636,23 @@ def check(ledger, publishers, stuck, consumers, hub_view, order="received"):
                 f"consumer {c.name}: {len(missing)} of {len(confirmed)} confirmed publishes never delivered "
                 f"and acked, e.g. (seq, id) {sample(missing, 5)}"
             )
-        if order == "received":
-            # the first time the consumer received each entry
-            order_of = c.first_order
-            what = "first deliveries"
-        else:
-            # the first time the hub sent each entry (meta.deliveries == 1); an entry received
-            # for the first time after a higher seq must then be a redelivery
-            order_of = c.sent_first_order
-            what = "first deliveries (meta.deliveries == 1)"
-            not_redelivered = [x for x in c.late_firsts if not (isinstance(x[1], int) and x[1] > 1)]
-            if not_redelivered:
+        for order in orders:
+            if order == "received":
+                # the first time the consumer received each entry
+                order_of, what = c.first_order, "first deliveries"
+            else:
+                # the first time the hub sent each entry (meta.deliveries == 1)
+                order_of, what = c.sent_first_order, "first deliveries by the hub (meta.deliveries == 1)"
+            backwards = [
+                (a, b) for a, b in zip(order_of, order_of[1:])
+                if not (isinstance(a, int) and isinstance(b, int) and b > a)
+            ]
+            if backwards:
                 problems.append(
-                    f"consumer {c.name}: {len(not_redelivered)} entries received for the first time after a higher "
-                    f"seq without being redeliveries, as (seq, meta.deliveries, highest seq before it): "
-                    f"{not_redelivered[:5]}"
+                    f"consumer {c.name}: {what} out of seq order {len(backwards)} times, "
+                    f"e.g. (seq, next seq) {backwards[:5]}; received after a higher seq, as "
+                    f"(seq, meta.deliveries, highest seq before it, time): {c.late_firsts[:5]}"
                 )
-        backwards = [
-            (a, b) for a, b in zip(order_of, order_of[1:]) if not (isinstance(a, int) and isinstance(b, int) and b > a)
-        ]
-        if backwards:
-            problems.append(
-                f"consumer {c.name}: {what} out of seq order {len(backwards)} times, "
-                f"e.g. (seq, next seq) {backwards[:5]}; received after a higher seq, as "
-                f"(seq, meta.deliveries, highest seq before it): {c.late_firsts[:5]}"
-            )
         if c.seq_reused:
             problems.append(
                 f"consumer {c.name}: {len(c.seq_reused)} seqs delivered for two different messages, "
@@ -803,6 +804,11 @@ def test_sigkill_loses_nothing_confirmed(start_courier, tmp_path):
 # --- a cluster -----------------------------------------------------------------------------------
 
 
+def clock(t):
+    """A wall-clock time as the nodes' logs print it (UTC), to the millisecond."""
+    return time.strftime("%H:%M:%S", time.gmtime(t)) + f"{t % 1:.3f}"[1:]
+
+
 def stream_last_seq(urls):
     """The stream's last_seq as the first node that answers tells it."""
     for url in urls:
@@ -879,10 +885,8 @@ def test_cluster_sigkill_loses_nothing_confirmed(start_cluster, tmp_path):
     final_status = [n.terminate() for n in hub.cluster.nodes]
 
     # --- the verdict ---------------------------------------------------------------------------
-    # Entries a killed node had sent (or was sending) that never arrived come back, as
-    # redeliveries, only once their ack_wait has passed, after later entries: per consumer, the
-    # first arrivals do not increase in cluster mode, only the hub's first deliveries do.
-    problems += check(ledger, publishers, stuck, consumers, hub_view, order="first_sent")
+    # The same order as on one node (first arrivals), and the hub's first deliveries.
+    problems += check(ledger, publishers, stuck, consumers, hub_view, orders=("received", "first_sent"))
     errors_logged = check_logs(hub.servers, problems)
     if any(status != 0 for status in final_status):
         problems.append(f"the last nodes exited with {final_status} on SIGTERM")
@@ -940,12 +944,22 @@ def test_cluster_sigkill_loses_nothing_confirmed(start_cluster, tmp_path):
     print(summary)
     for line in errors_logged:
         print(f"  logged: {line}")
+    for c in consumers:
+        if c.late_firsts:
+            print(f"  late first receipts of {c.name}, as (seq, meta.deliveries, highest seq before it, time): {c.late_firsts[:8]}")
     if problems:
+        log = tmp_path / "crash-cluster.log"
+        timeline = sorted(hub.timeline + [e for c in consumers for e in getattr(c, "timeline", [])])
+        log.write_text(
+            "--- timeline ---\n"
+            + "\n".join(f"{clock(t)} {what}" for t, what in timeline)
+            + "\n" + hub.output() + "\n--- redis-server ---\n" + hub.cluster.redis.log()
+        )
         pytest.fail(
             summary
             + "\n"
             + "\n".join(f"- {p}" for p in problems)
-            + f"\nevents: {events}"
+            + f"\nevents: {events}; the timeline and every log: {log}"
             + f"\nfailed attempts by cause: {dict(ledger.failures)}"
             + f"\nthe hub's view of the consumers at the end: {hub_view}"
             + "\n"
