@@ -2,7 +2,8 @@
 
 `RedisServer` runs `redis-server --port P --save '' --appendonly no` on a port found by binding
 port 0 first, answers PING before it is handed out, and can be stopped and started again on the
-same port. `Cluster` (from the `start_cluster` fixture in conftest.py) starts Courier nodes with
+same port and directory. With `appendfsync` set it runs with `--appendonly yes --appendfsync
+<policy>` instead, so a restart (even after SIGKILL) reloads what the AOF holds. `Cluster` (from the `start_cluster` fixture in conftest.py) starts Courier nodes with
 `--redis redis://127.0.0.1:P` (or the environment, or the config file) and is ready once every
 node's /health says cluster.redis "up" and Redis lists one subscriber per node of the namespace's
 request channel, which every server speaking the redis adapter's wire format subscribes to.
@@ -70,9 +71,13 @@ def redis_command(port, *args, timeout=2.0):
 
 
 class RedisServer:
-    """redis-server without persistence on a fixed port; stop() and start() keep the port."""
+    """redis-server on a fixed port; stop() and start() keep the port and the directory.
 
-    def __init__(self, directory, port=None):
+    Without persistence, unless `appendfsync` ("always", "everysec" or "no") turns the AOF on.
+    """
+
+    def __init__(self, directory, port=None, appendfsync=None):
+        self.appendfsync = appendfsync
         self.port = port if port is not None else free_port()
         self.url = f"redis://127.0.0.1:{self.port}"
         self.dir = Path(tempfile.mkdtemp(prefix="redis-", dir=directory))
@@ -85,9 +90,11 @@ class RedisServer:
     def start(self):
         """Starts redis-server and returns once it answers PING."""
         assert not self.alive(), "redis-server is already running"
+        aof = ["--appendonly", "no"]
+        if self.appendfsync:
+            aof = ["--appendonly", "yes", "--appendfsync", self.appendfsync]
         argv = [REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no",
-                "--protected-mode", "no"]
+                *aof, "--dir", str(self.dir), "--daemonize", "no", "--protected-mode", "no"]
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
@@ -104,6 +111,10 @@ class RedisServer:
                     return self
             except OSError:
                 pass
+            except RuntimeError as e:
+                # still loading its AOF: not ready yet
+                if "LOADING" not in str(e):
+                    raise
             if time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError(f"redis-server on port {self.port} did not answer PING "
@@ -143,11 +154,11 @@ class RedisServer:
                    message=f"{count} subscribers of {channel} in Redis (servers on the cluster)")
 
 
-def start_redis(directory):
+def start_redis(directory, appendfsync=None):
     """A started RedisServer on a free port (another one if the port was taken meanwhile), its
-    files in a new directory under `directory`."""
+    files in a new directory under `directory`; `appendfsync` as for RedisServer."""
     for attempt in range(3):
-        redis = RedisServer(directory)
+        redis = RedisServer(directory, appendfsync=appendfsync)
         try:
             return redis.start()
         except RuntimeError as e:
@@ -215,6 +226,13 @@ class Cluster:
             old.kill()
         else:
             old.terminate()
+        return self.start_node(i)
+
+    def start_node(self, i):
+        """Starts node `i` again (it was stopped or killed) on its port and data directory, and
+        waits until it is on the cluster."""
+        old = self.nodes[i]
+        assert not old.alive(), f"node {i} is still running"
         self.nodes[i] = self._launch(old.via, old.data_dir, listen=f"127.0.0.1:{old.port}")
         self.redis.wait_subscribers(len(self.nodes))
         return self.nodes[i]

@@ -214,12 +214,13 @@ def start_courier(registry, tmp_path):
 
 @pytest.fixture
 def start_cluster(registry, start_courier, tmp_path):
-    """start_cluster(nodes=3, config="") -> cluster.Cluster: a redis-server of the test's own and
-    `nodes` Courier nodes started with --redis, all ready. Everything is stopped at teardown."""
+    """start_cluster(nodes=3, config="", appendfsync=None) -> cluster.Cluster: a redis-server of
+    the test's own (with an AOF if `appendfsync` is given, see cluster.RedisServer) and `nodes`
+    Courier nodes started with --redis, all ready. Everything is stopped at teardown."""
     from cluster import Cluster, start_redis
 
-    def start(nodes=3, config=""):
-        redis = start_redis(tmp_path)
+    def start(nodes=3, config="", appendfsync=None):
+        redis = start_redis(tmp_path, appendfsync=appendfsync)
         registry.processes.append(redis)
         cluster = Cluster(start_courier, redis, tmp_path, config=config)
         for _ in range(nodes):
