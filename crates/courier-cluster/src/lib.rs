@@ -539,8 +539,16 @@ impl Cluster {
                 }
                 r
             };
-            let (a, b) = tokio::join!(timed, ping(&mut subscriber));
-            let up = a.is_ok() && b.is_ok();
+            // The streams' connection too: after a restart of Redis it is made again here, so
+            // that "up" means every link works.
+            let streams = async {
+                match self.0.streams.get() {
+                    Some(c) => ping(&mut c.clone()).await.map(drop),
+                    None => Ok(()),
+                }
+            };
+            let (a, b, c) = tokio::join!(timed, ping(&mut subscriber), streams);
+            let up = a.is_ok() && b.is_ok() && c.is_ok();
             if up {
                 self.renew_nodes(&mut publisher).await;
                 if self.0.recovery.is_some() {
@@ -554,15 +562,14 @@ impl Cluster {
                         .await;
                 }
             }
-            let was = self.0.up.swap(up, Ordering::Relaxed);
-            if was && !up {
-                let e = a
-                    .err()
-                    .or(b.err())
-                    .map(|e| e.to_string())
-                    .unwrap_or_default();
-                tracing::error!(error = %e, "cluster: lost Redis; serving this node's clients alone until it is back");
-            } else if !was && up {
+            if !up {
+                if let Some(e) = a.err().or(b.err()).or(c.err()) {
+                    self.lost_redis(&e);
+                }
+                continue;
+            }
+            let was = self.0.up.swap(true, Ordering::Relaxed);
+            if !was {
                 let channels: Vec<String> = self.0.routes.lock().keys().cloned().collect();
                 if !channels.is_empty()
                     && let Err(e) = subscriber.subscribe(&channels).await
@@ -574,6 +581,14 @@ impl Cluster {
                     s.wake_all();
                 }
             }
+        }
+    }
+
+    /// Redis is away: said once, then everything that needs it answers at once until the
+    /// heartbeat sees it back.
+    pub(crate) fn lost_redis(&self, e: &redis::RedisError) {
+        if self.0.up.swap(false, Ordering::Relaxed) {
+            tracing::error!(error = %e, "cluster: lost Redis; serving this node's clients alone until it is back");
         }
     }
 

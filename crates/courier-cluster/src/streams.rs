@@ -79,10 +79,19 @@ local function ensure()
       and redis.call('SCARD', KEYS[4]) >= max then
     return {1, 'too_many_streams', ARGV[12]}
   end
-  redis.call('HSET', KEYS[2], 'last', 0, 'bytes', 0, 'age', ARGV[5], 'entries', ARGV[6],
+  redis.call('HSET', KEYS[2], 'bytes', 0, 'age', ARGV[5], 'entries', ARGV[6],
     'maxbytes', ARGV[7], 'dedupe', ARGV[8], 'discard', ARGV[9], 'dlq', ARGV[10], 'config', ARGV[11])
   redis.call('SADD', KEYS[4], ARGV[13])
   return nil
+end
+-- The seq of the newest entry ever added to KEYS[1] (0 for none): ids are `0-<seq>`.
+local function last_seq()
+  if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then return tonumber(string.match(info[i + 1], '%-(%d+)$')) end
+  end
+  return 0
 end
 local function size_of(fields)
   local n = 0
@@ -117,9 +126,9 @@ static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| {
         r#"
 local err = ensure()
 if err then return err end
-local m = redis.call('HMGET', KEYS[2], 'entries', 'maxbytes', 'discard', 'dedupe', 'bytes', 'last')
+local m = redis.call('HMGET', KEYS[2], 'entries', 'maxbytes', 'discard', 'dedupe', 'bytes')
 local maxn, maxb, dedupe, bytes = tonumber(m[1]), tonumber(m[2]), tonumber(m[4]), tonumber(m[5])
-local seq = tonumber(m[6])
+local seq = last_seq()
 local disk = tonumber(ARGV[14])
 local total = tonumber(redis.call('GET', KEYS[3]) or '0')
 local len = redis.call('XLEN', KEYS[1])
@@ -143,10 +152,10 @@ for i = 0, (#ARGV - 15) / 3 - 1 do
   else
     seq = seq + 1
     if id ~= '' then
-      redis.call('XADD', KEYS[1], seq .. '-0', 'e', e, 'd', d, 't', ms, 'i', id)
+      redis.call('XADD', KEYS[1], '0-' .. seq, 'e', e, 'd', d, 't', ms, 'i', id)
       if dedupe > 0 then redis.call('SET', key, seq, 'PX', dedupe) end
     else
-      redis.call('XADD', KEYS[1], seq .. '-0', 'e', e, 'd', d, 't', ms)
+      redis.call('XADD', KEYS[1], '0-' .. seq, 'e', e, 'd', d, 't', ms)
     end
     bytes = bytes + size
     total = total + size
@@ -157,13 +166,34 @@ for i = 0, (#ARGV - 15) / 3 - 1 do
   end
 end
 if added > 0 then
-  redis.call('HSET', KEYS[2], 'last', seq)
   redis.call('HINCRBY', KEYS[2], 'bytes', grown)
-  redis.call('INCRBY', KEYS[3], grown)
+  total = redis.call('INCRBY', KEYS[3], grown)
   if m[3] ~= 'new' then trim(maxn, maxb) end
   redis.call('PUBLISH', ARGV[15], ARGV[13])
 end
+-- What a node needs to append to this stream without the script (see `Fast`).
+local simple = 0
+if m[3] ~= 'new' and maxn == 0 then simple = 1 end
+out[#out + 1] = simple; out[#out + 1] = maxb; out[#out + 1] = total
 return out
+"#
+    ))
+});
+
+/// A stream's last seq, entries kept and first entry's id ('' for none), or nil if there is no
+/// such stream. KEYS: 1 entries, 2 hash.
+static STREAM_NUMBERS: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        "{ENSURE_STREAM}{}",
+        r#"
+if redis.call('EXISTS', KEYS[2]) == 0 then return nil end
+local len, first = 0, ''
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  len = redis.call('XLEN', KEYS[1])
+  local f = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+  if f then first = f[1] end
+end
+return {last_seq(), len, first}
 "#
     ))
 });
@@ -249,7 +279,7 @@ if redis.call('HEXISTS', KEYS[6], name) == 0 then
     return {1, 'too_many_consumers', ARGV[17]}
   end
   local start = ARGV[16]
-  if start == 'new' then start = redis.call('HGET', KEYS[2], 'last') .. '-0' end
+  if start == 'new' then start = '$' end
   local ok = redis.pcall('XGROUP', 'CREATE', KEYS[1], name, start, 'MKSTREAM')
   if type(ok) == 'table' and ok.err then
     -- A group left by a consumer deleted half-way: it starts afresh.
@@ -259,16 +289,16 @@ if redis.call('HEXISTS', KEYS[6], name) == 0 then
   redis.call('HSET', KEYS[6], name, ARGV[15])
   redis.call('INCR', KEYS[5])
 end
-local last = tonumber(redis.call('HGET', KEYS[2], 'last'))
+local last = last_seq()
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   local f = {}
   for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
   if f['name'] == name then
-    local delivered = tonumber(string.match(f['last-delivered-id'], '^(%d+)'))
+    local delivered = tonumber(string.match(f['last-delivered-id'], '%-(%d+)$'))
     -- Entries removed before the consumer got them do not wait for it.
     local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
     local floor = last
-    if first then floor = tonumber(string.match(first[1], '^(%d+)')) - 1 end
+    if first then floor = tonumber(string.match(first[1], '%-(%d+)$')) - 1 end
     if delivered < floor then delivered = floor end
     local waiting = last - delivered
     if waiting < 0 then waiting = 0 end
@@ -315,7 +345,7 @@ return r[1][2]
 /// least ARGV[3] ms doubled per earlier delivery (at most 16 times), or held by a node that is
 /// gone (no longer listening on its channel, ARGV[7] followed by its id). KEYS: 1 entries, 2 the
 /// consumers' settings; ARGV: 1 group, 2 this node, 3 ack_wait, 4 max_deliver, 5 most to claim,
-/// 6 pending entries to look at. Returns {id, fields, deliveries, dead} per entry claimed;
+/// 6 pending entries to look at, 8 and on: see below. Returns {id, fields, deliveries, dead} per entry claimed;
 /// `dead` (1) says it had its `max_deliver` deliveries and goes to the dead letters.
 static CLAIM_DUE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
@@ -329,6 +359,13 @@ local function is_gone(node)
   end
   return gone[node]
 end
+-- With ARGV[8] = 1, this node's own entries but those listed from ARGV[9] on are due too:
+-- read for it by a round trip whose answer was lost.
+local known = nil
+if ARGV[8] == '1' then
+  known = {}
+  for i = 9, #ARGV do known[ARGV[i]] = true end
+end
 local out = {}
 for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', ARGV[6])) do
   if #out >= most then break end
@@ -336,7 +373,8 @@ for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', ARGV[6])) 
   local shift = count - 1
   if shift > 4 then shift = 4 end
   local need = wait * (2 ^ shift)
-  if idle >= need or is_gone(owner) then
+  local lost = known ~= nil and owner == ARGV[2] and not known[id]
+  if idle >= need or lost or is_gone(owner) then
     local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id)
     local e = got[1]
     if e and e[2] then
@@ -419,15 +457,32 @@ fn fail_groups(groups: Vec<(String, bool, Vec<Publish>)>, e: &StoreError) {
 }
 
 /// Answers each publish of a group from the script's flattened answer.
-fn answer_group(stream: &str, list: Vec<Publish>, reply: Rv, replicated: &Result<(), StoreError>) {
+///
+/// Returns what the script said of the stream: whether it is simple (see [`Fast`]), its
+/// `max_bytes`, and the bytes of every stream.
+fn answer_group(
+    stream: &str,
+    list: Vec<Publish>,
+    reply: Rv,
+    replicated: &Result<(), StoreError>,
+) -> Option<(bool, u64, u64)> {
     let items = match answer(reply, stream) {
         Ok(items) => items,
         Err(e) => {
             for p in list {
                 (p.done)(Err(e.clone()));
             }
-            return;
+            return None;
         }
+    };
+    let n = list.len() * 3;
+    let about = match items.get(n..n + 3) {
+        Some([simple, maxb, total]) => Some((
+            int(simple) == Some(1),
+            int(maxb).unwrap_or(0) as u64,
+            int(total).unwrap_or(0) as u64,
+        )),
+        _ => None,
     };
     for (p, r) in list.into_iter().zip(items.chunks(3)) {
         let result = match r {
@@ -450,7 +505,26 @@ fn answer_group(stream: &str, list: Vec<Publish>, reply: Rv, replicated: &Result
         };
         (p.done)(result);
     }
+    about
 }
+
+/// What a node knows of a stream that lets it append without the publish script: no
+/// `max_entries`, `discard = "old"` (so nothing is refused but by `max_disk_bytes`), learned
+/// from the script's last answer, trusted for [`FAST_FOR`]. A group of publishes without
+/// message ids to such a stream is sent as plain `XADD <stream> 0-* ...` (Redis gives the next
+/// seq itself), then its bytes; retention by bytes follows at once if they passed `max_bytes`.
+/// A change of settings on another node is seen within `FAST_FOR`.
+#[derive(Debug, Clone, Copy)]
+struct Fast {
+    max_bytes: u64,
+    until: Instant,
+}
+
+/// How long a stream's [`Fast`] is trusted.
+const FAST_FOR: Duration = Duration::from_secs(1);
+
+/// A group of publishes to one stream, and whether it may go without the script.
+type Group = (String, bool, Vec<Publish>, Option<Fast>);
 
 /// The keys of one stream, every one with the stream's name as its hash tag.
 struct Keys {
@@ -469,6 +543,10 @@ struct Inner {
     options: StreamOptions,
     /// To the task that sends publishes to Redis in groups.
     publishes: mpsc::UnboundedSender<Publish>,
+    /// Streams this node may append to without the script, by name.
+    fast: Mutex<HashMap<String, Fast>>,
+    /// Bytes of every stream, as Redis last said.
+    disk_total: std::sync::atomic::AtomicU64,
     /// Runners of this node, by (stream, consumer).
     runners: Mutex<HashMap<(String, String), RunnerHandle>>,
 }
@@ -521,9 +599,15 @@ fn text(v: &Rv) -> Option<String> {
     }
 }
 
-/// The seq of an entry id `<seq>-0`.
+/// The seq of an entry id `0-<seq>`.
 fn seq_of(id: &str) -> Option<Seq> {
-    id.split('-').next()?.parse().ok()
+    id.split_once('-')?.1.parse().ok()
+}
+
+/// The entry id of `seq`: a stream's entries are `0-1`, `0-2`, ..., so that `XADD` with `0-*`
+/// gives the next seq by itself.
+fn id_of(seq: Seq) -> String {
+    format!("0-{seq}")
 }
 
 /// A script's answer `{0, ...}`, or its error table as an error.
@@ -593,6 +677,8 @@ impl RedisStreams {
             cluster,
             options,
             publishes,
+            fast: Mutex::new(HashMap::new()),
+            disk_total: Default::default(),
             runners: Mutex::new(HashMap::new()),
         }));
         (streams, rx)
@@ -643,6 +729,19 @@ impl RedisStreams {
     /// The channel told of every stream's new entries (the stream's name).
     pub(crate) fn channel(prefix: &str) -> String {
         format!("{prefix}-courier-stream-new")
+    }
+
+    /// A failed round trip: `unavailable`, and if the link itself failed, the node takes Redis
+    /// for away (so that what follows is answered at once) until its heartbeat sees it back.
+    fn failed(&self, e: redis::RedisError) -> StoreError {
+        if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+        {
+            self.0.cluster.lost_redis(&e);
+        }
+        unavailable(e)
     }
 
     /// The connection, unless Redis is away: then the answer is `unavailable` at once.
@@ -741,12 +840,129 @@ impl RedisStreams {
                 None => groups.push((p.stream.clone(), p.dead_letter, vec![p])),
             }
         }
-        let mut conn = match self.conn() {
+        let conn = match self.conn() {
             Ok(c) => c,
             Err(e) => return fail_groups(groups, &e),
         };
+        let (fast, slow): (Vec<Group>, Vec<Group>) = groups
+            .into_iter()
+            .map(|(stream, dead_letter, list)| {
+                let fast = if dead_letter {
+                    None
+                } else {
+                    self.fast_for(&stream, &list)
+                };
+                (stream, dead_letter, list, fast)
+            })
+            .partition(|g| g.3.is_some());
+        // Separate pipelines: the scripted one is sent again after Redis forgot the script,
+        // which must not repeat the plain appends.
+        tokio::join!(
+            self.append_fast(conn.clone(), fast),
+            self.append_scripted(conn, slow)
+        );
+    }
+
+    /// The stream's [`Fast`] if `list` may go without the script.
+    fn fast_for(&self, stream: &str, list: &[Publish]) -> Option<Fast> {
+        if list.iter().any(|p| p.entry.id.is_some()) {
+            return None;
+        }
+        let fast = *self.0.fast.lock().get(stream)?;
+        if fast.until < Instant::now() {
+            return None;
+        }
+        let max = self.0.options.store.max_disk_bytes;
+        let adding: u64 = list.iter().map(|p| p.entry.size()).sum();
+        let total = self.0.disk_total.load(Ordering::Relaxed);
+        (max == 0 || total + adding <= max).then_some(fast)
+    }
+
+    /// Appends groups to simple streams with plain commands, one pipeline for all of them.
+    async fn append_fast(&self, mut conn: ConnectionManager, groups: Vec<Group>) {
+        if groups.is_empty() {
+            return;
+        }
+        let now = courier_server::store::now_ms();
         let mut pipe = redis::pipe();
-        for (stream, dead_letter, list) in &groups {
+        for (stream, _, list, _) in &groups {
+            let k = self.keys(stream);
+            let mut grown = 0;
+            for p in list {
+                let e = &p.entry;
+                grown += e.size();
+                pipe.cmd("XADD")
+                    .arg(&k.entries)
+                    .arg("0-*")
+                    .arg("e")
+                    .arg(&e.event)
+                    .arg("d")
+                    .arg(e.data.as_ref())
+                    .arg("t")
+                    .arg(now);
+            }
+            pipe.cmd("HINCRBY").arg(&k.meta).arg("bytes").arg(grown);
+            pipe.cmd("INCRBY").arg(self.bytes_key()).arg(grown);
+            pipe.cmd("PUBLISH")
+                .arg(Self::channel(self.prefix()))
+                .arg(stream)
+                .ignore();
+        }
+        let replies = match pipe.query_async::<Vec<Rv>>(&mut conn).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Redis may come back empty: what this node knew of the streams is unsure.
+                self.0.fast.lock().clear();
+                let e = self.failed(e);
+                let groups = groups.into_iter().map(|(s, d, l, _)| (s, d, l)).collect();
+                return fail_groups(groups, &e);
+            }
+        };
+        let replicated = match self.0.options.wait_replicas {
+            0 => Ok(()),
+            n => self.wait_replicas(&mut conn, n).await,
+        };
+        let mut replies = replies.into_iter();
+        for (stream, _, list, fast) in groups {
+            for p in list {
+                let seq = replies
+                    .next()
+                    .as_ref()
+                    .and_then(text)
+                    .and_then(|id| seq_of(&id));
+                let result = match (seq, &replicated) {
+                    (None, _) => Err(StoreError::io("Redis: XADD gave no id")),
+                    (Some(_), Err(e)) => Err(e.clone()),
+                    (Some(seq), Ok(())) => Ok(Appended {
+                        seq,
+                        duplicate: false,
+                    }),
+                };
+                (p.done)(result);
+            }
+            let bytes = replies.next().as_ref().and_then(int).unwrap_or(0) as u64;
+            if let Some(total) = replies.next().as_ref().and_then(int) {
+                self.0.disk_total.store(total as u64, Ordering::Relaxed);
+            }
+            let max = fast.map_or(0, |f| f.max_bytes);
+            if max > 0 && bytes > max {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = this.retain(&stream).await {
+                        tracing::debug!(stream, error = %e, "retention after a publish failed");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Publishes groups through the publish script, one pipeline for all of them.
+    async fn append_scripted(&self, mut conn: ConnectionManager, groups: Vec<Group>) {
+        if groups.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (stream, dead_letter, list, _) in &groups {
             pipe.add_command(self.publish_command(stream, *dead_letter, list));
         }
         let mut replies = pipe.query_async::<Vec<Rv>>(&mut conn).await;
@@ -762,14 +978,33 @@ impl RedisStreams {
         }
         let replies = match replies {
             Ok(r) => r,
-            Err(e) => return fail_groups(groups, &unavailable(e)),
+            Err(e) => {
+                self.0.fast.lock().clear();
+                let groups = groups.into_iter().map(|(s, d, l, _)| (s, d, l)).collect();
+                return fail_groups(groups, &self.failed(e));
+            }
         };
         let replicated = match self.0.options.wait_replicas {
             0 => Ok(()),
             n => self.wait_replicas(&mut conn, n).await,
         };
-        for ((stream, _, list), reply) in groups.into_iter().zip(replies) {
-            answer_group(&stream, list, reply, &replicated);
+        for ((stream, _, list, _), reply) in groups.into_iter().zip(replies) {
+            let about = answer_group(&stream, list, reply, &replicated);
+            let mut fast = self.0.fast.lock();
+            match about {
+                Some((true, max_bytes, total)) => {
+                    self.0.disk_total.store(total, Ordering::Relaxed);
+                    let until = Instant::now() + FAST_FOR;
+                    fast.insert(stream, Fast { max_bytes, until });
+                }
+                Some((false, _, total)) => {
+                    self.0.disk_total.store(total, Ordering::Relaxed);
+                    fast.remove(&stream);
+                }
+                None => {
+                    fast.remove(&stream);
+                }
+            }
         }
     }
 
@@ -817,7 +1052,7 @@ impl RedisStreams {
             .arg(timeout)
             .query_async(conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         if acked < i64::from(n) {
             return Err(StoreError::Unavailable(format!(
                 "stored, but only {acked} of {n} replicas confirmed it in time; publish again with the same id"
@@ -829,27 +1064,27 @@ impl RedisStreams {
     async fn info(&self, name: &str) -> Result<Option<StreamInfo>, StoreError> {
         let mut conn = self.conn()?;
         let k = self.keys(name);
-        let (meta, len, first, consumers): (HashMap<String, String>, u64, Rv, Vec<String>) =
-            redis::pipe()
-                .hgetall(&k.meta)
-                .cmd("XLEN")
-                .arg(&k.entries)
-                .cmd("XRANGE")
-                .arg(&k.entries)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(1)
-                .hkeys(&k.consumers)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-        if meta.is_empty() {
+        let numbers: Rv = keys!(STREAM_NUMBERS.prepare_invoke(), &k.entries, &k.meta)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let Rv::Array(numbers) = numbers else {
             return Ok(None);
-        }
+        };
+        let (meta, consumers): (HashMap<String, String>, Vec<String>) = redis::pipe()
+            .hgetall(&k.meta)
+            .hkeys(&k.consumers)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let last = numbers.first().and_then(int).unwrap_or(0) as Seq;
+        let len = numbers.get(1).and_then(int).unwrap_or(0) as u64;
+        let first = numbers
+            .get(2)
+            .and_then(text)
+            .and_then(|id| seq_of(&id))
+            .unwrap_or(last + 1);
         let num = |f: &str| meta.get(f).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        let last = num("last");
-        let first = entries_of(&first).first().map_or(last + 1, |e| e.seq);
         let config = meta
             .get("config")
             .and_then(|c| serde_json::from_str(c).ok())
@@ -888,7 +1123,7 @@ impl RedisStreams {
             .arg(&k.entries)
             .query_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         let mut delivered: HashMap<String, Seq> = HashMap::new();
         if let Rv::Array(groups) = groups {
             for g in groups {
@@ -929,7 +1164,7 @@ impl RedisStreams {
                 .arg(100_000)
                 .query_async(&mut conn)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.failed(e))?;
             let mut map = BTreeMap::new();
             if let Rv::Array(list) = pending {
                 for p in list {
@@ -981,6 +1216,8 @@ impl RedisStreams {
 
     /// Every runner looks again (Redis is back, and notices may have been missed meanwhile).
     pub(crate) fn wake_all(&self) {
+        // Redis may have come back empty: publishes go through the script until it says again.
+        self.0.fast.lock().clear();
         for h in self.0.runners.lock().values() {
             h.wake.notify_one();
         }
@@ -1025,24 +1262,32 @@ impl RedisStreams {
             .arg(self.list_key())
             .query_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         for name in names {
-            let k = self.keys(&name);
-            let _: i64 = keys!(
-                RETAIN.prepare_invoke(),
-                &k.entries,
-                &k.meta,
-                self.bytes_key()
-            )
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            self.retain(&name).await?;
         }
+        Ok(())
+    }
+
+    /// Applies `stream`'s retention now.
+    async fn retain(&self, stream: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let k = self.keys(stream);
+        let _: i64 = keys!(
+            RETAIN.prepare_invoke(),
+            &k.entries,
+            &k.meta,
+            self.bytes_key()
+        )
+        .invoke_async(&mut conn)
+        .await
+        .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
     async fn create(&self, name: String, config: StreamConfig) -> Result<StreamInfo, StoreError> {
         check_name(&name)?;
+        self.0.fast.lock().remove(&name);
         if let Some(dlq) = &config.dead_letter {
             check_name(dlq)?;
         }
@@ -1063,7 +1308,10 @@ impl RedisStreams {
             self.0.options.store.max_streams,
             &name,
         );
-        let r: Rv = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let r: Rv = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
         answer(r, &name)?;
         self.info(&name)
             .await?
@@ -1122,13 +1370,16 @@ impl SharedStreams for RedisStreams {
             let start = match config.start {
                 StartPosition::New => "new".to_owned(),
                 StartPosition::All => "0".to_owned(),
-                StartPosition::Seq(n) => format!("{}-0", n.saturating_sub(1)),
+                StartPosition::Seq(n) => id_of(n.saturating_sub(1)),
             };
             inv.arg(&consumer)
                 .arg(serde_json::to_string(&config).expect("settings serialize"))
                 .arg(start)
                 .arg(o.max_consumers);
-            let r: Rv = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+            let r: Rv = inv
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| this.failed(e))?;
             let items = answer(r, &stream)?;
             Ok(items.get(1).and_then(int).unwrap_or(0).max(0) as u64)
         })
@@ -1178,7 +1429,10 @@ impl SharedStreams for RedisStreams {
                 inv.arg("");
             }
             inv.arg(&consumer);
-            let n: i64 = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+            let n: i64 = inv
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| this.failed(e))?;
             Ok(n == 1)
         })
     }
@@ -1205,7 +1459,7 @@ impl SharedStreams for RedisStreams {
             )
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| this.failed(e))?;
             if n < 0 {
                 return Err(StoreError::StreamNotFound(name));
             }
@@ -1221,7 +1475,7 @@ impl SharedStreams for RedisStreams {
                 .arg(this.list_key())
                 .query_async(&mut conn)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| this.failed(e))?;
             let mut out = Vec::with_capacity(names.len());
             for name in names {
                 if let Some(info) = this.info(&name).await? {
@@ -1259,13 +1513,13 @@ impl SharedStreams for RedisStreams {
                 .exists(&k.meta)
                 .cmd("XRANGE")
                 .arg(&k.entries)
-                .arg(format!("{from}-0"))
+                .arg(id_of(from))
                 .arg("+")
                 .arg("COUNT")
                 .arg(limit.clamp(1, i64::MAX as usize))
                 .query_async(&mut conn)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| this.failed(e))?;
             if !exists {
                 return Err(StoreError::StreamNotFound(stream));
             }
@@ -1303,6 +1557,10 @@ impl Runner {
         let mut config: Option<ConsumerConfig> = None;
         let mut scanned = Instant::now() - SCAN_EVERY;
         let mut failed_at: Option<Instant> = None;
+        // Entries of this node's that it does not know it holds are sent again at the first
+        // look: at start (left by an earlier runner), and after a failed round trip (a read
+        // that Redis did but whose answer never came).
+        let mut recover = true;
         loop {
             while let Ok(cmd) = self.rx.try_recv() {
                 self.on_command(cmd, &mut subscribers, &mut held, &mut acks, &mut released);
@@ -1323,6 +1581,7 @@ impl Runner {
                         &mut config,
                         &mut scanned,
                         &mut turn,
+                        &mut recover,
                     )
                     .await
                 {
@@ -1335,6 +1594,7 @@ impl Runner {
                             tracing::warn!(stream, consumer, error = %e, "consumer: Redis round trip failed; trying again");
                         }
                         failed_at = Some(Instant::now());
+                        recover = true;
                     }
                 }
             }
@@ -1419,13 +1679,14 @@ impl Runner {
         cached: &mut Option<ConsumerConfig>,
         scanned: &mut Instant,
         turn: &mut usize,
+        recover: &mut bool,
     ) -> Result<bool, StoreError> {
         let (stream, consumer) = &self.key;
         let s = &self.streams;
         let mut conn = s.conn()?;
         let k = s.keys(stream);
         if !acks.is_empty() {
-            let ids: Vec<String> = acks.iter().map(|q| format!("{q}-0")).collect();
+            let ids: Vec<String> = acks.iter().map(|q| id_of(*q)).collect();
             let r: redis::RedisResult<i64> = redis::cmd("XACK")
                 .arg(&k.entries)
                 .arg(consumer)
@@ -1435,7 +1696,7 @@ impl Runner {
             match r {
                 Ok(_) => acks.clear(),
                 Err(e) if is_nogroup(&e) => acks.clear(),
-                Err(e) => return Err(unavailable(e)),
+                Err(e) => return Err(self.streams.failed(e)),
             }
         }
         let mut scan_now = self.handle.scan.swap(false, Ordering::Relaxed);
@@ -1444,7 +1705,7 @@ impl Runner {
             let mut inv = keys!(RELEASE.prepare_invoke(), &k.entries);
             inv.arg(consumer).arg(s.node()).arg(RELEASED_IDLE_MS);
             for q in released.iter() {
-                inv.arg(format!("{q}-0"));
+                inv.arg(id_of(*q));
             }
             match inv.invoke_async::<i64>(&mut conn).await {
                 Ok(_) => {
@@ -1458,7 +1719,7 @@ impl Runner {
                         .await;
                 }
                 Err(e) if is_nogroup(&e) => released.clear(),
-                Err(e) => return Err(unavailable(e)),
+                Err(e) => return Err(self.streams.failed(e)),
             }
         }
         if subscribers.is_empty() {
@@ -1472,7 +1733,7 @@ impl Runner {
                     .arg(consumer)
                     .query_async(&mut conn)
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(|e| self.streams.failed(e))?;
                 // A deleted consumer delivers nothing until it is created again.
                 let Some(c) = raw.and_then(|r| serde_json::from_str::<ConsumerConfig>(&r).ok())
                 else {
@@ -1488,7 +1749,7 @@ impl Runner {
         let forget = config.redelivery_wait(config.max_deliver.max(5)) * 2;
         held.retain(|_, h| h.due + forget > now);
         let own_due = held.values().any(|h| h.due <= now);
-        if scan_now || own_due || scanned.elapsed() >= SCAN_EVERY {
+        if *recover || scan_now || own_due || scanned.elapsed() >= SCAN_EVERY {
             *scanned = now;
             let mut inv = keys!(CLAIM_DUE.prepare_invoke(), &k.entries, &k.consumers);
             inv.arg(consumer)
@@ -1498,13 +1759,22 @@ impl Runner {
                 .arg(READ_BATCH)
                 .arg(SCAN_PENDING)
                 .arg(s.0.cluster.node_channel(""));
+            if *recover {
+                inv.arg("1");
+                for seq in held.keys() {
+                    inv.arg(id_of(*seq));
+                }
+            }
             let claimed: Rv = match inv.invoke_async(&mut conn).await {
-                Ok(v) => v,
+                Ok(v) => {
+                    *recover = false;
+                    v
+                }
                 Err(e) if is_nogroup(&e) => {
                     *cached = None;
                     return Ok(false);
                 }
-                Err(e) => return Err(unavailable(e)),
+                Err(e) => return Err(self.streams.failed(e)),
             };
             if let Rv::Array(list) = claimed {
                 for c in list {
@@ -1544,7 +1814,7 @@ impl Runner {
                 *cached = None;
                 return Ok(false);
             }
-            Err(e) => return Err(unavailable(e)),
+            Err(e) => return Err(self.streams.failed(e)),
         };
         let fresh = entries_of(&fresh);
         let full = fresh.len() == READ_BATCH;
@@ -1612,7 +1882,7 @@ impl Runner {
             .cmd("XACK")
             .arg(&k.entries)
             .arg(consumer)
-            .arg(format!("{}-0", entry.seq))
+            .arg(id_of(entry.seq))
             .ignore()
             .cmd("HINCRBY")
             .arg(&k.consumers)
@@ -1621,7 +1891,7 @@ impl Runner {
             .ignore()
             .query_async(conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.streams.failed(e))?;
         tracing::info!(
             stream,
             consumer,
