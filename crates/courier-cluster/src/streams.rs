@@ -1256,8 +1256,21 @@ impl RedisStreams {
         }
     }
 
+    /// Applies every stream's retention, unless another node did within the last second.
     async fn retain_all(&self) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
+        let turn: Option<String> = redis::cmd("SET")
+            .arg(format!("{}-courier-stream-retention", self.prefix()))
+            .arg(self.node())
+            .arg("NX")
+            .arg("PX")
+            .arg(900)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        if turn.is_none() {
+            return Ok(());
+        }
         let names: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.list_key())
             .query_async(&mut conn)

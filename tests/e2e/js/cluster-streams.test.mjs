@@ -8,7 +8,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { sleep, waitFor } from "./harness.mjs";
 import { api, closeSocket, connect, consumerInfo, deliveries, publish, range, seqsOf, streamInfo, subscribe } from "./clients.mjs";
-import { startCluster, waitRedisState } from "./cluster.mjs";
+import { startCluster, startCourierNode, startRedis, waitRedisState } from "./cluster.mjs";
 
 const WS = { transports: ["websocket"] };
 
@@ -143,4 +143,28 @@ test("Redis killed and restarted under load: publishes answer unavailable at onc
   });
   const delivered = new Map(got.map((d) => [d.meta.seq, d.data]));
   for (const [id, seq] of confirmed) assert.equal(delivered.get(seq), id, `seq ${seq} delivered with its data`);
+});
+
+test("with cluster.wait_replicas a publish is confirmed once a replica has it, and answered unavailable when none does in time", async (t) => {
+  const primary = await startRedis({ t, aof: true });
+  const replica = await startRedis({ t, args: ["--replicaof", "127.0.0.1", String(primary.port)] });
+  await waitFor(async () => (await replica.command("INFO", "replication")).includes("master_link_status:up"), {
+    ms: 10_000,
+    what: "the replica in sync with the primary",
+  });
+  const node = await startCourierNode(primary, { config: { cluster: { wait_replicas: 1, wait_timeout_ms: 300 } } });
+  t.after(() => node.stop());
+  assert.deepEqual(await publish(node, "safe", "e", 1, "a"), { seq: 1, duplicate: false });
+  assert.equal(await replica.command("XLEN", "socket.io-courier-stream#{safe}"), 1, "on the replica when confirmed");
+
+  await replica.stop("SIGKILL");
+  const started = Date.now();
+  const res = await api(node, "POST", "/api/v1/streams/safe/publish", { event: "e", data: 2, id: "b" });
+  assert.equal(res.status, 503, JSON.stringify(res.body));
+  assert.equal(res.body.error.code, "unavailable");
+  assert.match(res.body.error.message, /replica/);
+  assert.ok(Date.now() - started < 2000, "answered after the wait, not hanging");
+  // It was stored on the primary: the same id again is that entry, not a second one.
+  assert.deepEqual(await publish(node, "safe", "e", 2, "b"), { seq: 2, duplicate: true });
+  assert.equal((await streamInfo(node, "safe")).entries, 2);
 });

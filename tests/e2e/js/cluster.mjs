@@ -118,8 +118,9 @@ export function redisCommand(port, args, { timeoutMs = 2000 } = {}) {
 export class RedisServer {
   /** With `aof`, every write is in an append-only file fsynced before Redis answers, and a
    * restart (stop, then start) finds it all again. */
-  constructor(port, { aof = false } = {}) {
+  constructor(port, { aof = false, args = [] } = {}) {
     this.aof = aof;
+    this.extraArgs = args;
     this.port = port;
     this.url = `redis://127.0.0.1:${port}`;
     this.dir = mkdtempSync(path.join(tmpdir(), "courier-e2e-redis-"));
@@ -136,7 +137,7 @@ export class RedisServer {
     if (this.running) throw new Error("redis-server is already running");
     const persistence = this.aof ? ["--appendonly", "yes", "--appendfsync", "always"] : ["--appendonly", "no"];
     const args = ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", ...persistence];
-    args.push("--dir", this.dir, "--daemonize", "no", "--protected-mode", "no");
+    args.push("--dir", this.dir, "--daemonize", "no", "--protected-mode", "no", ...this.extraArgs);
     const child = spawn(REDIS_BIN, args, { stdio: ["ignore", "pipe", "pipe"] });
     track(child);
     this.child = child;
@@ -216,10 +217,10 @@ export class RedisServer {
 }
 
 /** Starts a redis-server on a free port; it is removed when the test `t` ends. */
-export async function startRedis({ t, aof = false } = {}) {
+export async function startRedis({ t, aof = false, args = [] } = {}) {
   // The port is free when chosen but may be taken before redis-server binds it: try another.
   for (let attempt = 1; ; attempt++) {
-    const redis = new RedisServer(await freePort(), { aof });
+    const redis = new RedisServer(await freePort(), { aof, args });
     try {
       await redis.start();
       if (t) t.after(() => redis.close());
