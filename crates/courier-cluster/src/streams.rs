@@ -35,8 +35,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::Cluster;
 
-/// Entries read for a consumer at a time.
-const READ_BATCH: usize = 256;
+/// Entries read for a consumer at a time, at most (fewer when they are large).
+const READ_BATCH: usize = 1000;
 /// Bytes of deliveries one consumer may have out with this node's subscribers.
 const MAX_BYTES_IN_FLIGHT: u64 = 8 << 20;
 /// How often a consumer with subscribers looks for entries that others left unacknowledged
@@ -1816,11 +1816,18 @@ impl Runner {
         if bytes >= MAX_BYTES_IN_FLIGHT {
             return Ok(false);
         }
+        // As many as fit in the bytes left, guessed from the entries out now (1 KiB each when
+        // none are): a read of large entries is smaller.
+        let each = match held.len() as u64 {
+            0 => 1024,
+            n => (bytes / n).max(64),
+        };
+        let count = ((MAX_BYTES_IN_FLIGHT - bytes) / each).clamp(1, READ_BATCH as u64) as usize;
         let mut inv = keys!(READ_NEW.prepare_invoke(), &k.entries);
         inv.arg(consumer)
             .arg(s.node())
             .arg(config.max_ack_pending)
-            .arg(READ_BATCH);
+            .arg(count);
         let fresh: Rv = match inv.invoke_async(&mut conn).await {
             Ok(v) => v,
             Err(e) if is_nogroup(&e) => {
@@ -1830,7 +1837,7 @@ impl Runner {
             Err(e) => return Err(self.streams.failed(e)),
         };
         let fresh = entries_of(&fresh);
-        let full = fresh.len() == READ_BATCH;
+        let full = fresh.len() == count;
         for entry in fresh {
             self.send(subscribers, turn, held, &config, entry, 1);
         }
