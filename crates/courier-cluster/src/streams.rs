@@ -1,17 +1,18 @@
 //! Durable streams in Redis, shared by every node: one hub for them too.
 //!
-//! - A stream is a Redis stream whose entry ids are `<seq>-0`, so one sequence per stream
-//!   is assigned by Redis whichever node publishes, and a read from `seq` is an `XRANGE`.
-//!   Beside it, a hash with its settings, its last seq and its bytes, and one key per message
-//!   id seen within the dedupe window. Publishing is one script: dedupe, quotas, the append,
-//!   retention by count and bytes, and a notice on the streams' channel.
+//! - A stream is a Redis stream whose entry ids are `0-<seq>`, so one sequence per stream is
+//!   assigned by Redis whichever node publishes, and a read from `seq` is an `XRANGE`. Beside
+//!   it, a hash with its settings and its bytes, and one key per message id seen within the
+//!   dedupe window. A node sends its publishes in groups, one per stream: through a script
+//!   (dedupe, quotas, the append, retention by count and bytes), or for a simple stream and no
+//!   ids as plain `XADD <stream> 0-*` (see [`Fast`]); then a notice on the streams' channel.
 //! - A consumer is a consumer group of that stream (its position and pending entries with
 //!   their delivery counts are Redis's), and each node reads for it as a group member named
 //!   after the node: Redis hands each entry to one node, the node to one of its subscribed
 //!   sockets. An unacknowledged entry is claimed again (`XCLAIM`, which counts the delivery)
 //!   by whichever node has a subscriber once it has been idle for its `ack_wait` (doubled per
-//!   delivery), so what a dead node held goes to the others; after `max_deliver` deliveries
-//!   it goes to the dead-letter stream.
+//!   delivery), or at once if the node holding it is gone; after `max_deliver` deliveries it
+//!   goes to the dead-letter stream.
 //! - Every key of a stream carries the stream's name as its hash tag, so the scripts touch one
 //!   slot (the quota counters and the list of streams are the exceptions, see docs/cluster.md).
 
@@ -46,6 +47,8 @@ const SCAN_EVERY: Duration = Duration::from_secs(1);
 const RETRY: Duration = Duration::from_secs(1);
 /// Idle time given to entries a leaving socket held, so that any node takes them at once.
 const RELEASED_IDLE_MS: u64 = 864_000_000;
+/// How long a consumer group's member must have been idle (and its node gone) to be dropped.
+const GONE_MEMBER_IDLE_MS: u64 = 60_000;
 /// Pending entries looked at per scan.
 const SCAN_PENDING: usize = 1000;
 
@@ -214,8 +217,11 @@ return {0}
     ))
 });
 
-/// Removes entries older than ARGV[1] ms (at most 1000 a call), and for a `discard = old`
-/// stream those over its count or bytes. KEYS: 1 entries, 2 hash, 3 bytes of every stream.
+/// Removes entries older than the stream's `max_age_ms` (at most 1000 a call), and for a
+/// `discard = old` stream those over its count or bytes. KEYS: 1 entries, 2 hash, 3 bytes of
+/// every stream. With ARGV[1] (the prefix of nodes' channels), also forgets the consumer
+/// groups' members that hold nothing, were idle ARGV[2] ms and whose node is gone: every
+/// node that ever read for a group is one, and a node's id is new at each start.
 static RETAIN: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         "{ENSURE_STREAM}{}",
@@ -240,6 +246,19 @@ if age > 0 then
   end
 end
 if m[4] ~= 'new' then trim(tonumber(m[2]), tonumber(m[3])) end
+if ARGV[1] and redis.call('EXISTS', KEYS[1]) == 1 then
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local group = g[2]
+    for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], group)) do
+      local f = {}
+      for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+      if f['pending'] == 0 and f['idle'] >= tonumber(ARGV[2])
+          and redis.call('PUBSUB', 'NUMSUB', ARGV[1] .. f['name'])[2] == 0 then
+        redis.call('XGROUP', 'DELCONSUMER', KEYS[1], group, f['name'])
+      end
+    end
+  end
+end
 return removed
 "#
     ))
@@ -757,19 +776,6 @@ impl RedisStreams {
         &self.0.cluster.0.uid
     }
 
-    /// ARGV[4..13] of ENSURE_STREAM for `stream` with `config`.
-    fn stream_args(
-        inv: &mut redis::ScriptInvocation<'_>,
-        create: bool,
-        config: &StreamConfig,
-        max_streams: usize,
-        stream: &str,
-    ) {
-        for a in stream_args(create, config, max_streams, stream) {
-            inv.arg(a);
-        }
-    }
-
     async fn publish_entry(
         &self,
         stream: String,
@@ -948,7 +954,7 @@ impl RedisStreams {
             if max > 0 && bytes > max {
                 let this = self.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = this.retain(&stream).await {
+                    if let Err(e) = this.retain(&stream, false).await {
                         tracing::debug!(stream, error = %e, "retention after a publish failed");
                     }
                 });
@@ -1032,9 +1038,7 @@ impl RedisStreams {
             (o.auto_create, o.max_streams)
         };
         cmd.arg("").arg("").arg("");
-        for a in stream_args(create, &o.default_stream, max, stream) {
-            cmd.arg(a);
-        }
+        cmd.arg(&stream_args(create, &o.default_stream, max, stream)[..]);
         cmd.arg(o.max_disk_bytes).arg(Self::channel(self.prefix()));
         for p in list {
             cmd.arg(&p.entry.event)
@@ -1276,25 +1280,33 @@ impl RedisStreams {
             .query_async(&mut conn)
             .await
             .map_err(|e| self.failed(e))?;
+        // Once a minute (on average: whichever node's turn it is), gone nodes' members of
+        // the consumer groups are forgotten too.
+        let forget = rand::random_range(0..60) == 0;
         for name in names {
-            self.retain(&name).await?;
+            self.retain(&name, forget).await?;
         }
         Ok(())
     }
 
-    /// Applies `stream`'s retention now.
-    async fn retain(&self, stream: &str) -> Result<(), StoreError> {
+    /// Applies `stream`'s retention now; with `forget`, drops gone nodes' group members.
+    async fn retain(&self, stream: &str, forget: bool) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         let k = self.keys(stream);
-        let _: i64 = keys!(
+        let mut inv = keys!(
             RETAIN.prepare_invoke(),
             &k.entries,
             &k.meta,
             self.bytes_key()
-        )
-        .invoke_async(&mut conn)
-        .await
-        .map_err(|e| self.failed(e))?;
+        );
+        if forget {
+            inv.arg(self.0.cluster.node_channel(""))
+                .arg(GONE_MEMBER_IDLE_MS);
+        }
+        let _: i64 = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
@@ -1314,13 +1326,8 @@ impl RedisStreams {
             self.list_key()
         );
         inv.arg("").arg("").arg("");
-        Self::stream_args(
-            &mut inv,
-            true,
-            &config,
-            self.0.options.store.max_streams,
-            &name,
-        );
+        let max = self.0.options.store.max_streams;
+        inv.arg(&stream_args(true, &config, max, &name)[..]);
         let r: Rv = inv
             .invoke_async(&mut conn)
             .await
@@ -1373,13 +1380,7 @@ impl SharedStreams for RedisStreams {
             let o = &this.0.options.store;
             let mut inv = this.consumer_invocation(&ENSURE_CONSUMER, &k);
             inv.arg("").arg("").arg("");
-            Self::stream_args(
-                &mut inv,
-                o.auto_create,
-                &o.default_stream,
-                o.max_streams,
-                &stream,
-            );
+            inv.arg(&stream_args(o.auto_create, &o.default_stream, o.max_streams, &stream)[..]);
             let start = match config.start {
                 StartPosition::New => "new".to_owned(),
                 StartPosition::All => "0".to_owned(),
