@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_server::store::{
-    Appended, ConsumerConfig, ConsumerRecord, ConsumerState, Entry, NewEntry, PublishCallback, Seq,
-    StartPosition, StoreError, StoreOptions, StreamConfig, StreamInfo, check_name,
+    Appended, ConsumerConfig, ConsumerRecord, ConsumerState, Entry, NewEntry, PublishCallback,
+    SendLater, Seq, StartPosition, StoreError, StoreOptions, StreamConfig, StreamInfo, check_name,
 };
 use courier_server::{SharedStreams, Socket, engine::Sid};
 use futures_util::future::BoxFuture;
@@ -32,7 +32,7 @@ use parking_lot::Mutex;
 use redis::Value as Rv;
 use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::Cluster;
 
@@ -453,6 +453,11 @@ fn stream_args(
     ]
 }
 
+/// `max_queued_bytes` in the units of the queue's semaphore (KiB), as a node's store counts it.
+fn queue_capacity(options: &StoreOptions) -> u32 {
+    (options.max_queued_bytes / 1024).clamp(1, u64::from(u32::MAX >> 4)) as u32
+}
+
 /// Publishes sent to Redis in one group at most.
 const MAX_PUBLISH_BATCH: usize = 1024;
 
@@ -464,6 +469,8 @@ pub(crate) struct Publish {
     /// Called with the answer, on the publishing task: every answer of a group in one burst, so
     /// that a connection's acks go out in one write.
     done: Box<dyn FnOnce(Result<Appended, StoreError>) + Send>,
+    /// Its share of `max_queued_bytes`, given back with the answer.
+    _queued: OwnedSemaphorePermit,
 }
 
 /// Answers every publish of `groups` with `e`.
@@ -562,6 +569,8 @@ struct Inner {
     options: StreamOptions,
     /// To the task that sends publishes to Redis in groups.
     publishes: mpsc::UnboundedSender<Publish>,
+    /// `max_queued_bytes` (in KiB) for publishes waiting for Redis, as in a node's store.
+    queued: Arc<Semaphore>,
     /// Streams this node may append to without the script, by name.
     fast: Mutex<HashMap<String, Fast>>,
     /// Bytes of every stream, as Redis last said.
@@ -692,10 +701,12 @@ impl RedisStreams {
         options: StreamOptions,
     ) -> (RedisStreams, mpsc::UnboundedReceiver<Publish>) {
         let (publishes, rx) = mpsc::unbounded_channel();
+        let capacity = queue_capacity(&options.store) as usize;
         let streams = RedisStreams(Arc::new(Inner {
             cluster,
             options,
             publishes,
+            queued: Arc::new(Semaphore::new(capacity)),
             fast: Mutex::new(HashMap::new()),
             disk_total: Default::default(),
             runners: Mutex::new(HashMap::new()),
@@ -783,41 +794,62 @@ impl RedisStreams {
         dead_letter: bool,
     ) -> Result<Appended, StoreError> {
         let (done, answer) = oneshot::channel();
-        self.queue_publish(
-            stream,
-            entry,
-            dead_letter,
-            Box::new(move |r| {
-                let _ = done.send(r);
-            }),
-        );
+        let done = Box::new(move |r| {
+            let _ = done.send(r);
+        });
+        if let Some(later) = self.queue_publish(stream, entry, dead_letter, done) {
+            later.await;
+        }
         answer.await.unwrap_or(Err(StoreError::Closed))
     }
 
-    /// Queues a publish for the publishing task, or answers it at once if it cannot be.
+    /// Queues a publish for the publishing task, or answers it at once if it cannot be;
+    /// `Some(future)` when the queue holds `max_queued_bytes` already: driving it queues the
+    /// publish once there is room.
     fn queue_publish(
         &self,
         stream: String,
         entry: NewEntry,
         dead_letter: bool,
         done: Box<dyn FnOnce(Result<Appended, StoreError>) + Send>,
-    ) {
+    ) -> Option<SendLater> {
         let o = &self.0.options.store;
+        let size = entry.size();
         let refused = check_name(&stream).err().or_else(|| {
-            let size = entry.size() as usize;
-            (size > o.max_entry_bytes).then(|| StoreError::TooLarge(size, o.max_entry_bytes))
+            (size as usize > o.max_entry_bytes)
+                .then(|| StoreError::TooLarge(size as usize, o.max_entry_bytes))
         });
         if let Some(e) = refused.or_else(|| self.conn().err()) {
-            return done(Err(e));
+            done(Err(e));
+            return None;
         }
-        let request = Publish {
-            stream,
-            entry,
-            dead_letter,
-            done,
+        let units = size.div_ceil(1024).clamp(1, u64::from(queue_capacity(o))) as u32;
+        let queue = move |this: &RedisStreams, permit| {
+            let request = Publish {
+                stream,
+                entry,
+                dead_letter,
+                done,
+                _queued: permit,
+            };
+            if let Err(mpsc::error::SendError(p)) = this.0.publishes.send(request) {
+                (p.done)(Err(StoreError::Closed));
+            }
         };
-        if let Err(mpsc::error::SendError(p)) = self.0.publishes.send(request) {
-            (p.done)(Err(StoreError::Closed));
+        match self.0.queued.clone().try_acquire_many_owned(units) {
+            Ok(permit) => {
+                queue(self, permit);
+                None
+            }
+            Err(_) => {
+                let this = self.clone();
+                Some(Box::pin(async move {
+                    // The semaphore is never closed.
+                    if let Ok(permit) = this.0.queued.clone().acquire_many_owned(units).await {
+                        queue(&this, permit);
+                    }
+                }))
+            }
         }
     }
 
@@ -1356,13 +1388,13 @@ impl RedisStreams {
 }
 
 impl SharedStreams for RedisStreams {
-    fn publish(&self, stream: String, entry: NewEntry, done: PublishCallback) {
+    fn publish(&self, stream: String, entry: NewEntry, done: PublishCallback) -> Option<SendLater> {
         self.queue_publish(
             stream,
             entry,
             false,
             Box::new(move |r| done(r.map(|a| vec![a]))),
-        );
+        )
     }
 
     fn ensure_consumer(
@@ -1869,6 +1901,13 @@ impl Runner {
         courier_server::deliver(socket, &self.key.0, &entry, deliveries, move || {
             let _ = tx.send(Cmd::Acked(seq));
         });
+        // Counted as a node's own streams count theirs (`courier_deliveries_total`, ...).
+        if let Some(stats) = self.streams.0.cluster.0.io.stats() {
+            match deliveries {
+                1 => stats.deliveries.inc(),
+                _ => stats.redeliveries.inc(),
+            }
+        }
     }
 
     /// Moves `entry` to the dead-letter stream, then acknowledges it; an error leaves it
@@ -1913,6 +1952,9 @@ impl Runner {
             .query_async(conn)
             .await
             .map_err(|e| self.streams.failed(e))?;
+        if let Some(stats) = self.streams.0.cluster.0.io.stats() {
+            stats.dead_lettered.inc();
+        }
         tracing::info!(
             stream,
             consumer,

@@ -253,7 +253,12 @@ fn world() -> Option<&'static World> {
                 )
                 .unwrap();
                 assert!(cluster.serve_streams(StreamOptions {
-                    store: StoreOptions::default(),
+                    // Room for two small publishes at a time: the others wait for their turn
+                    // (and must still be numbered in the order they came).
+                    store: StoreOptions {
+                        max_queued_bytes: 2048,
+                        ..StoreOptions::default()
+                    },
                     declared: Vec::new(),
                     wait_replicas: 0,
                     wait_timeout: Duration::from_secs(1),

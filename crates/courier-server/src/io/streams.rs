@@ -84,8 +84,15 @@ struct Local {
 /// node; a store that cannot be reached answers `StoreError::Unavailable` at once.
 pub trait SharedStreams: Send + Sync + 'static {
     /// Appends `entry` to `stream` (created if the settings allow); calls `done` once it is
-    /// stored (with one answer), with no task waiting per publish.
-    fn publish(&self, stream: String, entry: NewEntry, done: courier_store::PublishCallback);
+    /// stored (with one answer), with no task waiting per publish. Returns `Some(future)` when
+    /// publishes waiting for the store hold `max_queued_bytes` already: the caller drives it to
+    /// queue this one (the back-pressure, as [`Store::publish_then`]).
+    fn publish(
+        &self,
+        stream: String,
+        entry: NewEntry,
+        done: courier_store::PublishCallback,
+    ) -> Option<courier_store::SendLater>;
     /// Makes sure the consumer exists (created with `config` if new); answers the entries
     /// waiting for it.
     fn ensure_consumer(
@@ -232,13 +239,12 @@ impl Streams {
             Home::Local(l) => l.store.publish_one(&stream, entry).await,
             Home::Shared(s) => {
                 let (done, answer) = tokio::sync::oneshot::channel();
-                s.publish(
-                    stream,
-                    entry,
-                    Box::new(move |r| {
-                        let _ = done.send(r.map(|mut v| v.remove(0)));
-                    }),
-                );
+                let done = Box::new(move |r: Result<Vec<Appended>, StoreError>| {
+                    let _ = done.send(r.map(|mut v| v.remove(0)));
+                });
+                if let Some(later) = s.publish(stream, entry, done) {
+                    later.await;
+                }
                 answer.await.unwrap_or(Err(StoreError::Closed))
             }
         }
@@ -1450,7 +1456,11 @@ fn publish(
                 socket.0.conn.run(later);
             }
         }
-        Home::Shared(s) => s.publish(stream, entry, done),
+        Home::Shared(s) => {
+            if let Some(later) = s.publish(stream, entry, done) {
+                socket.0.conn.run(later);
+            }
+        }
     }
 }
 
