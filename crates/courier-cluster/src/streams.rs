@@ -23,10 +23,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use courier_server::store::{
-    Appended, ConsumerConfig, ConsumerRecord, ConsumerState, Entry, NewEntry, PublishCallback,
-    SendLater, Seq, StartPosition, StoreError, StoreOptions, StreamConfig, StreamInfo, check_name,
+    Appended, ConsumerConfig, ConsumerRecord, ConsumerState, ConsumerSummary, Entry, NewEntry,
+    PublishCallback, SendLater, Seq, StartPosition, StoreError, StoreOptions, StreamConfig,
+    StreamInfo, check_name,
 };
-use courier_server::{SharedStreams, Socket, engine::Sid};
+use courier_server::{Overview, SharedStreams, Socket, engine::Sid};
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use redis::Value as Rv;
@@ -551,6 +552,45 @@ const FAST_FOR: Duration = Duration::from_secs(1);
 
 /// A group of publishes to one stream, and whether it may go without the script.
 type Group = (String, bool, Vec<Publish>, Option<Fast>);
+
+/// A stream with its consumers, as [`RedisStreams::consumer_state`] read them.
+struct StreamState {
+    info: StreamInfo,
+    /// The consumers' hash: `<name>` -> settings, `<name>#r` and `#d` -> counts.
+    settings: HashMap<String, String>,
+    /// Per consumer group: last delivered seq, entries pending.
+    by_group: HashMap<String, (Seq, u64)>,
+}
+
+impl StreamState {
+    /// The consumers, by name, with their settings.
+    fn consumers(&self) -> impl Iterator<Item = (&str, ConsumerConfig)> {
+        self.settings.iter().filter_map(|(name, v)| {
+            if name.ends_with("#r") || name.ends_with("#d") {
+                return None;
+            }
+            Some((name.as_str(), serde_json::from_str(v).ok()?))
+        })
+    }
+
+    /// A consumer's numbers. One that delivered nothing of a removed range stands at the
+    /// stream's first entry, as on one node.
+    fn summary(&self, name: &str) -> ConsumerSummary {
+        let count = |suffix: &str| {
+            self.settings
+                .get(&format!("{name}{suffix}"))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let (delivered, pending) = self.by_group.get(name).copied().unwrap_or((0, 0));
+        ConsumerSummary {
+            delivered: delivered.max(self.info.first_seq.saturating_sub(1)),
+            pending,
+            redelivered: count("#r"),
+            dead_lettered: count("#d"),
+        }
+    }
+}
 
 /// The keys of one stream, every one with the stream's name as its hash tag.
 struct Keys {
@@ -1141,12 +1181,9 @@ impl RedisStreams {
         }))
     }
 
-    async fn consumer_records(
-        &self,
-        stream: &str,
-    ) -> Result<Vec<(String, ConsumerRecord)>, StoreError> {
-        // Where a consumer that has delivered nothing from a removed range stands: at the
-        // stream's first entry, as on one node.
+    /// A stream and its consumers as Redis has them: the settings and counters (the
+    /// consumers' hash), and per group its last delivered seq and pending count.
+    async fn consumer_state(&self, stream: &str) -> Result<StreamState, StoreError> {
         let Some(info) = self.info(stream).await? else {
             return Err(StoreError::StreamNotFound(stream.to_owned()));
         };
@@ -1160,7 +1197,7 @@ impl RedisStreams {
             .query_async(&mut conn)
             .await
             .map_err(|e| self.failed(e))?;
-        let mut delivered: HashMap<String, Seq> = HashMap::new();
+        let mut by_group = HashMap::new();
         if let Rv::Array(groups) = groups {
             for g in groups {
                 let fields: Vec<Rv> = match g {
@@ -1168,30 +1205,38 @@ impl RedisStreams {
                     Rv::Map(m) => m.into_iter().flat_map(|(a, b)| [a, b]).collect(),
                     _ => continue,
                 };
-                let mut name = None;
-                let mut last = 0;
+                let (mut name, mut last, mut pending) = (None, 0, 0);
                 for kv in fields.chunks(2) {
                     match (text(&kv[0]).as_deref(), kv.get(1)) {
                         (Some("name"), Some(v)) => name = text(v),
                         (Some("last-delivered-id"), Some(v)) => {
                             last = text(v).as_deref().and_then(seq_of).unwrap_or(0);
                         }
+                        (Some("pending"), Some(v)) => pending = int(v).unwrap_or(0) as u64,
                         _ => {}
                     }
                 }
                 if let Some(name) = name {
-                    delivered.insert(name, last);
+                    by_group.insert(name, (last, pending));
                 }
             }
         }
+        Ok(StreamState {
+            info,
+            settings,
+            by_group,
+        })
+    }
+
+    async fn consumer_records(
+        &self,
+        stream: &str,
+    ) -> Result<Vec<(String, ConsumerRecord)>, StoreError> {
+        let st = self.consumer_state(stream).await?;
+        let mut conn = self.conn()?;
+        let k = self.keys(stream);
         let mut out = Vec::new();
-        for (name, config) in &settings {
-            if name.ends_with("#r") || name.ends_with("#d") {
-                continue;
-            }
-            let Ok(config) = serde_json::from_str::<ConsumerConfig>(config) else {
-                continue;
-            };
+        for (name, config) in st.consumers() {
             let pending: Rv = redis::cmd("XPENDING")
                 .arg(&k.entries)
                 .arg(name)
@@ -1213,21 +1258,41 @@ impl RedisStreams {
                     }
                 }
             }
-            let count = |suffix: &str| {
-                settings
-                    .get(&format!("{name}{suffix}"))
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0)
-            };
+            let summary = st.summary(name);
             let state = ConsumerState {
-                next: (delivered.get(name).copied().unwrap_or(0) + 1).max(info.first_seq),
+                next: summary.delivered + 1,
                 pending: map,
-                redelivered: count("#r"),
-                dead_lettered: count("#d"),
+                redelivered: summary.redelivered,
+                dead_lettered: summary.dead_lettered,
             };
-            out.push((name.clone(), ConsumerRecord { config, state }));
+            out.push((name.to_owned(), ConsumerRecord { config, state }));
         }
         Ok(out)
+    }
+
+    /// Every stream, with its consumers' numbers (no pending lists: cheap enough for every
+    /// scrape of `/metrics`).
+    async fn overview(&self) -> Result<Overview, StoreError> {
+        let mut conn = self.conn()?;
+        let names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.list_key())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let mut streams = Vec::with_capacity(names.len());
+        let mut consumers = Vec::new();
+        for name in names {
+            let st = match self.consumer_state(&name).await {
+                Ok(st) => st,
+                Err(StoreError::StreamNotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            for (c, _) in st.consumers() {
+                consumers.push((name.clone(), c.to_owned(), st.summary(c)));
+            }
+            streams.push(st.info);
+        }
+        Ok((streams, consumers))
     }
 
     /// Handles a notice on the streams' channel: `<stream>` has new entries, or (`!<stream>`)
@@ -1543,6 +1608,11 @@ impl SharedStreams for RedisStreams {
     ) -> BoxFuture<'static, Result<Vec<(String, ConsumerRecord)>, StoreError>> {
         let this = self.clone();
         Box::pin(async move { this.consumer_records(&stream).await })
+    }
+
+    fn overview(&self) -> BoxFuture<'static, Result<Overview, StoreError>> {
+        let this = self.clone();
+        Box::pin(async move { this.overview().await })
     }
 
     fn read(

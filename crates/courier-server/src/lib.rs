@@ -36,7 +36,7 @@ pub use engine::Peers;
 pub use io::{
     AckError, AckSender, Acks, Adapter, Authorizer, Broadcast, BroadcastOperator, ConnectError,
     DisconnectReason, DynamicNamespace, EmitError, Handshake, Io, IoHandler, IoService, Message,
-    Namespace, Observer, Payload, Room, Setup, SharedStreams, Socket, SocketInfo, Streams,
-    Subscribed, Targets, deliver, error_answer,
+    Namespace, Observer, Overview, Payload, Room, Setup, SharedStreams, Socket, SocketInfo,
+    Streams, Subscribed, Targets, deliver, error_answer,
 };
 pub use serve::{ServeOptions, serve, serve_with};

@@ -168,3 +168,35 @@ test("with cluster.wait_replicas a publish is confirmed once a replica has it, a
   assert.deepEqual(await publish(node, "safe", "e", 2, "b"), { seq: 2, duplicate: true });
   assert.equal((await streamInfo(node, "safe")).entries, 2);
 });
+
+test("any node's /metrics and dashboard show the cluster's streams and consumers, read from Redis", async (t) => {
+  const { nodes } = await startCluster(t, { config: { dashboard: { enabled: true } } });
+  const worker = await connect(t, nodes[1].url, "/", WS);
+  const got = deliveries(worker, "job", { autoAck: false });
+  assert.equal((await subscribe(worker, "seen", "workers", { from: "all" })).ok, true);
+  for (let i = 1; i <= 5; i++) await publish(nodes[0], "seen", "job", i);
+  await waitSeqs(got, 5, "jobs");
+  for (const d of got.slice(0, 2)) d.ack();
+  await waitFor(async () => (await consumerInfo(nodes[2], "seen", "workers")).pending === 3, { what: "3 pending" });
+
+  const res = await fetch(`${nodes[2].url}/metrics`, { signal: AbortSignal.timeout(5000) });
+  assert.equal(res.status, 200);
+  const text = await res.text();
+  const sample = (name, labels) => {
+    const line = text.split("\n").find((l) => l.startsWith(`${name}{${labels}}`));
+    return line === undefined ? undefined : Number(line.split(" ").pop());
+  };
+  assert.equal(sample("courier_stream_entries", 'stream="seen"'), 5, "entries on the node that published none");
+  assert.equal(sample("courier_stream_last_seq", 'stream="seen"'), 5);
+  assert.equal(sample("courier_consumer_pending", 'stream="seen",consumer="workers"'), 3);
+  assert.equal(sample("courier_consumer_waiting", 'stream="seen",consumer="workers"'), 0);
+
+  const summary = await api(nodes[2], "GET", "/dashboard/api/summary");
+  assert.equal(summary.status, 200);
+  const seen = summary.body.streams.find((s) => s.name === "seen");
+  assert.equal(seen?.entries, 5, JSON.stringify(summary.body.streams));
+  assert.deepEqual(
+    seen.consumers.map((c) => [c.name, c.delivered, c.pending]),
+    [["workers", 5, 3]],
+  );
+});

@@ -26,7 +26,7 @@ pub use message::{
 pub use namespace::{BroadcastOperator, Namespace, Room, Setup};
 pub use observer::Observer;
 pub use socket::{Handshake, Socket};
-pub use streams::{SharedStreams, Streams, Subscribed, deliver, error_answer};
+pub use streams::{Overview, SharedStreams, Streams, Subscribed, deliver, error_answer};
 
 use crate::auth::{self, Access};
 use crate::config::Config;

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use courier_store::{
-    Appended, ConsumerConfig, ConsumerRecord, ConsumerState, Entry, NewEntry, Seq, Store,
-    StoreError, StreamConfig, StreamInfo,
+    Appended, ConsumerConfig, ConsumerRecord, ConsumerState, ConsumerSummary, Entry, NewEntry, Seq,
+    Store, StoreError, StreamConfig, StreamInfo,
 };
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
@@ -76,6 +76,10 @@ struct Local {
     runners: Mutex<HashMap<Key, mpsc::Sender<Cmd>>>,
 }
 
+/// Every stream, and each consumer's numbers as (stream, consumer, numbers): what metrics and
+/// the dashboard show.
+pub type Overview = (Vec<StreamInfo>, Vec<(String, String, ConsumerSummary)>);
+
 /// Durable streams kept where every node of a cluster reaches them (Redis): sequence numbers,
 /// dedupe, retention and consumer positions are decided there, and deliveries go to the
 /// sockets of whichever node they are on. Installed with [`crate::Io::set_shared_streams`].
@@ -130,6 +134,8 @@ pub trait SharedStreams: Send + Sync + 'static {
         &self,
         stream: String,
     ) -> BoxFuture<'static, Result<Vec<(String, ConsumerRecord)>, StoreError>>;
+    /// Every stream, and every consumer's numbers.
+    fn overview(&self) -> BoxFuture<'static, Result<Overview, StoreError>>;
     /// Reads up to `limit` entries from `from` on.
     fn read(
         &self,
@@ -299,6 +305,17 @@ impl Streams {
         };
         list.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(list)
+    }
+
+    /// Every stream and every consumer's numbers, in name order.
+    pub async fn overview(&self) -> Result<Overview, StoreError> {
+        let (mut list, mut consumers) = match &self.inner.home {
+            Home::Local(l) => (l.store.streams(), l.store.consumer_summaries()),
+            Home::Shared(s) => s.overview().await?,
+        };
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        consumers.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        Ok((list, consumers))
     }
 
     /// Up to `limit` entries of `stream` from `from` on.

@@ -139,17 +139,20 @@ async fn summary(State(d): State<Dash>) -> Json<Value> {
     if let Some(c) = &d.cluster {
         body["cluster"] = json!({"redis_up": c.status().redis_up, "nodes": c.nodes()});
     }
-    // A cluster's streams are listed by the HTTP API (`GET /api/v1/streams`), from Redis.
-    if let Some(store) = d.io.streams().and_then(|s| s.store()) {
-        body["streams"] = streams_json(store);
+    // A node's own streams, or a cluster's read from Redis (left out if it does not answer).
+    if let Some(streams) = d.io.streams()
+        && let Ok((list, summaries)) = streams.overview().await
+    {
+        body["streams"] = streams_json(&list, &summaries);
     }
     Json(body)
 }
 
-fn streams_json(store: &courier_server::store::Store) -> Value {
-    let summaries = store.consumer_summaries();
-    let list: Vec<Value> = store
-        .streams()
+fn streams_json(
+    list: &[courier_server::store::StreamInfo],
+    summaries: &[(String, String, courier_server::store::ConsumerSummary)],
+) -> Value {
+    let list: Vec<Value> = list
         .iter()
         .map(|s| {
             let mut consumers: Vec<Value> = summaries

@@ -10,15 +10,17 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use courier_cluster::Cluster;
-use courier_server::Io;
 use courier_server::stats::{
     CLOSE_REASONS, HistogramSnapshot, PUBLISH_REFUSALS, RecoveryRefusal, Refusal, Stats,
     TRANSPORTS, close_label, disconnect_labels,
 };
 use courier_server::store::ConsumerSummary;
+use courier_server::{Io, Overview};
+use parking_lot::Mutex;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
@@ -28,24 +30,38 @@ use prometheus_client::registry::Registry;
 /// What `/metrics` reads.
 pub struct Exporter {
     registry: Registry,
+    io: Io,
+    /// A cluster's streams, read from Redis before each scrape's text is written.
+    shared_streams: Arc<Mutex<Option<Overview>>>,
 }
 
 impl Exporter {
     /// An exporter of `io`'s numbers (and the cluster's, on a cluster node).
     pub fn new(io: Io, cluster: Option<Cluster>, max_consumer_series: usize) -> Self {
         let mut registry = Registry::default();
+        let shared_streams = Arc::new(Mutex::new(None));
         registry.register_collector(Box::new(Hub {
-            io,
+            io: io.clone(),
             cluster,
             max_consumer_series,
             started: Instant::now(),
             started_at: SystemTime::now(),
+            shared_streams: shared_streams.clone(),
         }));
-        Exporter { registry }
+        Exporter {
+            registry,
+            io,
+            shared_streams,
+        }
     }
 
-    /// The text a scrape gets.
-    pub fn render(&self) -> String {
+    /// The text a scrape gets. On a cluster, the streams are read from Redis first (and
+    /// left out if Redis does not answer).
+    pub async fn render(&self) -> String {
+        if let Some(streams) = self.io.streams().filter(|s| s.store().is_none()) {
+            let overview = streams.overview().await.ok();
+            *self.shared_streams.lock() = overview;
+        }
         let mut out = String::with_capacity(16 * 1024);
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String does not fail");
@@ -62,6 +78,7 @@ struct Hub {
     max_consumer_series: usize,
     started: Instant,
     started_at: SystemTime,
+    shared_streams: Arc<Mutex<Option<Overview>>>,
 }
 
 impl fmt::Debug for Hub {
@@ -258,11 +275,18 @@ impl Hub {
     }
 
     fn streams(&self, out: &mut Out<'_, '_>) -> fmt::Result {
-        // A cluster's streams are in Redis: the HTTP API lists them.
-        let Some(store) = self.io.streams().and_then(|s| s.store()) else {
+        let Some(streams) = self.io.streams() else {
             return Ok(());
         };
-        let list = store.streams();
+        // A node's own store, or what the scrape read from a cluster's Redis.
+        let store = streams.store();
+        let (list, summaries) = match store {
+            Some(store) => (store.streams(), store.consumer_summaries()),
+            None => match self.shared_streams.lock().take() {
+                Some(o) => o,
+                None => return Ok(()),
+            },
+        };
         out.gauges(
             "courier_stream_entries",
             "Entries kept in the stream.",
@@ -282,7 +306,6 @@ impl Hub {
                 .map(|s| (vec![("stream", s.name.as_str())], s.last_seq as f64)),
         )?;
         let last: HashMap<&str, u64> = list.iter().map(|s| (s.name.as_str(), s.last_seq)).collect();
-        let summaries = store.consumer_summaries();
         let rows = consumer_rows(&summaries, &last, self.max_consumer_series);
         let by = |f: fn(&ConsumerRow<'_>) -> u64| {
             rows.iter()
@@ -314,6 +337,9 @@ impl Hub {
             "Entries of the consumer moved to the dead-letter stream.",
             by(|r| r.dead_lettered),
         )?;
+        let Some(store) = store else {
+            return Ok(());
+        };
         let m = store.memory_use();
         out.gauges(
             "courier_store_memory_bytes",

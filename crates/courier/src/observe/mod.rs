@@ -41,7 +41,10 @@ pub fn routes(
         guarded = guarded.route(
             "/metrics",
             get(|State(e): State<Arc<metrics::Exporter>>| async move {
-                ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], e.render())
+                (
+                    [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+                    e.render().await,
+                )
             })
             .with_state(exporter),
         );
