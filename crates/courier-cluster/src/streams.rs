@@ -363,49 +363,56 @@ return r[1][2]
 
 /// Claims for this node the group's entries that waited long enough for their ack: idle at
 /// least ARGV[3] ms doubled per earlier delivery (at most 16 times), or held by a node that is
-/// gone (no longer listening on its channel, ARGV[7] followed by its id). KEYS: 1 entries, 2 the
-/// consumers' settings; ARGV: 1 group, 2 this node, 3 ack_wait, 4 max_deliver, 5 most to claim,
-/// 6 pending entries to look at, 8 and on: see below. Returns {id, fields, deliveries, dead} per entry claimed;
-/// `dead` (1) says it had its `max_deliver` deliveries and goes to the dead letters.
+/// gone (no longer listening on its channel, ARGV[7] followed by its id), or (ARGV[8] = 1)
+/// held by this node without its knowing. KEYS: 1 entries, 2 the consumers' settings; ARGV:
+/// 1 group, 2 this node, 3 ack_wait, 4 max_deliver, 5 most to claim, 6 pending entries to
+/// look at, 7 and on as said. Returns {id, fields, deliveries, dead} per entry claimed; `dead`
+/// (1) says it had its `max_deliver` deliveries and goes to the dead letters.
 static CLAIM_DUE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
 local wait, maxd, most = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local gone = {}
-local function is_gone(node)
-  if node == ARGV[2] then return false end
-  if gone[node] == nil then
-    gone[node] = redis.call('PUBSUB', 'NUMSUB', ARGV[7] .. node)[2] == 0
-  end
-  return gone[node]
-end
--- With ARGV[8] = 1, this node's own entries but those listed from ARGV[9] on are due too:
--- read for it by a round trip whose answer was lost.
-local known = nil
-if ARGV[8] == '1' then
-  known = {}
-  for i = 9, #ARGV do known[ARGV[i]] = true end
-end
 local out = {}
-for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', ARGV[6])) do
-  if #out >= most then break end
-  local id, owner, idle, count = p[1], p[2], p[3], p[4]
-  local shift = count - 1
-  if shift > 4 then shift = 4 end
-  local need = wait * (2 ^ shift)
-  local lost = known ~= nil and owner == ARGV[2] and not known[id]
-  if idle >= need or lost or is_gone(owner) then
-    local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id)
-    local e = got[1]
-    if e and e[2] then
-      local dead = 0
-      if count >= maxd then dead = 1 else redis.call('HINCRBY', KEYS[2], ARGV[1] .. '#r', 1) end
-      table.insert(out, {e[1], e[2], count + 1 - dead, dead})
-    else
-      -- Removed by retention or a purge: nothing left to deliver.
-      redis.call('XACK', KEYS[1], ARGV[1], id)
+local function claim(id, count)
+  local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id)
+  local e = got[1]
+  if e and e[2] then
+    local dead = 0
+    if count >= maxd then dead = 1 else redis.call('HINCRBY', KEYS[2], ARGV[1] .. '#r', 1) end
+    table.insert(out, {e[1], e[2], count + 1 - dead, dead})
+  else
+    -- Removed by retention or a purge: nothing left to deliver.
+    redis.call('XACK', KEYS[1], ARGV[1], id)
+  end
+end
+-- With ARGV[8] = 1, this node's own entries but those listed from ARGV[9] on: read for it
+-- by a round trip whose answer was lost. First, so that it sees none claimed just now.
+if ARGV[8] == '1' and #out < most then
+  local known = {}
+  for i = 9, #ARGV do known[ARGV[i]] = true end
+  for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', ARGV[6], ARGV[2])) do
+    if #out >= most then break end
+    if not known[p[1]] then claim(p[1], p[4]) end
+  end
+end
+-- Whatever a gone node held (it no longer listens on its channel), whatever its idle time.
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if #out < most and f['pending'] > 0 and f['name'] ~= ARGV[2]
+      and redis.call('PUBSUB', 'NUMSUB', ARGV[7] .. f['name'])[2] == 0 then
+    for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', most - #out, f['name'])) do
+      claim(p[1], p[4])
     end
   end
+end
+-- Entries idle for their wait: ack_wait doubled per earlier delivery, at most 16 times (only
+-- those idle for one ack_wait at least are looked at, so fresh deliveries fill no page).
+for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', wait, '-', '+', ARGV[6])) do
+  if #out >= most then break end
+  local shift = p[4] - 1
+  if shift > 4 then shift = 4 end
+  if p[3] >= wait * (2 ^ shift) then claim(p[1], p[4]) end
 end
 return out
 "#,

@@ -522,7 +522,7 @@ fn run(w: &World, actions: &[Action]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(16))]
+    #![proptest_config(ProptestConfig::with_cases(12))]
 
     #[test]
     fn redis_streams_follow_the_model(actions in actions()) {
