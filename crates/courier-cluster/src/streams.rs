@@ -44,6 +44,10 @@ const MAX_BYTES_IN_FLIGHT: u64 = 8 << 20;
 /// How often a consumer with subscribers looks for entries that others left unacknowledged
 /// (a dead node's), and for new ones in case a notice was missed.
 const SCAN_EVERY: Duration = Duration::from_secs(1);
+/// Acks sent to Redis together at most, when nothing else woke the runner.
+const ACK_BATCH: usize = 128;
+/// How long such acks wait for others.
+const ACK_DELAY: Duration = Duration::from_millis(2);
 /// After a failed round trip, the wait before the next.
 const RETRY: Duration = Duration::from_secs(1);
 /// Idle time given to entries a leaving socket held, so that any node takes them at once.
@@ -1684,17 +1688,30 @@ impl Runner {
         // look: at start (left by an earlier runner), and after a failed round trip (a read
         // that Redis did but whose answer never came).
         let mut recover = true;
+        // Woken by acks alone: they wait (at most ACK_DELAY, at most ACK_BATCH of them) to go
+        // to Redis together, with the read that the room they free allows.
+        let mut only_acks = false;
+        let mut acks_since: Option<Instant> = None;
         loop {
             while let Ok(cmd) = self.rx.try_recv() {
-                self.on_command(cmd, &mut subscribers, &mut held, &mut acks, &mut released);
+                let ack =
+                    self.on_command(cmd, &mut subscribers, &mut held, &mut acks, &mut released);
+                only_acks &= ack;
+            }
+            if !acks.is_empty() && acks_since.is_none() {
+                acks_since = Some(Instant::now());
             }
             subscribers.retain(Socket::connected);
             if subscribers.is_empty() {
                 released.extend(held.drain().map(|(seq, _)| seq));
             }
             let retry_wait = failed_at.is_some_and(|t| t.elapsed() < RETRY);
+            let acks_wait = only_acks
+                && !subscribers.is_empty()
+                && acks.len() < ACK_BATCH
+                && acks_since.is_some_and(|t| t.elapsed() < ACK_DELAY);
             let mut more = false;
-            if !retry_wait {
+            if !retry_wait && !acks_wait {
                 match self
                     .round(
                         &subscribers,
@@ -1711,6 +1728,7 @@ impl Runner {
                     Ok(m) => {
                         more = m;
                         failed_at = None;
+                        acks_since = None;
                     }
                     Err(e) => {
                         if failed_at.is_none() {
@@ -1736,6 +1754,7 @@ impl Runner {
             }
             if more {
                 tokio::task::yield_now().await;
+                only_acks = false;
                 continue;
             }
             let next_due = held.values().map(|h| h.due).min();
@@ -1743,16 +1762,21 @@ impl Runner {
             if let Some(d) = next_due {
                 wake = wake.min(d);
             }
+            if let Some(t) = acks_since {
+                wake = wake.min(t + ACK_DELAY);
+            }
             if let Some(t) = failed_at {
                 wake = wake.max(t + RETRY);
             }
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
-                    Some(cmd) => self.on_command(cmd, &mut subscribers, &mut held, &mut acks, &mut released),
+                    Some(cmd) => {
+                        only_acks = self.on_command(cmd, &mut subscribers, &mut held, &mut acks, &mut released);
+                    }
                     None => return,
                 },
-                _ = self.handle.wake.notified() => {}
-                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = self.handle.wake.notified() => only_acks = false,
+                _ = tokio::time::sleep_until(wake.into()) => only_acks = false,
             }
         }
     }
@@ -1764,7 +1788,7 @@ impl Runner {
         held: &mut HashMap<Seq, Held>,
         acks: &mut Vec<Seq>,
         released: &mut Vec<Seq>,
-    ) {
+    ) -> bool {
         match cmd {
             Cmd::Attach(socket) => {
                 if !subscribers.iter().any(|s| s.id() == socket.id()) {
@@ -1786,8 +1810,10 @@ impl Runner {
             Cmd::Acked(seq) => {
                 held.remove(&seq);
                 acks.push(seq);
+                return true;
             }
         }
+        false
     }
 
     /// One round: acks and releases out, due entries claimed and sent again, new ones read
