@@ -349,13 +349,30 @@ return 1
     )
 });
 
-/// Reads new entries for this node: at most ARGV[3] pending in the whole group, at most
-/// ARGV[4] read. KEYS[1] entries; ARGV: 1 group, 2 this node. Returns the entries, or nil.
+/// Reads new entries for this node: at most ARGV[3] pending in the whole group, and of that
+/// this node's share: the group members that read in the last few seconds (the nodes with
+/// subscribers) split `max_ack_pending` evenly, so that one node does not take a backlog's
+/// whole window for its own sockets. At most ARGV[4] read. KEYS[1] entries; ARGV: 1 group, 2
+/// this node. Returns the entries, or nil.
 static READ_NEW: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
+local max = tonumber(ARGV[3])
 local p = redis.call('XPENDING', KEYS[1], ARGV[1])
-local room = tonumber(ARGV[3]) - p[1]
+local room = max - p[1]
+if room <= 0 then return nil end
+local active, mine = 1, 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['name'] == ARGV[2] then
+    mine = f['pending']
+  elseif f['idle'] < 3000 then
+    active = active + 1
+  end
+end
+local share = math.ceil(max / active) - mine
+if share < room then room = share end
 if room <= 0 then return nil end
 if room > tonumber(ARGV[4]) then room = tonumber(ARGV[4]) end
 local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', room, 'STREAMS', KEYS[1], '>')

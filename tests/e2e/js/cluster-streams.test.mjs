@@ -200,3 +200,30 @@ test("any node's /metrics and dashboard show the cluster's streams and consumers
     [["workers", 5, 3]],
   );
 });
+
+test("a work queue over three nodes: each node's workers get their share of max_ack_pending, not the first node all of it", async (t) => {
+  const { nodes } = await startCluster(t);
+  const workers = [];
+  for (const node of nodes) {
+    const socket = await connect(t, node.url, "/", WS);
+    workers.push(deliveries(socket, "task", { autoAck: false }));
+    assert.equal((await subscribe(socket, "backlog", "pool", { from: "all", max_ack_pending: 30 })).ok, true);
+  }
+  // Every node has read for the group (finding nothing) before the backlog arrives.
+  await sleep(300);
+  for (let i = 1; i <= 90; i++) await publish(nodes[i % 3], "backlog", "task", i);
+  await waitFor(() => workers.reduce((n, w) => n + w.length, 0) >= 30, { what: "30 tasks out" });
+  await sleep(500);
+  assert.deepEqual(workers.map((w) => w.length), [10, 10, 10], "30 in flight, a third on each node");
+  // Acks free room, and the rest of the backlog flows to all of them.
+  for (const w of workers) for (const d of w) d.ack();
+  await waitFor(
+    async () => {
+      for (const w of workers) for (const d of w) d.ack();
+      return (await consumerInfo(nodes[0], "backlog", "pool")).ack_floor === 90;
+    },
+    { ms: 10_000, what: "all 90 acked" },
+  );
+  const seqs = workers.flatMap((w) => seqsOf(w)).sort((a, b) => a - b);
+  assert.deepEqual(seqs, range(1, 90), "each task once");
+});
