@@ -350,8 +350,8 @@ return 1
 });
 
 /// Reads new entries for this node: at most ARGV[3] pending in the whole group, and of that
-/// this node's share: the group members that read in the last few seconds (the nodes with
-/// subscribers) split `max_ack_pending` evenly, so that one node does not take a backlog's
+/// this node's share: the group members that hold entries or read in the last few seconds (the
+/// nodes with subscribers) split `max_ack_pending` evenly, so that one node does not take a backlog's
 /// whole window for its own sockets. At most ARGV[4] read. KEYS[1] entries; ARGV: 1 group, 2
 /// this node. Returns the entries, or nil.
 static READ_NEW: LazyLock<redis::Script> = LazyLock::new(|| {
@@ -367,7 +367,7 @@ for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
   for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
   if f['name'] == ARGV[2] then
     mine = f['pending']
-  elseif f['idle'] < 3000 then
+  elseif f['idle'] < 3000 or f['pending'] > 0 then
     active = active + 1
   end
 end
