@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use courier_cluster::{Cluster, Options, StreamOptions};
@@ -21,6 +20,7 @@ use courier_server::store::{
 };
 use courier_server::{Config, Io, Streams};
 use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
 
 const STREAMS: [&str; 2] = ["alpha", "βe{ta}"];
 
@@ -208,76 +208,72 @@ impl Drop for Redis {
     }
 }
 
-fn world() -> Option<&'static World> {
-    static WORLD: OnceLock<Option<World>> = OnceLock::new();
-    WORLD
-        .get_or_init(|| {
-            if Command::new("redis-server")
-                .arg("--version")
-                .output()
-                .is_err()
-            {
-                eprintln!("redis-server is not installed: the Redis model test is skipped");
-                return None;
-            }
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let dir =
-                std::env::temp_dir().join(format!("courier-model-{}-{port}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let mut redis = Redis {
-                port,
-                dir,
-                child: None,
-            };
-            redis.start();
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            let (io, cluster) = rt.block_on(async {
-                let io = Io::new(Config::default());
-                let cluster = Cluster::start(
-                    &io,
-                    Options {
-                        url: format!("redis://127.0.0.1:{port}"),
-                        key: "model".into(),
-                        requests_timeout: Duration::from_secs(2),
-                        advertise: None,
-                        recovery: None,
-                    },
-                )
-                .unwrap();
-                assert!(cluster.serve_streams(StreamOptions {
-                    // Room for two small publishes at a time: the others wait for their turn
-                    // (and must still be numbered in the order they came).
-                    store: StoreOptions {
-                        max_queued_bytes: 2048,
-                        ..StoreOptions::default()
-                    },
-                    declared: Vec::new(),
-                    wait_replicas: 0,
-                    wait_timeout: Duration::from_secs(1),
-                }));
-                (io, cluster)
-            });
-            let w = World {
-                rt,
-                redis: std::sync::Mutex::new(redis),
-                io,
-                cluster,
-            };
-            w.wait_up();
-            Some(w)
-        })
-        .as_ref()
-}
-
 impl World {
+    /// redis-server and a node on it; `None` when redis-server is not installed. Dropping it
+    /// stops them.
+    fn start() -> Option<World> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("redis-server is not installed: the Redis model test is skipped");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("courier-model-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Redis {
+            port,
+            dir,
+            child: None,
+        };
+        redis.start();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (io, cluster) = rt.block_on(async {
+            let io = Io::new(Config::default());
+            let cluster = Cluster::start(
+                &io,
+                Options {
+                    url: format!("redis://127.0.0.1:{port}"),
+                    key: "model".into(),
+                    requests_timeout: Duration::from_secs(2),
+                    advertise: None,
+                    recovery: None,
+                },
+            )
+            .unwrap();
+            assert!(cluster.serve_streams(StreamOptions {
+                // Room for two small publishes at a time: the others wait for their turn
+                // (and must still be numbered in the order they came).
+                store: StoreOptions {
+                    max_queued_bytes: 2048,
+                    ..StoreOptions::default()
+                },
+                declared: Vec::new(),
+                wait_replicas: 0,
+                wait_timeout: Duration::from_secs(1),
+            }));
+            (io, cluster)
+        });
+        let w = World {
+            rt,
+            redis: std::sync::Mutex::new(redis),
+            io,
+            cluster,
+        };
+        w.wait_up();
+        Some(w)
+    }
+
     fn streams(&self) -> &Streams {
         self.io.streams().expect("streams served")
     }
@@ -521,13 +517,20 @@ fn run(w: &World, actions: &[Action]) {
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(12))]
-
-    #[test]
-    fn redis_streams_follow_the_model(actions in actions()) {
-        if let Some(w) = world() {
-            run(w, &actions);
-        }
+#[test]
+fn redis_streams_follow_the_model() {
+    let Some(w) = World::start() else {
+        return;
+    };
+    // One redis-server for every case (each case has streams of its own), stopped when the
+    // runner is done, failed or not.
+    let mut runner = TestRunner::new(ProptestConfig::with_cases(12));
+    let result = runner.run(&actions(), |actions| {
+        run(&w, &actions);
+        Ok(())
+    });
+    drop(w);
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }
