@@ -921,6 +921,24 @@ impl Cluster {
         self.publish_response(nsp, uid, bytes);
     }
 
+    /// Resolves once Redis confirmed this node's subscription to `channel` (at once if it has,
+    /// or if Redis is away), at most `ROOM_READY_WAIT` from now.
+    fn channel_ready(&self, channel: &str) -> impl Future<Output = ()> + Send + 'static {
+        let mut subs = self.0.subscribed.lock();
+        let rx = if subs.confirmed.contains(channel) || !self.0.up.load(Ordering::Relaxed) {
+            None
+        } else {
+            let (tx, rx) = oneshot::channel();
+            subs.waiting.entry(channel.to_owned()).or_default().push(tx);
+            Some(rx)
+        };
+        async move {
+            if let Some(rx) = rx {
+                let _ = tokio::time::timeout(ROOM_READY_WAIT, rx).await;
+            }
+        }
+    }
+
     /// Answers go to the asking node's own channel (every Node server listens on its own too).
     fn publish_response(&self, nsp: &str, uid: Option<&str>, bytes: Vec<u8>) {
         let ch = self.channels(nsp);
@@ -931,8 +949,14 @@ impl Cluster {
     /// Publishes a request on `channel` and collects answers until `done` says they are all
     /// in, or the timeout. `done` gets the answers so far and how many nodes should answer:
     /// `nodes`, or when that is `None` the other nodes listening on `channel`.
+    ///
+    /// The answers come on this node's own response channel of the namespace (`ch`), which
+    /// it subscribes to when the namespace appears: a request waits (at most
+    /// `ROOM_READY_WAIT`) until Redis confirmed that, or the first answers would be lost.
+    #[allow(clippy::too_many_arguments)]
     async fn ask(
         &self,
+        ch: &Channels,
         id: &str,
         channel: String,
         message: Vec<u8>,
@@ -940,6 +964,7 @@ impl Cluster {
         done: impl Fn(&[Answer], usize) -> bool,
         timeout: Duration,
     ) -> Vec<Answer> {
+        self.channel_ready(&ch.own_response).await;
         let asking = self.start_asking(id, |tx| self.publish_counted(&channel, message, tx));
         self.collect(asking, nodes, done, timeout).await
     }
@@ -947,13 +972,14 @@ impl Cluster {
     /// [`Cluster::ask`] with a JSON request and one answer from each node.
     async fn ask_json(
         &self,
+        ch: &Channels,
         id: &str,
         channel: String,
         req: &Value,
         nodes: Option<usize>,
     ) -> Vec<Answer> {
         let message = serde_json::to_vec(req).expect("JSON values serialize");
-        self.ask(id, channel, message, nodes, one_each, self.0.timeout)
+        self.ask(ch, id, channel, message, nodes, one_each, self.0.timeout)
             .await
     }
 
@@ -1123,16 +1149,7 @@ impl Adapter for Cluster {
     }
 
     fn room_ready(&self, ns: &Namespace, room: &Room) -> BoxFuture<'static, ()> {
-        let channel = self.channels(ns.name()).room(room);
-        let mut subs = self.0.subscribed.lock();
-        if subs.confirmed.contains(&channel) || !self.0.up.load(Ordering::Relaxed) {
-            return Box::pin(async {});
-        }
-        let (tx, rx) = oneshot::channel();
-        subs.waiting.entry(channel).or_default().push(tx);
-        Box::pin(async move {
-            let _ = tokio::time::timeout(ROOM_READY_WAIT, rx).await;
-        })
+        Box::pin(self.channel_ready(&self.channels(ns.name()).room(room)))
     }
 
     fn broadcast(&self, b: Broadcast) {
@@ -1144,10 +1161,11 @@ impl Adapter for Cluster {
         let this = self.clone();
         Box::pin(async move {
             let id = Self::request_id();
-            let channel = this.channels(&b.nsp).for_targets(&b.targets);
+            let ch = this.channels(&b.nsp);
+            let channel = ch.for_targets(&b.targets);
             let message = wire::encode_broadcast(&this.0.uid, &b, Some(&id));
             let answers = this
-                .ask(&id, channel, message, None, one_each, this.0.timeout)
+                .ask(&ch, &id, channel, message, None, one_each, this.0.timeout)
                 .await;
             counted(&answers)
         })
@@ -1196,7 +1214,15 @@ impl Adapter for Cluster {
                 counts.len() >= nodes && acks as u64 >= counts.iter().sum::<u64>()
             };
             let answers = this
-                .ask(&id, ch.request, wire::encode(&msg), None, done, timeout)
+                .ask(
+                    &ch,
+                    &id,
+                    ch.request.clone(),
+                    wire::encode(&msg),
+                    None,
+                    done,
+                    timeout,
+                )
                 .await;
             let mut acks = Acks::default();
             for (a, attachments) in answers {
@@ -1225,7 +1251,9 @@ impl Adapter for Cluster {
                 "uid": this.0.uid, "requestId": id, "type": kind::REMOTE_FETCH,
                 "opts": wire::targets_json(&targets),
             });
-            let answers = this.ask_json(&id, ch.request, &req, None).await;
+            let answers = this
+                .ask_json(&ch, &id, ch.request.clone(), &req, None)
+                .await;
             answers
                 .iter()
                 .filter_map(|(a, _)| a.get("sockets")?.as_array())
@@ -1321,7 +1349,9 @@ impl Adapter for Cluster {
             });
             // Node servers act on it without answering; the Courier nodes answer with counts.
             let courier = this.courier_nodes_of(&ch).await;
-            let answers = this.ask_json(&id, ch.request, &req, Some(courier)).await;
+            let answers = this
+                .ask_json(&ch, &id, ch.request.clone(), &req, Some(courier))
+                .await;
             counted(&answers)
         })
     }

@@ -411,6 +411,10 @@ test("emit through a node with no socket in a namespace from a pattern reaches t
   const [a, b] = cluster.nodes;
   const onB = await connect(t, b.url, "/shop-7");
   const got = once(onB, "price");
+  // B made the namespace when the client came and then subscribed to its channel: the emit
+  // counts the nodes listening there, so it must not come before (it did, once, on a busy
+  // machine).
+  await cluster.redis.waitSubscribers(1, { channel: "socket.io#/shop-7#" });
   const answer = await api(a, "POST", "/api/v1/emit", { namespace: "/shop-7", event: "price", data: [12] });
   assert.equal(answer.status, 200, JSON.stringify(answer.body));
   assert.equal(answer.body.recipients, 1);
