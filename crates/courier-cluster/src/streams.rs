@@ -1298,15 +1298,20 @@ impl RedisStreams {
         Ok(out)
     }
 
+    /// The names of every stream.
+    async fn stream_names(&self, conn: &mut ConnectionManager) -> Result<Vec<String>, StoreError> {
+        redis::cmd("SMEMBERS")
+            .arg(self.list_key())
+            .query_async(conn)
+            .await
+            .map_err(|e| self.failed(e))
+    }
+
     /// Every stream, with its consumers' numbers (no pending lists: cheap enough for every
     /// scrape of `/metrics`).
     async fn overview(&self) -> Result<Overview, StoreError> {
         let mut conn = self.conn()?;
-        let names: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.list_key())
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))?;
+        let names = self.stream_names(&mut conn).await?;
         let mut streams = Vec::with_capacity(names.len());
         let mut consumers = Vec::new();
         for name in names {
@@ -1400,11 +1405,7 @@ impl RedisStreams {
         if turn.is_none() {
             return Ok(());
         }
-        let names: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.list_key())
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))?;
+        let names = self.stream_names(&mut conn).await?;
         // Once a minute (on average: whichever node's turn it is), gone nodes' members of
         // the consumer groups are forgotten too.
         let forget = rand::random_range(0..60) == 0;
@@ -1610,11 +1611,7 @@ impl SharedStreams for RedisStreams {
         let this = self.clone();
         Box::pin(async move {
             let mut conn = this.conn()?;
-            let names: Vec<String> = redis::cmd("SMEMBERS")
-                .arg(this.list_key())
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| this.failed(e))?;
+            let names = this.stream_names(&mut conn).await?;
             let mut out = Vec::with_capacity(names.len());
             for name in names {
                 if let Some(info) = this.info(&name).await? {
