@@ -10,6 +10,7 @@
 //! When Redis cannot be reached, each node keeps serving its own clients, says so in its log
 //! and in [`Cluster::status`], and reconnects and subscribes again by itself.
 
+mod link;
 mod recovery;
 mod streams;
 mod wire;
@@ -31,10 +32,10 @@ use courier_server::{
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
+use link::{Link, Target};
 use wire::{Channels, kind};
 
 /// How a node joins a cluster.
@@ -78,6 +79,10 @@ const PUBLISH_QUEUE: usize = 16_384;
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A node whose address was not renewed for this long is gone.
 const NODE_EXPIRY_MS: u64 = 5_000;
+/// On a Redis Cluster, a consumer group's member whose node is not in the table of nodes (as
+/// last read, at most a heartbeat or two ago) is taken for gone once idle this long: a node
+/// that joined since then cannot have been idle that long.
+pub(crate) const GONE_IDLE_MS: u64 = 3 * HEARTBEAT.as_millis() as u64;
 
 /// One node's link to the others. Cheap to clone.
 #[derive(Clone)]
@@ -88,11 +93,14 @@ struct Inner {
     key: String,
     timeout: Duration,
     io: Io,
-    publisher: OnceLock<ConnectionManager>,
-    subscriber: OnceLock<ConnectionManager>,
+    /// Redis is a Redis Cluster: pub/sub goes through sharded channels, and what touches keys
+    /// of several slots is sent as one command or pipeline per slot.
+    sharded: bool,
+    publisher: OnceLock<Link>,
+    subscriber: OnceLock<Link>,
     /// Durable streams' commands: a connection of their own, so that a publish waits for no
     /// broadcast queued before it.
-    streams: OnceLock<ConnectionManager>,
+    streams: OnceLock<Link>,
     /// Durable streams in Redis, once served.
     shared_streams: OnceLock<streams::RedisStreams>,
     outgoing: mpsc::Sender<Outgoing>,
@@ -110,6 +118,8 @@ struct Inner {
     recovery: Option<RecoveryOptions>,
     /// Every node's address, by id, as last read from Redis.
     peers: Mutex<HashMap<String, http::Uri>>,
+    /// The nodes that renewed their entry in the table of nodes lately, this one included.
+    alive: Mutex<Vec<String>>,
     stats: ClusterStats,
 }
 
@@ -175,14 +185,16 @@ const COUNTED_PUBLISH: &str = "redis.call('PUBLISH', KEYS[1], ARGV[1]) \
      return redis.call('PUBSUB', 'NUMSUB', KEYS[1])[2]";
 
 /// A recoverable broadcast: appended to the namespace's log (KEYS[1], at most ARGV[1] entries,
-/// with its rooms, except and data), then published on KEYS[2] with the log's id for it as a
-/// fourth element of the `[uid, packet, opts]` array (Node servers read the first three).
-/// With ARGV[6] = 1, answers how many listen on the channel by name.
+/// with its rooms, except and data), then published on KEYS[2] (with ARGV[7], `PUBLISH` or
+/// on a Redis Cluster `SPUBLISH`) with the log's id for it as a fourth element of the
+/// `[uid, packet, opts]` array (Node servers read the first three). With ARGV[6] = 1, answers
+/// how many listen on the channel by name.
 pub(crate) const LOGGED_PUBLISH: &str = "local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], \
      '*', 'r', ARGV[2], 'e', ARGV[3], 'd', ARGV[4]) \
-     redis.call('PUBLISH', KEYS[2], '\\148' .. string.sub(ARGV[5], 2) .. cmsgpack.pack(id)) \
-     if ARGV[6] == '1' then return redis.call('PUBSUB', 'NUMSUB', KEYS[2])[2] end \
-     return 0";
+     local n = redis.call(ARGV[7], KEYS[2], '\\148' .. string.sub(ARGV[5], 2) .. cmsgpack.pack(id)) \
+     if ARGV[6] ~= '1' then return 0 end \
+     if ARGV[7] == 'SPUBLISH' then return n end \
+     return redis.call('PUBSUB', 'NUMSUB', KEYS[2])[2]";
 
 enum Change {
     Namespace(String),
@@ -196,7 +208,7 @@ impl Cluster {
     pub fn start(io: &Io, options: Options) -> Result<Cluster, Error> {
         // For rediss:// (a second install, by another part of the process, is as good).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = redis::Client::open(options.url.as_str()).map_err(Error::Url)?;
+        let target = Target::parse(&options.url).map_err(Error::Url)?;
         let (outgoing, outgoing_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (changes, changes_rx) = mpsc::unbounded_channel();
         let uid: String = (0..6)
@@ -204,6 +216,7 @@ impl Cluster {
             .collect();
         let cluster = Cluster(Arc::new(Inner {
             uid,
+            sharded: target.sharded(),
             key: options.key,
             timeout: options.requests_timeout,
             io: io.clone(),
@@ -226,10 +239,11 @@ impl Cluster {
             advertise: options.advertise,
             recovery: options.recovery,
             peers: Mutex::new(HashMap::new()),
+            alive: Mutex::new(Vec::new()),
         }));
         io.set_adapter(Arc::new(cluster.clone()));
         io.set_peers(Arc::new(cluster.clone()));
-        tokio::spawn(cluster.clone().run(client, outgoing_rx, changes_rx));
+        tokio::spawn(cluster.clone().run(target, outgoing_rx, changes_rx));
         Ok(cluster)
     }
 
@@ -275,7 +289,7 @@ impl Cluster {
 
     /// Ids of the nodes this node knows of (itself included), as last read from Redis.
     pub fn nodes(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.0.peers.lock().keys().cloned().collect();
+        let mut ids: Vec<String> = self.0.alive.lock().clone();
         if !ids.contains(&self.0.uid) {
             ids.push(self.0.uid.clone());
         }
@@ -290,43 +304,18 @@ impl Cluster {
     /// Connects, then runs the publisher, the subscriptions, the receiver and the heartbeat.
     async fn run(
         self,
-        client: redis::Client,
+        target: Target,
         outgoing: mpsc::Receiver<Outgoing>,
         changes: mpsc::UnboundedReceiver<Change>,
     ) {
         let (push_tx, push_rx) = mpsc::unbounded_channel();
-        let resp3 = client.get_connection_info().clone().set_redis_settings(
-            client
-                .get_connection_info()
-                .redis_settings()
-                .clone()
-                .set_protocol(redis::ProtocolVersion::RESP3),
-        );
-        let sub_client = match redis::Client::open(resp3) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "cluster: cannot use the Redis URL");
-                return;
-            }
-        };
-        let config = || {
-            ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(2)))
-                .set_response_timeout(Some(Duration::from_secs(2)))
-                .set_max_delay(Duration::from_secs(2))
-                .set_number_of_retries(1)
-        };
         let mut warned = false;
         let (publisher, subscriber, streams) = loop {
-            let publisher = client.get_connection_manager_with_config(config()).await;
-            let streams = client.get_connection_manager_with_config(config()).await;
-            let subscriber = sub_client
-                .get_connection_manager_with_config(
-                    config()
-                        .set_push_sender(push_tx.clone())
-                        .set_automatic_resubscription(),
-                )
-                .await;
+            let (publisher, subscriber, streams) = tokio::join!(
+                target.connect(None),
+                target.connect(Some(push_tx.clone())),
+                target.connect(None)
+            );
             match (publisher, subscriber, streams) {
                 (Ok(p), Ok(s), Ok(st)) => break (p, s, st),
                 (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
@@ -350,43 +339,74 @@ impl Cluster {
         self.subscription_loop(changes).await;
     }
 
-    /// Sends the queued commands in order, as many as are waiting in one round trip.
+    /// Sends the queued commands in order, as many as are waiting in one round trip (on a
+    /// Redis Cluster, one pipeline per slot, and commands without keys after them).
     async fn publish_loop(self, mut rx: mpsc::Receiver<Outgoing>) {
-        let mut conn = self.0.publisher.get().expect("connected").clone();
+        let conn = self.0.publisher.get().expect("connected").clone();
         let mut batch = Vec::new();
         while rx.recv_many(&mut batch, 256).await > 0 {
-            let mut pipe = redis::pipe();
-            let mut replies = Vec::new();
+            if !self.0.sharded {
+                self.send_pipeline(conn.clone(), std::mem::take(&mut batch))
+                    .await;
+                continue;
+            }
+            let mut by_slot: Vec<(Option<u16>, Vec<Outgoing>)> = Vec::new();
             for out in batch.drain(..) {
-                pipe.add_command(out.cmd);
-                match out.reply {
-                    Some(r) => replies.push(r),
-                    None => {
-                        pipe.ignore();
-                    }
+                let slot = link::slot_of(&out.cmd);
+                match by_slot.iter_mut().find(|(s, _)| *s == slot) {
+                    Some((_, list)) => list.push(out),
+                    None => by_slot.push((slot, vec![out])),
                 }
             }
-            let started = std::time::Instant::now();
-            let result = pipe.query_async::<Vec<i64>>(&mut conn).await;
-            self.0
-                .stats
-                .pipeline_seconds
-                .observe_duration(started.elapsed());
-            if result.is_err() {
-                self.0.stats.pipeline_failures.inc();
+            let keyless = by_slot
+                .iter()
+                .position(|(s, _)| s.is_none())
+                .map(|i| by_slot.remove(i).1);
+            futures_util::future::join_all(
+                by_slot
+                    .into_iter()
+                    .map(|(_, list)| self.send_pipeline(conn.clone(), list)),
+            )
+            .await;
+            if let Some(list) = keyless {
+                self.send_pipeline(conn.clone(), list).await;
             }
-            match result {
-                Ok(counts) => {
-                    for ((tx, minus), n) in replies.into_iter().zip(counts) {
-                        let _ = tx.send((n.max(0) as usize).saturating_sub(minus));
-                    }
+        }
+    }
+
+    /// Sends `batch` as one pipeline and gives each reply that is waited for its count.
+    async fn send_pipeline(&self, mut conn: Link, batch: Vec<Outgoing>) {
+        let mut pipe = redis::pipe();
+        let mut replies = Vec::new();
+        for out in batch {
+            pipe.add_command(out.cmd);
+            match out.reply {
+                Some(r) => replies.push(r),
+                None => {
+                    pipe.ignore();
                 }
-                // While Redis is away the heartbeat has said so once; no line per batch.
-                Err(e) if self.0.up.load(Ordering::Relaxed) => {
-                    tracing::warn!(error = %e, "cluster: broadcasts or sessions not sent to Redis");
-                }
-                Err(e) => tracing::debug!(error = %e, "cluster: not sent, Redis is away"),
             }
+        }
+        let started = std::time::Instant::now();
+        let result = pipe.query_async::<Vec<i64>>(&mut conn).await;
+        self.0
+            .stats
+            .pipeline_seconds
+            .observe_duration(started.elapsed());
+        if result.is_err() {
+            self.0.stats.pipeline_failures.inc();
+        }
+        match result {
+            Ok(counts) => {
+                for ((tx, minus), n) in replies.into_iter().zip(counts) {
+                    let _ = tx.send((n.max(0) as usize).saturating_sub(minus));
+                }
+            }
+            // While Redis is away the heartbeat has said so once; no line per batch.
+            Err(e) if self.0.up.load(Ordering::Relaxed) => {
+                tracing::warn!(error = %e, "cluster: broadcasts or sessions not sent to Redis");
+            }
+            Err(e) => tracing::debug!(error = %e, "cluster: not sent, Redis is away"),
         }
     }
 
@@ -411,17 +431,31 @@ impl Cluster {
         }
     }
 
+    /// `PUBLISH`, or on a Redis Cluster `SPUBLISH` (a sharded channel).
+    pub(crate) fn publish_cmd(&self) -> redis::Cmd {
+        redis::cmd(if self.0.sharded {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        })
+    }
+
     fn publish(&self, channel: &str, message: Vec<u8>) {
-        let mut cmd = redis::cmd("PUBLISH");
+        let mut cmd = self.publish_cmd();
         cmd.arg(channel).arg(message);
         self.enqueue(cmd, None);
     }
 
     /// Publishes, then answers how many other Courier nodes listen on the channel: they listen
     /// by name, which `PUBSUB NUMSUB` counts, and Node servers by pattern, which it does not.
+    /// On a Redis Cluster, `SPUBLISH` counts them itself (sharded channels have no patterns).
     fn publish_counted(&self, channel: &str, message: Vec<u8>, tx: oneshot::Sender<usize>) {
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(COUNTED_PUBLISH).arg(1).arg(channel).arg(message);
+        cmd.arg(COUNTED_PUBLISH).arg(1);
+        if self.0.sharded {
+            cmd = self.publish_cmd();
+        }
+        cmd.arg(channel).arg(message);
         let own = usize::from(self.0.routes.lock().contains_key(channel));
         self.enqueue(cmd, Some((tx, own)));
     }
@@ -524,7 +558,7 @@ impl Cluster {
         let mut ticks = tokio::time::interval(HEARTBEAT);
         loop {
             ticks.tick().await;
-            let ping = |c: &mut ConnectionManager| {
+            let ping = |c: &mut Link| {
                 let mut c = c.clone();
                 async move { redis::cmd("PING").query_async::<String>(&mut c).await }
             };
@@ -619,7 +653,8 @@ impl Cluster {
         }
         self.renew_nodes(&mut publisher).await;
         if let Some(url) = &self.0.advertise {
-            let _: redis::RedisResult<()> = redis::cmd("PUBLISH")
+            let _: redis::RedisResult<()> = self
+                .publish_cmd()
                 .arg(&all)
                 .arg(format!("{} {url}", self.0.uid))
                 .query_async(&mut publisher)
@@ -640,22 +675,26 @@ impl Cluster {
     }
 
     /// Writes this node's address with the time, and reads every node's: the table of where
-    /// sessions live. An entry not renewed within `NODE_EXPIRY_MS` is dropped.
-    async fn renew_nodes(&self, conn: &mut ConnectionManager) {
+    /// sessions live, and of the nodes alive. An entry not renewed within `NODE_EXPIRY_MS` is dropped.
+    async fn renew_nodes(&self, conn: &mut Link) {
         let table = format!("{}-courier-nodes", self.0.key);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        let url = self
+            .0
+            .advertise
+            .as_ref()
+            .map_or("-".into(), |u| u.to_string());
         let mut pipe = redis::pipe();
-        if let Some(url) = &self.0.advertise {
-            pipe.hset(&table, &self.0.uid, format!("{now} {url}"))
-                .ignore();
-        }
+        pipe.hset(&table, &self.0.uid, format!("{now} {url}"))
+            .ignore();
         pipe.hgetall(&table);
         let Ok((all,)) = pipe.query_async::<(HashMap<String, String>,)>(conn).await else {
             return;
         };
         let mut peers = HashMap::new();
+        let mut alive = Vec::new();
         let mut expired = Vec::new();
         for (node, entry) in all {
             let Some((at, url)) = entry.split_once(' ') else {
@@ -663,11 +702,15 @@ impl Cluster {
             };
             if at.parse::<u64>().is_ok_and(|at| at + NODE_EXPIRY_MS < now) {
                 expired.push(node);
-            } else if let Ok(uri) = url.parse::<http::Uri>() {
-                peers.insert(node, uri);
+                continue;
             }
+            if let Ok(uri) = url.parse::<http::Uri>() {
+                peers.insert(node.clone(), uri);
+            }
+            alive.push(node);
         }
         *self.0.peers.lock() = peers;
+        *self.0.alive.lock() = alive;
         if !expired.is_empty() {
             let _: redis::RedisResult<()> = redis::cmd("HDEL")
                 .arg(&table)
@@ -680,7 +723,10 @@ impl Cluster {
     /// Handles what arrives on the subscribed channels.
     async fn receive_loop(self, mut rx: mpsc::UnboundedReceiver<redis::PushInfo>) {
         while let Some(push) = rx.recv().await {
-            if push.kind != redis::PushKind::Message {
+            if !matches!(
+                push.kind,
+                redis::PushKind::Message | redis::PushKind::SMessage
+            ) {
                 continue;
             }
             let mut data = push.data.into_iter();
@@ -1364,15 +1410,26 @@ impl Cluster {
         let Some(conn) = self.0.publisher.get() else {
             return 0;
         };
-        let mut conn = conn.clone();
-        let subs: redis::RedisResult<Vec<(String, usize)>> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(&ch.broadcast)
-            .query_async(&mut conn)
-            .await;
-        subs.ok()
-            .and_then(|s| s.first().map(|(_, n)| *n))
+        self.listeners(&mut conn.clone(), &ch.broadcast)
+            .await
             .unwrap_or(0)
             .saturating_sub(1)
+    }
+
+    /// How many listen on `channel` by name (`PUBSUB NUMSUB`, or `SHARDNUMSUB` on a Redis
+    /// Cluster, summed over its nodes); `None` if Redis did not answer.
+    pub(crate) async fn listeners(&self, conn: &mut Link, channel: &str) -> Option<usize> {
+        let which = if self.0.sharded {
+            "SHARDNUMSUB"
+        } else {
+            "NUMSUB"
+        };
+        let subs: HashMap<String, usize> = redis::cmd("PUBSUB")
+            .arg(which)
+            .arg(channel)
+            .query_async(conn)
+            .await
+            .ok()?;
+        Some(subs.get(channel).copied().unwrap_or(0))
     }
 }

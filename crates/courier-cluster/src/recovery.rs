@@ -20,6 +20,7 @@ use courier_server::store::{LIVE_SESSION, RecoveryEvent, SessionRecord};
 use futures_util::future::BoxFuture;
 use serde_json::json;
 
+use crate::link::Link;
 use crate::wire::{self, id_of_offset, offset_of_id};
 use crate::{Cluster, LOGGED_PUBLISH, counted, one_each};
 
@@ -39,7 +40,12 @@ pub struct RecoveryOptions {
 }
 
 impl Cluster {
+    /// On a Redis Cluster, in the slot of the namespace's channel, where its logged
+    /// broadcasts are published.
     fn log_key(&self, nsp: &str) -> String {
+        if self.0.sharded {
+            return crate::link::beside(&self.channels(nsp).broadcast, "-courier-log");
+        }
         format!("{}-courier-log#{nsp}#", self.0.key)
     }
 
@@ -72,7 +78,14 @@ impl Cluster {
             return Box::pin(async move { n });
         }
         let max = self.0.recovery.as_ref().map_or(0, |r| r.max_events);
-        let channel = self.channels(&b.nsp).for_targets(&b.targets);
+        // On a Redis Cluster the log and the channel must share a slot: every logged broadcast
+        // goes on the namespace's channel (its rooms are in it, and each node picks its
+        // sockets), not on a room's.
+        let ch = self.channels(&b.nsp);
+        let channel = match self.0.sharded {
+            true => ch.broadcast,
+            false => ch.for_targets(&b.targets),
+        };
         let id = count.then(Self::request_id);
         let message = wire::encode_broadcast(&self.0.uid, &b, id.as_deref());
         let mut cmd = redis::cmd("EVAL");
@@ -85,7 +98,12 @@ impl Cluster {
             .arg(json!(b.targets.except).to_string())
             .arg(&data[..])
             .arg(message)
-            .arg(u8::from(count));
+            .arg(u8::from(count))
+            .arg(if self.0.sharded {
+                "SPUBLISH"
+            } else {
+                "PUBLISH"
+            });
         let Some(id) = id else {
             self.enqueue(cmd, None);
             return Box::pin(async { 0 });
@@ -200,22 +218,14 @@ impl Cluster {
     }
 
     /// Whether `node` is connected to Redis (it listens on its own channel while it is).
-    async fn node_alive(&self, conn: &mut redis::aio::ConnectionManager, node: &str) -> bool {
-        let subs: redis::RedisResult<Vec<(String, usize)>> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(self.node_channel(node))
-            .query_async(conn)
-            .await;
-        subs.map_or(true, |s| s.first().is_some_and(|(_, n)| *n > 0))
+    async fn node_alive(&self, conn: &mut Link, node: &str) -> bool {
+        self.listeners(conn, &self.node_channel(node))
+            .await
+            .is_none_or(|n| n > 0)
     }
 
     /// Takes a live session of a node that is gone; the node that removes it wins.
-    async fn take_live(
-        &self,
-        conn: &mut redis::aio::ConnectionManager,
-        node: &str,
-        pid: &str,
-    ) -> Option<SessionRecord> {
+    async fn take_live(&self, conn: &mut Link, node: &str, pid: &str) -> Option<SessionRecord> {
         let key = self.live_key(node);
         let (json, removed): (Option<String>, u32) = redis::pipe()
             .atomic()

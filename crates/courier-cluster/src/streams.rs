@@ -17,7 +17,7 @@
 //!   slot (the quota counters and the list of streams are the exceptions, see docs/cluster.md).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -31,11 +31,11 @@ use courier_server::{Overview, SharedStreams, Socket, engine::Sid};
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use redis::Value as Rv;
-use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::Cluster;
+use crate::link::Link;
 
 /// Entries read for a consumer at a time, at most (fewer when they are large).
 const READ_BATCH: usize = 1000;
@@ -75,21 +75,61 @@ macro_rules! keys {
     ($inv:expr, $($k:expr),*) => {{ let mut i = $inv; $( i.key($k); )* i }};
 }
 
-/// Creates a stream if it does not exist (KEYS[2] its hash, KEYS[4] the list of streams),
-/// with the settings in ARGV[5..11]; ARGV[4] = 1 allows it, ARGV[12] is `max_streams`
-/// (0: none), ARGV[13] the name. Returns an error table, or nil when the stream is there.
+/// What the scripts count about every stream: on one Redis, KEYS[3] (bytes of every stream),
+/// KEYS[4] (the names of every stream) and KEYS[5] (how many consumers), in the script. On a
+/// Redis Cluster those keys are in other slots than the stream's, out of a script's reach:
+/// ARGV[1] then holds what the node last read of them, `<bytes> <streams> <consumers>`, and
+/// `finish` answers the script's result with what it changed, for the node to apply (see
+/// [`RedisStreams::settle`]).
+///
+/// Then ENSURE_STREAM: creates a stream if it does not exist (KEYS[2] its hash), with the
+/// settings in ARGV[5..11]; ARGV[4] = 1 allows it, ARGV[12] is `max_streams` (0: none),
+/// ARGV[13] the name. Returns an error table, or nil when the stream is there.
 const ENSURE_STREAM: &str = r#"
+local sharded = (ARGV[1] or '') ~= ''
+local known = {}
+for n in string.gmatch(ARGV[1] or '', '%d+') do known[#known + 1] = tonumber(n) end
+local changed = {0, 0, 0}
+local function all_bytes()
+  if sharded then return known[1] + changed[1] end
+  return tonumber(redis.call('GET', KEYS[3]) or '0')
+end
+local function add_bytes(n)
+  -- (Redis refuses `-0`, which is what `-x` of a zero is in Lua.)
+  if n == 0 then return all_bytes() end
+  if sharded then
+    changed[1] = changed[1] + n
+    return known[1] + changed[1]
+  end
+  return redis.call('INCRBY', KEYS[3], n)
+end
+local function consumer_count()
+  if sharded then return known[3] end
+  return tonumber(redis.call('GET', KEYS[5]) or '0')
+end
+local function add_consumers(n)
+  if sharded then changed[3] = n else redis.call('INCRBY', KEYS[5], n) end
+end
+local function finish(r)
+  if sharded then return {r, changed[1], changed[2], changed[3]} end
+  return r
+end
+-- Streams listed but this one, against `max_streams`.
+local function other_streams()
+  if sharded then return known[2] end
+  if redis.call('SISMEMBER', KEYS[4], ARGV[13]) == 1 then return 0 end
+  return redis.call('SCARD', KEYS[4])
+end
 local function ensure()
   if redis.call('EXISTS', KEYS[2]) == 1 then return nil end
   if ARGV[4] ~= '1' then return {1, 'stream_not_found', ''} end
   local max = tonumber(ARGV[12])
-  if max > 0 and redis.call('SISMEMBER', KEYS[4], ARGV[13]) == 0
-      and redis.call('SCARD', KEYS[4]) >= max then
+  if max > 0 and other_streams() >= max then
     return {1, 'too_many_streams', ARGV[12]}
   end
   redis.call('HSET', KEYS[2], 'bytes', 0, 'age', ARGV[5], 'entries', ARGV[6],
     'maxbytes', ARGV[7], 'dedupe', ARGV[8], 'discard', ARGV[9], 'dlq', ARGV[10], 'config', ARGV[11])
-  redis.call('SADD', KEYS[4], ARGV[13])
+  if sharded then changed[2] = 1 else redis.call('SADD', KEYS[4], ARGV[13]) end
   return nil
 end
 -- The seq of the newest entry ever added to KEYS[1] (0 for none): ids are `0-<seq>`.
@@ -118,8 +158,28 @@ local function trim(maxn, maxb)
     local s = size_of(old[2])
     redis.call('XDEL', KEYS[1], old[1])
     bytes = redis.call('HINCRBY', KEYS[2], 'bytes', -s)
-    redis.call('DECRBY', KEYS[3], s)
+    add_bytes(-s)
   end
+end
+"#;
+
+/// `gone_test(spec)`: a function telling whether the node named so is gone.
+const GONE: &str = r#"
+-- A function telling whether the group member of the node named so, idle for so many ms, is
+-- gone, from `spec`: "n <prefix>" on one Redis (a node listens on its channel, the prefix and
+-- its id, while it is connected), or "l <ms> <id> <id> ..." on a Redis Cluster: the nodes alive
+-- in the table of nodes as this node last read it. A node missing there may have joined since,
+-- so its member is gone only once idle for <ms> too, longer than a new node's can be.
+local function gone_test(spec)
+  local how, rest = string.sub(spec, 1, 1), string.sub(spec, 3)
+  if how == 'l' then
+    local alive, least = {}, nil
+    for id in string.gmatch(rest, '%S+') do
+      if least then alive[id] = true else least = tonumber(id) end
+    end
+    return function(name, idle) return not alive[name] and idle >= least end
+  end
+  return function(name) return redis.call('PUBSUB', 'NUMSUB', rest .. name)[2] == 0 end
 end
 "#;
 
@@ -133,12 +193,12 @@ static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| {
         "{ENSURE_STREAM}{}",
         r#"
 local err = ensure()
-if err then return err end
+if err then return finish(err) end
 local m = redis.call('HMGET', KEYS[2], 'entries', 'maxbytes', 'discard', 'dedupe', 'bytes')
 local maxn, maxb, dedupe, bytes = tonumber(m[1]), tonumber(m[2]), tonumber(m[4]), tonumber(m[5])
 local seq = last_seq()
 local disk = tonumber(ARGV[14])
-local total = tonumber(redis.call('GET', KEYS[3]) or '0')
+local total = all_bytes()
 local len = redis.call('XLEN', KEYS[1])
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -175,15 +235,16 @@ for i = 0, (#ARGV - 15) / 3 - 1 do
 end
 if added > 0 then
   redis.call('HINCRBY', KEYS[2], 'bytes', grown)
-  total = redis.call('INCRBY', KEYS[3], grown)
+  total = add_bytes(grown)
   if m[3] ~= 'new' then trim(maxn, maxb) end
-  redis.call('PUBLISH', ARGV[15], ARGV[13])
+  -- On a Redis Cluster the channel is in another slot: the node tells it.
+  if not sharded then redis.call('PUBLISH', ARGV[15], ARGV[13]) end
 end
 -- What a node needs to append to this stream without the script (see `Fast`).
 local simple = 0
 if m[3] ~= 'new' and maxn == 0 then simple = 1 end
 out[#out + 1] = simple; out[#out + 1] = maxb; out[#out + 1] = total
-return out
+return finish(out)
 "#
     ))
 });
@@ -213,26 +274,27 @@ static CREATE_STREAM: LazyLock<redis::Script> = LazyLock::new(|| {
         "{ENSURE_STREAM}{}",
         r#"
 local err = ensure()
-if err then return err end
+if err then return finish(err) end
 redis.call('HSET', KEYS[2], 'age', ARGV[5], 'entries', ARGV[6], 'maxbytes', ARGV[7],
   'dedupe', ARGV[8], 'discard', ARGV[9], 'dlq', ARGV[10], 'config', ARGV[11])
 if ARGV[9] ~= 'new' then trim(tonumber(ARGV[6]), tonumber(ARGV[7])) end
-return {0}
+return finish({0})
 "#
     ))
 });
 
 /// Removes entries older than the stream's `max_age_ms` (at most 1000 a call), and for a
 /// `discard = old` stream those over its count or bytes. KEYS: 1 entries, 2 hash, 3 bytes of
-/// every stream. With ARGV[1] (the prefix of nodes' channels), also forgets the consumer
-/// groups' members that hold nothing, were idle ARGV[2] ms and whose node is gone: every
-/// node that ever read for a group is one, and a node's id is new at each start.
+/// every stream; ARGV[1] as in ENSURE_STREAM. With ARGV[2] (which nodes are gone, as
+/// GONE's `gone_test` reads it), also forgets the consumer groups' members that hold nothing, were
+/// idle ARGV[3] ms and whose node is gone: every node that ever read for a group is one, and a
+/// node's id is new at each start.
 static RETAIN: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
-        "{ENSURE_STREAM}{}",
+        "{ENSURE_STREAM}{GONE}{}",
         r#"
 local m = redis.call('HMGET', KEYS[2], 'age', 'entries', 'maxbytes', 'discard')
-if not m[1] then return 0 end
+if not m[1] then return finish(0) end
 local age = tonumber(m[1])
 local removed = 0
 if age > 0 then
@@ -246,43 +308,44 @@ if age > 0 then
     local s = size_of(f)
     redis.call('XDEL', KEYS[1], old[1])
     redis.call('HINCRBY', KEYS[2], 'bytes', -s)
-    redis.call('DECRBY', KEYS[3], s)
+    add_bytes(-s)
     removed = removed + 1
   end
 end
 if m[4] ~= 'new' then trim(tonumber(m[2]), tonumber(m[3])) end
-if ARGV[1] and redis.call('EXISTS', KEYS[1]) == 1 then
+if ARGV[2] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
+  local gone = gone_test(ARGV[2])
   for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
     local group = g[2]
     for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], group)) do
       local f = {}
       for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
-      if f['pending'] == 0 and f['idle'] >= tonumber(ARGV[2])
-          and redis.call('PUBSUB', 'NUMSUB', ARGV[1] .. f['name'])[2] == 0 then
+      if f['pending'] == 0 and f['idle'] >= tonumber(ARGV[3]) and gone(f['name'], f['idle']) then
         redis.call('XGROUP', 'DELCONSUMER', KEYS[1], group, f['name'])
       end
     end
   end
 end
-return removed
+return finish(removed)
 "#
     ))
 });
 
-/// Removes every entry. KEYS: 1 entries, 2 hash, 3 bytes of every stream. Returns how many,
-/// or -1 for no such stream.
+/// Removes every entry. KEYS: 1 entries, 2 hash, 3 bytes of every stream; ARGV[1] as in
+/// ENSURE_STREAM. Returns how many, or -1 for no such stream.
 static PURGE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    redis::Script::new(&format!(
+        "{ENSURE_STREAM}{}",
         r#"
-if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+if redis.call('EXISTS', KEYS[2]) == 0 then return finish(-1) end
 local n = redis.call('XLEN', KEYS[1])
 local bytes = tonumber(redis.call('HGET', KEYS[2], 'bytes'))
 if n > 0 then redis.call('XTRIM', KEYS[1], 'MAXLEN', 0) end
 redis.call('HSET', KEYS[2], 'bytes', 0)
-redis.call('DECRBY', KEYS[3], bytes)
-return n
-"#,
-    )
+add_bytes(-bytes)
+return finish(n)
+"#
+    ))
 });
 
 /// Creates a consumer unless it exists (a consumer group starting at ARGV[16], with its
@@ -295,12 +358,12 @@ static ENSURE_CONSUMER: LazyLock<redis::Script> = LazyLock::new(|| {
         "{ENSURE_STREAM}{}",
         r#"
 local err = ensure()
-if err then return err end
+if err then return finish(err) end
 local name = ARGV[14]
 if redis.call('HEXISTS', KEYS[6], name) == 0 then
   local max = tonumber(ARGV[17])
-  if max > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') >= max then
-    return {1, 'too_many_consumers', ARGV[17]}
+  if max > 0 and consumer_count() >= max then
+    return finish({1, 'too_many_consumers', ARGV[17]})
   end
   local start = ARGV[16]
   if start == 'new' then start = '$' end
@@ -311,7 +374,7 @@ if redis.call('HEXISTS', KEYS[6], name) == 0 then
     redis.call('XGROUP', 'CREATE', KEYS[1], name, start, 'MKSTREAM')
   end
   redis.call('HSET', KEYS[6], name, ARGV[15])
-  redis.call('INCR', KEYS[5])
+  add_consumers(1)
 end
 local last = last_seq()
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
@@ -326,27 +389,28 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
     if delivered < floor then delivered = floor end
     local waiting = last - delivered
     if waiting < 0 then waiting = 0 end
-    return {0, waiting + f['pending']}
+    return finish({0, waiting + f['pending']})
   end
 end
-return {0, 0}
+return finish({0, 0})
 "#
     ))
 });
 
 /// Deletes a consumer. KEYS: 1 entries, 5 count of consumers, 6 consumers' settings (2..4
-/// unused); ARGV[14] the consumer. Returns 1 if it existed.
+/// unused); ARGV[1] as in ENSURE_STREAM, ARGV[14] the consumer. Returns 1 if it existed.
 static DELETE_CONSUMER: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    redis::Script::new(&format!(
+        "{ENSURE_STREAM}{}",
         r#"
 local name = ARGV[14]
-if redis.call('HDEL', KEYS[6], name) == 0 then return 0 end
+if redis.call('HDEL', KEYS[6], name) == 0 then return finish(0) end
 redis.call('HDEL', KEYS[6], name .. '#r', name .. '#d')
-redis.call('DECR', KEYS[5])
+add_consumers(-1)
 redis.pcall('XGROUP', 'DESTROY', KEYS[1], name)
-return 1
-"#,
-    )
+return finish(1)
+"#
+    ))
 });
 
 /// Reads new entries for this node: at most ARGV[3] pending in the whole group, and of that
@@ -384,14 +448,16 @@ return r[1][2]
 
 /// Claims for this node the group's entries that waited long enough for their ack: idle at
 /// least ARGV[3] ms doubled per earlier delivery (at most 16 times), or held by a node that is
-/// gone (no longer listening on its channel, ARGV[7] followed by its id), or (ARGV[8] = 1)
+/// gone (ARGV[7], as GONE's `gone_test` reads it), or (ARGV[8] = 1)
 /// held by this node without its knowing. KEYS: 1 entries, 2 the consumers' settings; ARGV:
 /// 1 group, 2 this node, 3 ack_wait, 4 max_deliver, 5 most to claim, 6 pending entries to
 /// look at, 7 and on as said. Returns {id, fields, deliveries, dead} per entry claimed; `dead`
 /// (1) says it had its `max_deliver` deliveries and goes to the dead letters.
 static CLAIM_DUE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    redis::Script::new(&format!(
+        "{GONE}{}",
         r#"
+local gone = gone_test(ARGV[7])
 local wait, maxd, most = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local out = {}
 local function claim(id, count)
@@ -416,12 +482,11 @@ if ARGV[8] == '1' and #out < most then
     if not known[p[1]] then claim(p[1], p[4]) end
   end
 end
--- Whatever a gone node held (it no longer listens on its channel), whatever its idle time.
+-- Whatever a gone node held, whatever its idle time.
 for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
   local f = {}
   for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
-  if #out < most and f['pending'] > 0 and f['name'] ~= ARGV[2]
-      and redis.call('PUBSUB', 'NUMSUB', ARGV[7] .. f['name'])[2] == 0 then
+  if #out < most and f['pending'] > 0 and f['name'] ~= ARGV[2] and gone(f['name'], f['idle']) then
     for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', most - #out, f['name'])) do
       claim(p[1], p[4])
     end
@@ -436,8 +501,8 @@ for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', wait, '-', '
   if p[3] >= wait * (2 ^ shift) then claim(p[1], p[4]) end
 end
 return out
-"#,
-    )
+"#
+    ))
 });
 
 /// Takes back entries from a socket that left: their idle time becomes so long that any
@@ -642,7 +707,11 @@ struct Inner {
     /// Streams this node may append to without the script, by name.
     fast: Mutex<HashMap<String, Fast>>,
     /// Bytes of every stream, as Redis last said.
-    disk_total: std::sync::atomic::AtomicU64,
+    disk_total: AtomicU64,
+    /// On a Redis Cluster, how many streams and consumers there are, as last read (see
+    /// ENSURE_STREAM).
+    stream_total: AtomicU64,
+    consumer_total: AtomicU64,
     /// Runners of this node, by (stream, consumer).
     runners: Mutex<HashMap<(String, String), RunnerHandle>>,
 }
@@ -777,6 +846,8 @@ impl RedisStreams {
             queued: Arc::new(Semaphore::new(capacity)),
             fast: Mutex::new(HashMap::new()),
             disk_total: Default::default(),
+            stream_total: Default::default(),
+            consumer_total: Default::default(),
             runners: Mutex::new(HashMap::new()),
         }));
         (streams, rx)
@@ -824,6 +895,131 @@ impl RedisStreams {
         format!("{}-courier-stream-consumer-count", self.prefix())
     }
 
+    /// KEYS[3..5] of the scripts: the keys about every stream, or on a Redis Cluster (where
+    /// the scripts do not touch them) the stream's own hash in their place, in its slot.
+    fn every_keys(&self, k: &Keys) -> [String; 3] {
+        if self.sharded() {
+            return [k.meta.clone(), k.meta.clone(), k.meta.clone()];
+        }
+        [self.bytes_key(), self.list_key(), self.consumer_count_key()]
+    }
+
+    fn sharded(&self) -> bool {
+        self.0.cluster.0.sharded
+    }
+
+    /// ARGV[1] of the scripts with ENSURE_STREAM: empty on one Redis; on a Redis Cluster what
+    /// this node last read of every stream's bytes, the streams and the consumers.
+    fn every_arg(&self) -> String {
+        if !self.sharded() {
+            return String::new();
+        }
+        let i = &self.0;
+        format!(
+            "{} {} {}",
+            i.disk_total.load(Ordering::Relaxed),
+            i.stream_total.load(Ordering::Relaxed),
+            i.consumer_total.load(Ordering::Relaxed)
+        )
+    }
+
+    /// A script's answer, less what it changed of every stream's counts on a Redis Cluster,
+    /// which this applies: to the keys about every stream (in other slots, so as commands of
+    /// their own, after the script) and to what this node knows of them.
+    fn settle(&self, v: Rv, stream: &str) -> Rv {
+        if !self.sharded() {
+            return v;
+        }
+        let Rv::Array(mut items) = v else {
+            return v;
+        };
+        if items.len() != 4 {
+            return Rv::Nil;
+        }
+        let consumers = int(&items[3]).unwrap_or(0);
+        let listed = int(&items[2]) == Some(1);
+        let bytes = int(&items[1]).unwrap_or(0);
+        self.apply_counts(stream, bytes, listed, consumers);
+        items.swap_remove(0)
+    }
+
+    /// On a Redis Cluster, counts what a write changed of every stream's bytes, streams and
+    /// consumers: at once in what this node knows, and in Redis by commands of their own.
+    fn apply_counts(&self, stream: &str, bytes: i64, listed: bool, consumers: i64) {
+        let i = &self.0;
+        let add = |n: &AtomicU64, d: i64| {
+            let _ = n.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_add_signed(d))
+            });
+        };
+        add(&i.disk_total, bytes);
+        add(&i.stream_total, i64::from(listed));
+        add(&i.consumer_total, consumers);
+        let Ok(mut conn) = self.conn() else { return };
+        let mut cmds = Vec::new();
+        if bytes != 0 {
+            cmds.push(
+                redis::cmd("INCRBY")
+                    .arg(self.bytes_key())
+                    .arg(bytes)
+                    .clone(),
+            );
+        }
+        if listed {
+            cmds.push(redis::cmd("SADD").arg(self.list_key()).arg(stream).clone());
+        }
+        if consumers != 0 {
+            let key = self.consumer_count_key();
+            cmds.push(redis::cmd("INCRBY").arg(key).arg(consumers).clone());
+        }
+        if cmds.is_empty() {
+            return;
+        }
+        let stream = stream.to_owned();
+        tokio::spawn(async move {
+            for cmd in cmds {
+                if let Err(e) = cmd.exec_async(&mut conn).await {
+                    tracing::warn!(stream, error = %e, "the counts of every stream not updated");
+                }
+            }
+        });
+    }
+
+    /// On a Redis Cluster, reads the counts of every stream the scripts check limits against.
+    async fn read_counts(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let bytes: Option<u64> = redis::cmd("GET")
+            .arg(self.bytes_key())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let streams: u64 = redis::cmd("SCARD")
+            .arg(self.list_key())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let consumers: Option<u64> = redis::cmd("GET")
+            .arg(self.consumer_count_key())
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(e))?;
+        let i = &self.0;
+        i.disk_total.store(bytes.unwrap_or(0), Ordering::Relaxed);
+        i.stream_total.store(streams, Ordering::Relaxed);
+        i.consumer_total
+            .store(consumers.unwrap_or(0), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Which nodes are gone, for GONE's `gone_test`.
+    fn gone_spec(&self) -> String {
+        if self.sharded() {
+            let alive = self.0.cluster.0.alive.lock().join(" ");
+            return format!("l {} {} {alive}", crate::GONE_IDLE_MS, self.node());
+        }
+        format!("n {}", self.0.cluster.node_channel(""))
+    }
+
     /// The channel told of every stream's new entries (the stream's name).
     pub(crate) fn channel(prefix: &str) -> String {
         format!("{prefix}-courier-stream-new")
@@ -843,7 +1039,7 @@ impl RedisStreams {
     }
 
     /// The connection, unless Redis is away: then the answer is `unavailable` at once.
-    fn conn(&self) -> Result<ConnectionManager, StoreError> {
+    fn conn(&self) -> Result<Link, StoreError> {
         let c = &self.0.cluster.0;
         match c.streams.get() {
             Some(conn) if c.up.load(Ordering::Relaxed) => Ok(conn.clone()),
@@ -984,14 +1180,20 @@ impl RedisStreams {
         (max == 0 || total + adding <= max).then_some(fast)
     }
 
-    /// Appends groups to simple streams with plain commands, one pipeline for all of them.
-    async fn append_fast(&self, mut conn: ConnectionManager, groups: Vec<Group>) {
+    /// Appends groups to simple streams with plain commands: one pipeline for all of them, or
+    /// on a Redis Cluster one per stream (a pipeline keeps to one slot).
+    async fn append_fast(&self, conn: Link, groups: Vec<Group>) {
         if groups.is_empty() {
             return;
         }
+        let sharded = self.sharded();
         let now = courier_server::store::now_ms();
-        let mut pipe = redis::pipe();
+        let mut pipes: Vec<redis::Pipeline> = Vec::new();
         for (stream, _, list, _) in &groups {
+            if sharded || pipes.is_empty() {
+                pipes.push(redis::pipe());
+            }
+            let pipe = pipes.last_mut().expect("one at least");
             let k = self.keys(stream);
             let mut grown = 0;
             for p in list {
@@ -1008,29 +1210,49 @@ impl RedisStreams {
                     .arg(now);
             }
             pipe.cmd("HINCRBY").arg(&k.meta).arg("bytes").arg(grown);
-            pipe.cmd("INCRBY").arg(self.bytes_key()).arg(grown);
-            pipe.cmd("PUBLISH")
-                .arg(Self::channel(self.prefix()))
-                .arg(stream)
-                .ignore();
-        }
-        let replies = match pipe.query_async::<Vec<Rv>>(&mut conn).await {
-            Ok(r) => r,
-            Err(e) => {
-                // Redis may come back empty: what this node knew of the streams is unsure.
-                self.0.fast.lock().clear();
-                let e = self.failed(e);
-                let groups = groups.into_iter().map(|(s, d, l, _)| (s, d, l)).collect();
-                return fail_groups(groups, &e);
+            if !sharded {
+                pipe.cmd("INCRBY").arg(self.bytes_key()).arg(grown);
+                pipe.cmd("PUBLISH")
+                    .arg(Self::channel(self.prefix()))
+                    .arg(stream)
+                    .ignore();
             }
-        };
+        }
+        let mut results = self.query_each(&conn, &pipes).await.into_iter();
+        // Each group's replies: its ids, its bytes, then (on one Redis) every stream's bytes.
+        let mut per_group = Vec::with_capacity(groups.len());
+        let mut shared = None;
+        for (_, _, list, _) in &groups {
+            let n = list.len() + if sharded { 1 } else { 2 };
+            let replies = if sharded {
+                results.next().expect("one per group")
+            } else {
+                let all = shared.get_or_insert_with(|| results.next().expect("one pipeline"));
+                match all {
+                    Ok(v) => Ok(v.drain(..n.min(v.len())).collect()),
+                    Err(e) => Err(e.clone()),
+                }
+            };
+            per_group.push(replies);
+        }
         let replicated = match self.0.options.wait_replicas {
             0 => Ok(()),
-            n => self.wait_replicas(&mut conn, n).await,
+            n => self.wait_replicas(&mut conn.clone(), n).await,
         };
-        let mut replies = replies.into_iter();
-        for (stream, _, list, fast) in groups {
+        for ((stream, dead_letter, list, fast), replies) in groups.into_iter().zip(per_group) {
+            let replies = match replies {
+                Ok(r) => r,
+                Err(e) => {
+                    // Redis may come back empty: what this node knew of the streams is unsure.
+                    self.0.fast.lock().clear();
+                    fail_groups(vec![(stream, dead_letter, list)], &self.failed(e));
+                    continue;
+                }
+            };
+            let mut replies = replies.into_iter();
+            let mut grown = 0;
             for p in list {
+                grown += p.entry.size();
                 let seq = replies
                     .next()
                     .as_ref()
@@ -1047,7 +1269,10 @@ impl RedisStreams {
                 (p.done)(result);
             }
             let bytes = replies.next().as_ref().and_then(int).unwrap_or(0) as u64;
-            if let Some(total) = replies.next().as_ref().and_then(int) {
+            if sharded {
+                self.apply_counts(&stream, grown as i64, false, 0);
+                self.notify(&stream);
+            } else if let Some(total) = replies.next().as_ref().and_then(int) {
                 self.0.disk_total.store(total as u64, Ordering::Relaxed);
             }
             let max = fast.map_or(0, |f| f.max_bytes);
@@ -1062,40 +1287,100 @@ impl RedisStreams {
         }
     }
 
-    /// Publishes groups through the publish script, one pipeline for all of them.
-    async fn append_scripted(&self, mut conn: ConnectionManager, groups: Vec<Group>) {
+    /// Sends each pipeline, all at once, and answers their replies in order.
+    async fn query_each(
+        &self,
+        conn: &Link,
+        pipes: &[redis::Pipeline],
+    ) -> Vec<redis::RedisResult<Vec<Rv>>> {
+        futures_util::future::join_all(pipes.iter().map(|p| {
+            let mut conn = conn.clone();
+            async move { p.query_async::<Vec<Rv>>(&mut conn).await }
+        }))
+        .await
+    }
+
+    /// On a Redis Cluster, tells the nodes that `stream` has new entries (on one Redis the
+    /// publish does, in the same round trip).
+    fn notify(&self, stream: &str) {
+        let Ok(mut conn) = self.conn() else { return };
+        let mut cmd = self.0.cluster.publish_cmd();
+        cmd.arg(Self::channel(self.prefix())).arg(stream);
+        tokio::spawn(async move {
+            let _: redis::RedisResult<()> = cmd.exec_async(&mut conn).await;
+        });
+    }
+
+    /// Publishes groups through the publish script: one pipeline for all of them, or on a
+    /// Redis Cluster one command per stream (each in its stream's slot).
+    async fn append_scripted(&self, mut conn: Link, groups: Vec<Group>) {
         if groups.is_empty() {
             return;
         }
-        let mut pipe = redis::pipe();
+        let sharded = self.sharded();
+        let mut pipes: Vec<redis::Pipeline> = Vec::new();
         for (stream, dead_letter, list, _) in &groups {
+            if sharded || pipes.is_empty() {
+                pipes.push(redis::pipe());
+            }
+            let pipe = pipes.last_mut().expect("one at least");
             pipe.add_command(self.publish_command(stream, *dead_letter, list));
         }
-        let mut replies = pipe.query_async::<Vec<Rv>>(&mut conn).await;
-        if replies
-            .as_ref()
-            .is_err_and(|e| e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
-        {
-            // Redis restarted and forgot the script: nothing of the group was done.
-            replies = match PUBLISH.load_async(&mut conn).await {
-                Ok(_) => pipe.query_async(&mut conn).await,
-                Err(e) => Err(e),
-            };
-        }
-        let replies = match replies {
-            Ok(r) => r,
-            Err(e) => {
-                self.0.fast.lock().clear();
-                let groups = groups.into_iter().map(|(s, d, l, _)| (s, d, l)).collect();
-                return fail_groups(groups, &self.failed(e));
-            }
+        let mut results = self.query_each(&conn, &pipes).await;
+        let forgot = |r: &redis::RedisResult<Vec<Rv>>| {
+            r.as_ref().is_err_and(|e| {
+                e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+            })
         };
+        if results.iter().any(forgot) {
+            // Redis restarted and forgot the script: nothing of those groups was done.
+            match PUBLISH.load_async(&mut conn).await {
+                Ok(_) => {
+                    for (i, r) in results.iter_mut().enumerate() {
+                        if forgot(r) {
+                            *r = pipes[i].query_async(&mut conn).await;
+                        }
+                    }
+                }
+                Err(e) => {
+                    for r in results.iter_mut().filter(|r| forgot(r)) {
+                        *r = Err(e.clone());
+                    }
+                }
+            }
+        }
+        let mut results = results.into_iter();
+        let mut shared: Option<redis::RedisResult<Vec<Rv>>> = None;
         let replicated = match self.0.options.wait_replicas {
             0 => Ok(()),
             n => self.wait_replicas(&mut conn, n).await,
         };
-        for ((stream, _, list, _), reply) in groups.into_iter().zip(replies) {
+        for (stream, dead_letter, list, _) in groups {
+            let reply = if sharded {
+                results
+                    .next()
+                    .expect("one per group")
+                    .map(|mut r| r.pop().unwrap_or(Rv::Nil))
+            } else {
+                let all = shared.get_or_insert_with(|| results.next().expect("one pipeline"));
+                match all {
+                    Ok(v) if !v.is_empty() => Ok(v.remove(0)),
+                    Ok(_) => Ok(Rv::Nil),
+                    Err(e) => Err(e.clone()),
+                }
+            };
+            let reply = match reply {
+                Ok(r) => self.settle(r, &stream),
+                Err(e) => {
+                    self.0.fast.lock().clear();
+                    fail_groups(vec![(stream, dead_letter, list)], &self.failed(e));
+                    continue;
+                }
+            };
             let about = answer_group(&stream, list, reply, &replicated);
+            if sharded && about.is_some() {
+                self.notify(&stream);
+            }
             let mut fast = self.0.fast.lock();
             match about {
                 Some((true, max_bytes, total)) => {
@@ -1119,11 +1404,9 @@ impl RedisStreams {
         let o = &self.0.options.store;
         let k = self.keys(stream);
         let mut cmd = redis::cmd("EVALSHA");
+        let [bytes, names, _] = self.every_keys(&k);
         cmd.arg(PUBLISH.get_hash()).arg(4 + list.len());
-        cmd.arg(&k.entries)
-            .arg(&k.meta)
-            .arg(self.bytes_key())
-            .arg(self.list_key());
+        cmd.arg(&k.entries).arg(&k.meta).arg(bytes).arg(names);
         for p in list {
             match &p.entry.id {
                 Some(id) => cmd.arg(self.dedupe_key(&k, id)),
@@ -1137,7 +1420,7 @@ impl RedisStreams {
         } else {
             (o.auto_create, o.max_streams)
         };
-        cmd.arg("").arg("").arg("");
+        cmd.arg(self.every_arg()).arg("").arg("");
         cmd.arg(&stream_args(create, &o.default_stream, max, stream)[..]);
         cmd.arg(o.max_disk_bytes).arg(Self::channel(self.prefix()));
         for p in list {
@@ -1149,7 +1432,7 @@ impl RedisStreams {
     }
 
     /// `WAIT` for `n` replicas to have everything this connection wrote.
-    async fn wait_replicas(&self, conn: &mut ConnectionManager, n: u32) -> Result<(), StoreError> {
+    async fn wait_replicas(&self, conn: &mut Link, n: u32) -> Result<(), StoreError> {
         let timeout = self.0.options.wait_timeout.as_millis() as u64;
         let acked: i64 = redis::cmd("WAIT")
             .arg(n)
@@ -1299,7 +1582,7 @@ impl RedisStreams {
     }
 
     /// The names of every stream.
-    async fn stream_names(&self, conn: &mut ConnectionManager) -> Result<Vec<String>, StoreError> {
+    async fn stream_names(&self, conn: &mut Link) -> Result<Vec<String>, StoreError> {
         redis::cmd("SMEMBERS")
             .arg(self.list_key())
             .query_async(conn)
@@ -1364,7 +1647,8 @@ impl RedisStreams {
         }
     }
 
-    /// Creates the declared streams once Redis answers, then applies retention every second.
+    /// Creates the declared streams once Redis answers, then applies retention every second
+    /// (and on a Redis Cluster reads the counts of every stream).
     pub(crate) async fn maintain(self) {
         let mut declared = self.0.options.declared.clone();
         let mut ticks = tokio::time::interval(Duration::from_secs(1));
@@ -1372,6 +1656,11 @@ impl RedisStreams {
             ticks.tick().await;
             if self.conn().is_err() {
                 continue;
+            }
+            if self.sharded()
+                && let Err(e) = self.read_counts().await
+            {
+                tracing::debug!(error = %e, "the counts of every stream not read");
             }
             while let Some((name, config)) = declared.first().cloned() {
                 match self.create(name.clone(), config).await {
@@ -1419,20 +1708,19 @@ impl RedisStreams {
     async fn retain(&self, stream: &str, forget: bool) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         let k = self.keys(stream);
-        let mut inv = keys!(
-            RETAIN.prepare_invoke(),
-            &k.entries,
-            &k.meta,
-            self.bytes_key()
-        );
-        if forget {
-            inv.arg(self.0.cluster.node_channel(""))
-                .arg(GONE_MEMBER_IDLE_MS);
-        }
-        let _: i64 = inv
+        let [bytes, ..] = self.every_keys(&k);
+        let mut inv = keys!(RETAIN.prepare_invoke(), &k.entries, &k.meta, bytes);
+        inv.arg(self.every_arg());
+        match forget {
+            true => inv.arg(self.gone_spec()),
+            false => inv.arg(""),
+        };
+        inv.arg(GONE_MEMBER_IDLE_MS);
+        let r: Rv = inv
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.failed(e))?;
+        self.settle(r, stream);
         Ok(())
     }
 
@@ -1444,21 +1732,22 @@ impl RedisStreams {
         }
         let mut conn = self.conn()?;
         let k = self.keys(&name);
+        let [bytes, names, _] = self.every_keys(&k);
         let mut inv = keys!(
             CREATE_STREAM.prepare_invoke(),
             &k.entries,
             &k.meta,
-            self.bytes_key(),
-            self.list_key()
+            bytes,
+            names
         );
-        inv.arg("").arg("").arg("");
+        inv.arg(self.every_arg()).arg("").arg("");
         let max = self.0.options.store.max_streams;
         inv.arg(&stream_args(true, &config, max, &name)[..]);
         let r: Rv = inv
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.failed(e))?;
-        answer(r, &name)?;
+        answer(self.settle(r, &name), &name)?;
         self.info(&name)
             .await?
             .ok_or_else(|| StoreError::StreamNotFound(name))
@@ -1469,15 +1758,18 @@ impl RedisStreams {
         script: &'a redis::Script,
         k: &Keys,
     ) -> redis::ScriptInvocation<'a> {
-        keys!(
+        let [bytes, names, consumers] = self.every_keys(k);
+        let mut inv = keys!(
             script.prepare_invoke(),
             &k.entries,
             &k.meta,
-            self.bytes_key(),
-            self.list_key(),
-            self.consumer_count_key(),
+            bytes,
+            names,
+            consumers,
             &k.consumers
-        )
+        );
+        inv.arg(self.every_arg());
+        inv
     }
 }
 
@@ -1505,7 +1797,7 @@ impl SharedStreams for RedisStreams {
             let k = this.keys(&stream);
             let o = &this.0.options.store;
             let mut inv = this.consumer_invocation(&ENSURE_CONSUMER, &k);
-            inv.arg("").arg("").arg("");
+            inv.arg("").arg("");
             inv.arg(&stream_args(o.auto_create, &o.default_stream, o.max_streams, &stream)[..]);
             let start = match config.start {
                 StartPosition::New => "new".to_owned(),
@@ -1520,7 +1812,7 @@ impl SharedStreams for RedisStreams {
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| this.failed(e))?;
-            let items = answer(r, &stream)?;
+            let items = answer(this.settle(r, &stream), &stream)?;
             Ok(items.get(1).and_then(int).unwrap_or(0).max(0) as u64)
         })
     }
@@ -1565,15 +1857,15 @@ impl SharedStreams for RedisStreams {
             let mut conn = this.conn()?;
             let k = this.keys(&stream);
             let mut inv = this.consumer_invocation(&DELETE_CONSUMER, &k);
-            for _ in 0..13 {
+            for _ in 0..12 {
                 inv.arg("");
             }
             inv.arg(&consumer);
-            let n: i64 = inv
+            let r: Rv = inv
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| this.failed(e))?;
-            Ok(n == 1)
+            Ok(int(&this.settle(r, &stream)) == Some(1))
         })
     }
 
@@ -1591,15 +1883,13 @@ impl SharedStreams for RedisStreams {
         Box::pin(async move {
             let mut conn = this.conn()?;
             let k = this.keys(&name);
-            let n: i64 = keys!(
-                PURGE.prepare_invoke(),
-                &k.entries,
-                &k.meta,
-                this.bytes_key()
-            )
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| this.failed(e))?;
+            let [bytes, ..] = this.every_keys(&k);
+            let r: Rv = keys!(PURGE.prepare_invoke(), &k.entries, &k.meta, bytes)
+                .arg(this.every_arg())
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| this.failed(e))?;
+            let n = int(&this.settle(r, &name)).unwrap_or(-1);
             if n < 0 {
                 return Err(StoreError::StreamNotFound(name));
             }
@@ -1875,11 +2165,13 @@ impl Runner {
                     released.clear();
                     // The consumer's subscribers on other nodes look now, not at their next
                     // scan.
-                    let _: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-                        .arg(RedisStreams::channel(s.prefix()))
-                        .arg(format!("!{stream}"))
-                        .query_async(&mut conn)
-                        .await;
+                    let _: redis::RedisResult<i64> =
+                        s.0.cluster
+                            .publish_cmd()
+                            .arg(RedisStreams::channel(s.prefix()))
+                            .arg(format!("!{stream}"))
+                            .query_async(&mut conn)
+                            .await;
                 }
                 Err(e) if is_nogroup(&e) => released.clear(),
                 Err(e) => return Err(self.streams.failed(e)),
@@ -1921,7 +2213,7 @@ impl Runner {
                 .arg(config.max_deliver)
                 .arg(READ_BATCH)
                 .arg(SCAN_PENDING)
-                .arg(s.0.cluster.node_channel(""));
+                .arg(s.gone_spec());
             if *recover {
                 inv.arg("1");
                 for seq in held.keys() {
@@ -2031,7 +2323,7 @@ impl Runner {
     /// pending, to be tried again (dedupe makes a second copy impossible).
     async fn dead_letter(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Link,
         k: &Keys,
         entry: &Entry,
         deliveries: u32,

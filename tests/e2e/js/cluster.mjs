@@ -232,6 +232,108 @@ export async function startRedis({ t, aof = false, args = [] } = {}) {
   }
 }
 
+// --- a Redis Cluster ----------------------------------------------------------------------------
+
+export const REDIS_CLI_BIN = process.env.COURIER_REDIS_CLI || "redis-cli";
+
+/**
+ * A Redis Cluster of the test's own: `masters` redis-servers with `--cluster-enabled yes` on free
+ * ports of 127.0.0.1, joined by `redis-cli --cluster create` (the 16,384 slots split between
+ * them, no replicas). `url` is the `redis-cluster://` URL Courier nodes take. Subscribers are
+ * counted over every server (sharded channels live on the server of their slot).
+ */
+export class RedisCluster {
+  constructor(servers) {
+    this.servers = servers;
+    this.url = `redis-cluster://${servers.map((s) => `127.0.0.1:${s.port}`).join(",")}`;
+  }
+
+  static async start({ masters = 3 } = {}) {
+    const servers = [];
+    try {
+      for (let i = 0; i < masters; i++) {
+        // The cluster bus listens on the port + 10000: both must be free.
+        let port;
+        do port = await freePort();
+        while (port > 55000);
+        const server = new RedisServer(port, {
+          args: ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"],
+        });
+        servers.push(server);
+        await server.start();
+      }
+      const create = ["--cluster", "create", ...servers.map((s) => `127.0.0.1:${s.port}`), "--cluster-yes"];
+      const out = await new Promise((resolve, reject) => {
+        const child = spawn(REDIS_CLI_BIN, create, { stdio: ["ignore", "pipe", "pipe"] });
+        let text = "";
+        child.stdout.on("data", (c) => (text += c));
+        child.stderr.on("data", (c) => (text += c));
+        child.once("error", reject);
+        child.once("exit", (code) => (code === 0 ? resolve(text) : reject(new Error(`redis-cli --cluster create exited ${code}\n${text}`))));
+      });
+      const cluster = new RedisCluster(servers);
+      await cluster.ready(out);
+      return cluster;
+    } catch (err) {
+      await Promise.all(servers.map((s) => s.close()));
+      throw err;
+    }
+  }
+
+  /** Waits until every server says cluster_state:ok. */
+  ready(detail = "") {
+    return waitFor(
+      async () => {
+        for (const s of this.servers) {
+          const info = await s.command("CLUSTER", "INFO").catch(() => "");
+          if (!String(info).includes("cluster_state:ok")) return false;
+        }
+        return true;
+      },
+      { ms: 20_000, every: 100, what: `the Redis Cluster ready (cluster_state:ok on every server)\n${detail}` },
+    );
+  }
+
+  /** Stops every server (their data is gone; the cluster's layout stays in their nodes.conf). */
+  async stop(signal = "SIGTERM") {
+    await Promise.all(this.servers.map((s) => s.stop(signal)));
+  }
+
+  /** Starts every server again on its port, and waits until the cluster is ready. */
+  async start() {
+    for (const s of this.servers) await s.start();
+    await this.ready();
+    return this;
+  }
+
+  async close() {
+    await Promise.all(this.servers.map((s) => s.close()));
+  }
+
+  /** How many connections are subscribed to the sharded `channel`, over every server. */
+  async subscribers(channel = REQUEST_CHANNEL) {
+    let n = 0;
+    for (const s of this.servers) {
+      const reply = await s.command("PUBSUB", "SHARDNUMSUB", channel);
+      n += Number(reply[1]);
+    }
+    return n;
+  }
+
+  waitSubscribers(count, options) {
+    return RedisServer.prototype.waitSubscribers.call(this, count, options);
+  }
+
+  /** Sends a command about `key` to the server that holds its slot. */
+  async command(...args) {
+    const slot = Number(await this.servers[0].command("CLUSTER", "KEYSLOT", args[1]));
+    const slots = await this.servers[0].command("CLUSTER", "SLOTS");
+    const range = slots.find(([lo, hi]) => slot >= lo && slot <= hi);
+    const port = Number(range[2][1]);
+    return redisCommand(port, args);
+  }
+}
+
 // --- Courier nodes and Node servers -----------------------------------------------------------
 
 /** GET /health of a Courier node, parsed. */
@@ -309,8 +411,8 @@ export async function nodeControl(server, what, body = {}) {
  * {redis, nodes: [Courier nodes], nodeServers: [Node servers], servers: [all], addNode({via}),
  * restartNode(i, {signal})}.
  */
-export async function startCluster(t, { courier = 3, node = 0, config = {}, env = {}, aof = false } = {}) {
-  const redis = await startRedis({ aof });
+export async function startCluster(t, { courier = 3, node = 0, config = {}, env = {}, aof = false, redisCluster = false } = {}) {
+  const redis = redisCluster ? await RedisCluster.start() : await startRedis({ aof });
   const cluster = { redis, nodes: [], nodeServers: [] };
   t.after(async () => {
     await Promise.all([...cluster.nodes, ...cluster.nodeServers].map((s) => s.stop()));
@@ -413,8 +515,8 @@ export async function waitForwarding(nodes, { ms = READY_TIMEOUT_MS } = {}) {
  * opened on, `hub.restartNode(i, {signal})` stops node `i` and starts it again on its port (the
  * hub keeps working through it; what lives in Redis survives).
  */
-export async function startHub(t, { courier = 3, config = {}, env = {} } = {}) {
-  const cluster = await startCluster(t, { courier, config, env });
+export async function startHub(t, { courier = 3, config = {}, env = {}, redisCluster = false } = {}) {
+  const cluster = await startCluster(t, { courier, config, env, redisCluster });
   let next = 0;
   return {
     cluster,

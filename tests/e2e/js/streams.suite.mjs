@@ -9,7 +9,9 @@
 //   test's own (startHub in cluster.mjs), each with the test's config. Each read of `server.url`
 //   gives the next node, so consecutive sockets and API calls land on different nodes: a
 //   publisher on one node, a subscriber on another, the API answering from a third. A restart
-//   restarts one node, the one the test's client was on; what lives in Redis survives it.
+//   restarts one node, the one the test's client was on; what lives in Redis survives it;
+// - "redis-cluster" (streams-rediscluster.test.mjs): the same hub on a Redis Cluster of three
+//   masters of the test's own, so that streams are spread over its shards.
 
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -37,6 +39,7 @@ import {
 export const MODES = {
   single: "one node",
   cluster: "three nodes on one Redis",
+  "redis-cluster": "three nodes on a Redis Cluster of three masters",
 };
 
 const WS = { transports: ["websocket"] };
@@ -100,14 +103,15 @@ function assertApiError(res, status, code, what) {
 /** Declares the stream tests against "the server" of `mode` (a key of MODES). */
 export function streamSuite(mode) {
   if (!Object.hasOwn(MODES, mode)) throw new Error(`unknown mode ${mode}; one of ${Object.keys(MODES)}`);
-  const cluster = mode === "cluster";
+  const cluster = mode !== "single";
+  const redisCluster = mode === "redis-cluster";
 
   /**
    * Starts the server of a test: one node, or a hub of three (each node with `config`). One node
    * that is to be restarted gets a data directory of the test's own; cluster nodes always have one.
    */
   async function startServer(t, { config = {}, restartable = false } = {}) {
-    if (cluster) return startHub(t, { config });
+    if (cluster) return startHub(t, { config, redisCluster });
     return startCourier({ t, config, ...(restartable ? { dataDir: makeDataDir(t) } : {}) });
   }
 
