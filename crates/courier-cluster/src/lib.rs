@@ -79,10 +79,6 @@ const PUBLISH_QUEUE: usize = 16_384;
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A node whose address was not renewed for this long is gone.
 const NODE_EXPIRY_MS: u64 = 5_000;
-/// On a Redis Cluster, a consumer group's member whose node is not in the table of nodes (as
-/// last read, at most a heartbeat or two ago) is taken for gone once idle this long: a node
-/// that joined since then cannot have been idle that long.
-pub(crate) const GONE_IDLE_MS: u64 = 3 * HEARTBEAT.as_millis() as u64;
 
 /// One node's link to the others. Cheap to clone.
 #[derive(Clone)]
@@ -1419,17 +1415,26 @@ impl Cluster {
     /// How many listen on `channel` by name (`PUBSUB NUMSUB`, or `SHARDNUMSUB` on a Redis
     /// Cluster, summed over its nodes); `None` if Redis did not answer.
     pub(crate) async fn listeners(&self, conn: &mut Link, channel: &str) -> Option<usize> {
+        let counts = self.listeners_of(conn, &[channel.to_owned()]).await?;
+        Some(counts.get(channel).copied().unwrap_or(0))
+    }
+
+    /// [`Cluster::listeners`] of several channels at once.
+    pub(crate) async fn listeners_of(
+        &self,
+        conn: &mut Link,
+        channels: &[String],
+    ) -> Option<HashMap<String, usize>> {
         let which = if self.0.sharded {
             "SHARDNUMSUB"
         } else {
             "NUMSUB"
         };
-        let subs: HashMap<String, usize> = redis::cmd("PUBSUB")
+        redis::cmd("PUBSUB")
             .arg(which)
-            .arg(channel)
+            .arg(channels)
             .query_async(conn)
             .await
-            .ok()?;
-        Some(subs.get(channel).copied().unwrap_or(0))
+            .ok()
     }
 }

@@ -165,19 +165,16 @@ end
 
 /// `gone_test(spec)`: a function telling whether the node named so is gone.
 const GONE: &str = r#"
--- A function telling whether the group member of the node named so, idle for so many ms, is
--- gone, from `spec`: "n <prefix>" on one Redis (a node listens on its channel, the prefix and
--- its id, while it is connected), or "l <ms> <id> <id> ..." on a Redis Cluster: the nodes alive
--- in the table of nodes as this node last read it. A node missing there may have joined since,
--- so its member is gone only once idle for <ms> too, longer than a new node's can be.
+-- A function telling whether the node named so is gone, from `spec`: "n <prefix>" on one
+-- Redis (a node listens on its channel, the prefix and its id, while it is connected), or
+-- "g <id> <id> ..." on a Redis Cluster: those the calling node found not listening just before
+-- (a sharded channel's listeners are counted on its shard, out of a script's reach).
 local function gone_test(spec)
   local how, rest = string.sub(spec, 1, 1), string.sub(spec, 3)
-  if how == 'l' then
-    local alive, least = {}, nil
-    for id in string.gmatch(rest, '%S+') do
-      if least then alive[id] = true else least = tonumber(id) end
-    end
-    return function(name, idle) return not alive[name] and idle >= least end
+  if how == 'g' then
+    local gone = {}
+    for id in string.gmatch(rest, '%S+') do gone[id] = true end
+    return function(name) return gone[name] == true end
   end
   return function(name) return redis.call('PUBSUB', 'NUMSUB', rest .. name)[2] == 0 end
 end
@@ -320,7 +317,7 @@ if ARGV[2] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
     for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], group)) do
       local f = {}
       for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
-      if f['pending'] == 0 and f['idle'] >= tonumber(ARGV[3]) and gone(f['name'], f['idle']) then
+      if f['pending'] == 0 and f['idle'] >= tonumber(ARGV[3]) and gone(f['name']) then
         redis.call('XGROUP', 'DELCONSUMER', KEYS[1], group, f['name'])
       end
     end
@@ -486,7 +483,7 @@ end
 for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
   local f = {}
   for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
-  if #out < most and f['pending'] > 0 and f['name'] ~= ARGV[2] and gone(f['name'], f['idle']) then
+  if #out < most and f['pending'] > 0 and f['name'] ~= ARGV[2] and gone(f['name']) then
     for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', most - #out, f['name'])) do
       claim(p[1], p[4])
     end
@@ -824,6 +821,29 @@ fn entry_from_fields(seq: Seq, fields: &[Rv]) -> Option<Entry> {
     Some(e)
 }
 
+/// The field maps of a list of `XINFO` records (arrays of field and value, or maps).
+fn fields_of(v: &Rv) -> Vec<HashMap<String, Rv>> {
+    let Rv::Array(list) = v else {
+        return Vec::new();
+    };
+    list.iter()
+        .map(|r| {
+            let pairs: Vec<(&Rv, &Rv)> = match r {
+                Rv::Array(f) => f
+                    .chunks(2)
+                    .filter_map(|c| Some((c.first()?, c.get(1)?)))
+                    .collect(),
+                Rv::Map(m) => m.iter().map(|(a, b)| (a, b)).collect(),
+                _ => Vec::new(),
+            };
+            pairs
+                .into_iter()
+                .filter_map(|(k, v)| Some((text(k)?, v.clone())))
+                .collect()
+        })
+        .collect()
+}
+
 fn entries_of(v: &Rv) -> Vec<Entry> {
     match v {
         Rv::Array(list) => list.iter().filter_map(entry_of).collect(),
@@ -1011,13 +1031,84 @@ impl RedisStreams {
         Ok(())
     }
 
-    /// Which nodes are gone, for GONE's `gone_test`.
-    fn gone_spec(&self) -> String {
-        if self.sharded() {
-            let alive = self.0.cluster.0.alive.lock().join(" ");
-            return format!("l {} {} {alive}", crate::GONE_IDLE_MS, self.node());
+    /// Which of the nodes with members in `stream`'s consumer groups (`groups`, or every
+    /// group) are gone, for GONE's `gone_test`. On one Redis the script asks itself; on a Redis
+    /// Cluster this asks first, of the members `wanted` picks by their pending entries and idle
+    /// time.
+    async fn gone_spec(
+        &self,
+        conn: &mut Link,
+        k: &Keys,
+        groups: Option<&str>,
+        wanted: impl Fn(i64, i64) -> bool,
+    ) -> Result<String, StoreError> {
+        if !self.sharded() {
+            return Ok(format!("n {}", self.0.cluster.node_channel("")));
         }
-        format!("n {}", self.0.cluster.node_channel(""))
+        let fail = |e| self.failed(e);
+        let groups = match groups {
+            Some(g) => vec![g.to_owned()],
+            None => {
+                let list: Rv = match redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&k.entries)
+                    .query_async(conn)
+                    .await
+                {
+                    Ok(list) => list,
+                    // No such key: no groups.
+                    Err(e) if e.code() == Some("ERR") => Rv::Nil,
+                    Err(e) => return Err(fail(e)),
+                };
+                fields_of(&list)
+                    .iter()
+                    .filter_map(|f| f.get("name").and_then(text))
+                    .collect()
+            }
+        };
+        let mut nodes = Vec::new();
+        for group in groups {
+            let list: Rv = match redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(&k.entries)
+                .arg(&group)
+                .query_async(conn)
+                .await
+            {
+                Ok(list) => list,
+                // Deleted meanwhile: the script that follows says so.
+                Err(e) if is_nogroup(&e) || e.code() == Some("ERR") => continue,
+                Err(e) => return Err(fail(e)),
+            };
+            for f in fields_of(&list) {
+                let (Some(name), Some(pending), Some(idle)) = (
+                    f.get("name").and_then(text),
+                    f.get("pending").and_then(int),
+                    f.get("idle").and_then(int),
+                ) else {
+                    continue;
+                };
+                if name != self.node() && wanted(pending, idle) && !nodes.contains(&name) {
+                    nodes.push(name);
+                }
+            }
+        }
+        if nodes.is_empty() {
+            return Ok("g".to_owned());
+        }
+        let c = &self.0.cluster;
+        let channels: Vec<String> = nodes.iter().map(|n| c.node_channel(n)).collect();
+        let counts = c
+            .listeners_of(conn, &channels)
+            .await
+            .ok_or_else(|| StoreError::Unavailable("Redis did not count listeners".into()))?;
+        let gone: Vec<String> = nodes
+            .into_iter()
+            .zip(channels)
+            .filter(|(_, ch)| counts.get(ch).copied().unwrap_or(0) == 0)
+            .map(|(n, _)| n)
+            .collect();
+        Ok(format!("g {}", gone.join(" ")))
     }
 
     /// The channel told of every stream's new entries (the stream's name).
@@ -1712,7 +1803,13 @@ impl RedisStreams {
         let mut inv = keys!(RETAIN.prepare_invoke(), &k.entries, &k.meta, bytes);
         inv.arg(self.every_arg());
         match forget {
-            true => inv.arg(self.gone_spec()),
+            true => {
+                let idle = GONE_MEMBER_IDLE_MS as i64;
+                let spec = self
+                    .gone_spec(&mut conn, &k, None, |pending, i| pending == 0 && i >= idle)
+                    .await?;
+                inv.arg(spec)
+            }
             false => inv.arg(""),
         };
         inv.arg(GONE_MEMBER_IDLE_MS);
@@ -2206,6 +2303,9 @@ impl Runner {
         let own_due = held.values().any(|h| h.due <= now);
         if *recover || scan_now || own_due || scanned.elapsed() >= SCAN_EVERY {
             *scanned = now;
+            let gone = s
+                .gone_spec(&mut conn, &k, Some(consumer), |pending, _| pending > 0)
+                .await?;
             let mut inv = keys!(CLAIM_DUE.prepare_invoke(), &k.entries, &k.consumers);
             inv.arg(consumer)
                 .arg(s.node())
@@ -2213,7 +2313,7 @@ impl Runner {
                 .arg(config.max_deliver)
                 .arg(READ_BATCH)
                 .arg(SCAN_PENDING)
-                .arg(s.gone_spec());
+                .arg(gone);
             if *recover {
                 inv.arg("1");
                 for seq in held.keys() {

@@ -103,7 +103,13 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn init_logging(filter: &str) -> anyhow::Result<()> {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
+    let mut filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_owned());
+    // On a Redis Cluster, the redis crate logs each failed reconnection (tens a second while
+    // Redis is away); the node says once that Redis is away and once that it is back. A filter
+    // that names the crate decides for itself.
+    if !filter.contains("redis") {
+        filter.push_str(",redis::cluster_handling=off");
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .with_context(|| format!("invalid log filter {filter:?}"))?;
     tracing_subscriber::fmt()

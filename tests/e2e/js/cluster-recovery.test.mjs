@@ -135,96 +135,103 @@ async function awayClient(t, cluster, from) {
   return { proxy, socket, news, id };
 }
 
-test("recovery across nodes: a client that drops from A and comes back through B gets its id, rooms and every broadcast it missed, from any node", async (t) => {
-  const cluster = await startCluster(t, { courier: 3, config: RECOVERY });
-  const [a, b, c] = cluster.nodes;
-  const { proxy, socket, news, id } = await awayClient(t, cluster, 0);
-  // Missed while away: one from each node, to its room and to everyone, and one not for it.
-  await emit(a, { rooms: ["team"], event: "news", data: ["from A"] });
-  await emit(b, { event: "news", data: ["from B, to all"] });
-  await emit(c, { rooms: ["others"], event: "news", data: ["not for it"] });
-  await emit(c, { rooms: ["team"], event: "news", data: ["from C"] });
-  const back = connected(socket);
-  proxy.release(b.url);
-  await back;
-  assert.equal(socket.recovered, true);
-  assert.equal(socket.id, id);
-  await until("the missed broadcasts", () => news.length === 4);
-  assert.deepEqual(news, ["before", "from A", "from B, to all", "from C"]);
-  // Still in its room, now on B, and listed there.
-  await emit(c, { rooms: ["team"], event: "news", data: ["after"] });
-  await until("a broadcast after recovery", () => news.length === 5);
-  assert.equal(news[4], "after");
-  const listed = await listedSids(a);
-  assert.ok(listed.includes(id), `${id} in ${JSON.stringify(listed)}`);
-});
+// Every test runs on one redis-server, then on a Redis Cluster of three masters, where logged
+// broadcasts go on the namespace's sharded channel and the log sits in its slot.
+for (const redisCluster of [false, true]) {
+  const on = redisCluster ? " (on a Redis Cluster)" : "";
+  const start = (t, options = {}) => startCluster(t, { ...options, redisCluster });
 
-test("recovery across nodes: a client of a node killed with SIGKILL is recovered by another", async (t) => {
-  const cluster = await startCluster(t, { courier: 3, config: RECOVERY });
-  const [a, b, c] = cluster.nodes;
-  const { proxy, socket, news, id } = await awayClient(t, cluster, 0);
-  await a.kill("SIGKILL");
-  await emit(c, { rooms: ["team"], event: "news", data: ["while A was dead"] });
-  const back = connected(socket);
-  proxy.release(b.url);
-  await back;
-  assert.equal(socket.recovered, true);
-  assert.equal(socket.id, id);
-  await until("the missed broadcast", () => news.length === 2);
-  assert.deepEqual(news, ["before", "while A was dead"]);
-  await emit(b, { rooms: ["team"], event: "news", data: ["after"] });
-  await until("a broadcast after recovery", () => news.length === 3);
-});
+  test(`recovery across nodes: a client that drops from A and comes back through B gets its id, rooms and every broadcast it missed, from any node${on}`, async (t) => {
+    const cluster = await start(t, { courier: 3, config: RECOVERY });
+    const [a, b, c] = cluster.nodes;
+    const { proxy, socket, news, id } = await awayClient(t, cluster, 0);
+    // Missed while away: one from each node, to its room and to everyone, and one not for it.
+    await emit(a, { rooms: ["team"], event: "news", data: ["from A"] });
+    await emit(b, { event: "news", data: ["from B, to all"] });
+    await emit(c, { rooms: ["others"], event: "news", data: ["not for it"] });
+    await emit(c, { rooms: ["team"], event: "news", data: ["from C"] });
+    const back = connected(socket);
+    proxy.release(b.url);
+    await back;
+    assert.equal(socket.recovered, true);
+    assert.equal(socket.id, id);
+    await until("the missed broadcasts", () => news.length === 4);
+    assert.deepEqual(news, ["before", "from A", "from B, to all", "from C"]);
+    // Still in its room, now on B, and listed there.
+    await emit(c, { rooms: ["team"], event: "news", data: ["after"] });
+    await until("a broadcast after recovery", () => news.length === 5);
+    assert.equal(news[4], "after");
+    const listed = await listedSids(a);
+    assert.ok(listed.includes(id), `${id} in ${JSON.stringify(listed)}`);
+  });
 
-test("recovery across nodes: a session is recovered once; a second client with the same pid starts afresh", async (t) => {
-  const cluster = await startCluster(t, { courier: 2, config: RECOVERY });
-  const [, b] = cluster.nodes;
-  const { proxy, socket, id } = await awayClient(t, { nodes: [cluster.nodes[0], b, b] }, 0);
-  const back = connected(socket);
-  proxy.release(b.url);
-  await back;
-  assert.equal(socket.recovered, true);
-  // Another client presenting the same private id once the first holds the session.
-  const copy = io(b.url, { forceNew: true, transports: ["websocket"], reconnection: false });
-  t.after(() => copy.close());
-  copy.auth = { pid: socket._pid, offset: socket._lastOffset };
-  await connected(copy);
-  assert.equal(copy.recovered, false);
-  assert.notEqual(copy.id, id);
-});
+  test(`recovery across nodes: a client of a node killed with SIGKILL is recovered by another${on}`, async (t) => {
+    const cluster = await start(t, { courier: 3, config: RECOVERY });
+    const [a, b, c] = cluster.nodes;
+    const { proxy, socket, news, id } = await awayClient(t, cluster, 0);
+    await a.kill("SIGKILL");
+    await emit(c, { rooms: ["team"], event: "news", data: ["while A was dead"] });
+    const back = connected(socket);
+    proxy.release(b.url);
+    await back;
+    assert.equal(socket.recovered, true);
+    assert.equal(socket.id, id);
+    await until("the missed broadcast", () => news.length === 2);
+    assert.deepEqual(news, ["before", "while A was dead"]);
+    await emit(b, { rooms: ["team"], event: "news", data: ["after"] });
+    await until("a broadcast after recovery", () => news.length === 3);
+  });
 
-test("recovery across nodes: with Redis stopped, a node still delivers its broadcasts to its own clients", async (t) => {
-  const cluster = await startCluster(t, { courier: 2, config: RECOVERY });
-  const [a] = cluster.nodes;
-  const socket = client(t, a.url);
-  await connected(socket);
-  const news = record(socket, "news");
-  await cluster.redis.stop();
-  await until("the node to see Redis gone", async () => (await api(a, "GET", "/health")).body.cluster.redis === "down");
-  assert.equal((await emit(a, { event: "news", data: ["local"] })).recipients, 1);
-  await until("the local broadcast", () => news.length === 1);
-  assert.equal(news[0], "local");
-});
+  test(`recovery across nodes: a session is recovered once; a second client with the same pid starts afresh${on}`, async (t) => {
+    const cluster = await start(t, { courier: 2, config: RECOVERY });
+    const [, b] = cluster.nodes;
+    const { proxy, socket, id } = await awayClient(t, { nodes: [cluster.nodes[0], b, b] }, 0);
+    const back = connected(socket);
+    proxy.release(b.url);
+    await back;
+    assert.equal(socket.recovered, true);
+    // Another client presenting the same private id once the first holds the session.
+    const copy = io(b.url, { forceNew: true, transports: ["websocket"], reconnection: false });
+    t.after(() => copy.close());
+    copy.auth = { pid: socket._pid, offset: socket._lastOffset };
+    await connected(copy);
+    assert.equal(copy.recovered, false);
+    assert.notEqual(copy.id, id);
+  });
 
-test("recovery across nodes: the clients of a node stopped gracefully are recovered by the others", async (t) => {
-  const cluster = await startCluster(t, { courier: 3, config: RECOVERY });
-  const [a, b, c] = cluster.nodes;
-  const proxy = await startProxy(t, a.url);
-  const socket = client(t, proxy.url);
-  await connected(socket);
-  const news = record(socket, "news");
-  assert.equal((await ask(socket, "courier:join", "team")).ok, true);
-  const id = socket.id;
-  // Connected when A shuts down: A hands the session over as it closes the connection.
-  proxy.hold();
-  await a.stop();
-  await proxy.waiting();
-  await emit(c, { rooms: ["team"], event: "news", data: ["while A was gone"] });
-  const back = connected(socket);
-  proxy.release(b.url);
-  await back;
-  assert.equal(socket.recovered, true);
-  assert.equal(socket.id, id);
-  await until("the missed broadcast", () => news.length === 1);
-  assert.deepEqual(news, ["while A was gone"]);
-});
+  test(`recovery across nodes: with Redis stopped, a node still delivers its broadcasts to its own clients${on}`, async (t) => {
+    const cluster = await start(t, { courier: 2, config: RECOVERY });
+    const [a] = cluster.nodes;
+    const socket = client(t, a.url);
+    await connected(socket);
+    const news = record(socket, "news");
+    await cluster.redis.stop();
+    await until("the node to see Redis gone", async () => (await api(a, "GET", "/health")).body.cluster.redis === "down");
+    assert.equal((await emit(a, { event: "news", data: ["local"] })).recipients, 1);
+    await until("the local broadcast", () => news.length === 1);
+    assert.equal(news[0], "local");
+  });
+
+  test(`recovery across nodes: the clients of a node stopped gracefully are recovered by the others${on}`, async (t) => {
+    const cluster = await start(t, { courier: 3, config: RECOVERY });
+    const [a, b, c] = cluster.nodes;
+    const proxy = await startProxy(t, a.url);
+    const socket = client(t, proxy.url);
+    await connected(socket);
+    const news = record(socket, "news");
+    assert.equal((await ask(socket, "courier:join", "team")).ok, true);
+    const id = socket.id;
+    // Connected when A shuts down: A hands the session over as it closes the connection.
+    proxy.hold();
+    await a.stop();
+    await proxy.waiting();
+    await emit(c, { rooms: ["team"], event: "news", data: ["while A was gone"] });
+    const back = connected(socket);
+    proxy.release(b.url);
+    await back;
+    assert.equal(socket.recovered, true);
+    assert.equal(socket.id, id);
+    await until("the missed broadcast", () => news.length === 1);
+    assert.deepEqual(news, ["while A was gone"]);
+  });
+}

@@ -248,7 +248,8 @@ export class RedisCluster {
     this.url = `redis-cluster://${servers.map((s) => `127.0.0.1:${s.port}`).join(",")}`;
   }
 
-  static async start({ masters = 3 } = {}) {
+  /** With `aof`, each server keeps an append-only file fsynced before it answers. */
+  static async start({ masters = 3, aof = false } = {}) {
     const servers = [];
     try {
       for (let i = 0; i < masters; i++) {
@@ -257,6 +258,7 @@ export class RedisCluster {
         do port = await freePort();
         while (port > 55000);
         const server = new RedisServer(port, {
+          aof,
           args: ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"],
         });
         servers.push(server);
@@ -412,7 +414,7 @@ export async function nodeControl(server, what, body = {}) {
  * restartNode(i, {signal})}.
  */
 export async function startCluster(t, { courier = 3, node = 0, config = {}, env = {}, aof = false, redisCluster = false } = {}) {
-  const redis = redisCluster ? await RedisCluster.start() : await startRedis({ aof });
+  const redis = redisCluster ? await RedisCluster.start({ aof }) : await startRedis({ aof });
   const cluster = { redis, nodes: [], nodeServers: [] };
   t.after(async () => {
     await Promise.all([...cluster.nodes, ...cluster.nodeServers].map((s) => s.stop()));

@@ -9,6 +9,10 @@ node's /health says cluster.redis "up" and Redis lists one subscriber per node o
 request channel, which every server speaking the redis adapter's wire format subscribes to.
 
 Each node has a data directory of its own, so a test can restart or kill one on its port.
+
+`RedisCluster` is three such servers with `--cluster-enabled yes`, made one Redis Cluster by
+`redis-cli --cluster create`; nodes join it with `--redis redis-cluster://...`, and their
+channels are sharded ones, counted over every server.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import requests
 from support import eventually
 
 REDIS_BIN = os.environ.get("COURIER_REDIS_SERVER", "redis-server")
+REDIS_CLI_BIN = os.environ.get("COURIER_REDIS_CLI", "redis-cli")
 REQUEST_CHANNEL = "socket.io-request#/#"
 READY_TIMEOUT = 10.0
 
@@ -76,8 +81,9 @@ class RedisServer:
     Without persistence, unless `appendfsync` ("always", "everysec" or "no") turns the AOF on.
     """
 
-    def __init__(self, directory, port=None, appendfsync=None):
+    def __init__(self, directory, port=None, appendfsync=None, args=()):
         self.appendfsync = appendfsync
+        self.args = list(args)
         self.port = port if port is not None else free_port()
         self.url = f"redis://127.0.0.1:{self.port}"
         self.dir = Path(tempfile.mkdtemp(prefix="redis-", dir=directory))
@@ -94,7 +100,7 @@ class RedisServer:
         if self.appendfsync:
             aof = ["--appendonly", "yes", "--appendfsync", self.appendfsync]
         argv = [REDIS_BIN, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                *aof, "--dir", str(self.dir), "--daemonize", "no", "--protected-mode", "no"]
+                *aof, "--dir", str(self.dir), "--daemonize", "no", "--protected-mode", "no", *self.args]
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
@@ -164,6 +170,66 @@ def start_redis(directory, appendfsync=None):
         except RuntimeError as e:
             if attempt == 2 or "in use" not in str(e).lower():
                 raise
+
+
+class RedisCluster:
+    """A Redis Cluster of `masters` redis-servers (no replicas) on free ports, each as a
+    RedisServer with `appendfsync`; stop() and start() take all of them away and back (the
+    cluster's layout stays in each one's nodes.conf)."""
+
+    def __init__(self, directory, masters=3, appendfsync=None):
+        self.servers = []
+        for _ in range(masters):
+            port = free_port()
+            while port > 55000:  # the cluster bus listens on port + 10000
+                port = free_port()
+            self.servers.append(RedisServer(directory, port=port, appendfsync=appendfsync, args=(
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", "2000")))
+        self.url = "redis-cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.servers)
+
+    def create(self):
+        for s in self.servers:
+            s.start()
+        out = subprocess.run([REDIS_CLI_BIN, "--cluster", "create",
+                              *(f"127.0.0.1:{s.port}" for s in self.servers), "--cluster-yes"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, f"redis-cli --cluster create: {out.stdout}{out.stderr}"
+        self.wait_ready()
+        return self
+
+    def wait_ready(self):
+        def ok():
+            try:
+                return all("cluster_state:ok" in redis_command(s.port, "CLUSTER", "INFO")
+                           for s in self.servers)
+            except (OSError, RuntimeError):
+                return False
+        eventually(ok, timeout=20, message="the Redis Cluster ready (cluster_state:ok everywhere)")
+
+    def alive(self):
+        return any(s.alive() for s in self.servers)
+
+    def start(self):
+        for s in self.servers:
+            s.start()
+        self.wait_ready()
+        return self
+
+    def stop(self, sig=signal.SIGTERM):
+        for s in self.servers:
+            s.stop(sig)
+
+    def kill(self):
+        self.stop(signal.SIGKILL)
+
+    def log(self):
+        return "\n".join(f"--- redis-server :{s.port} ---\n{s.log()}" for s in self.servers)
+
+    def subscribers(self, channel=REQUEST_CHANNEL):
+        return sum(int(redis_command(s.port, "PUBSUB", "SHARDNUMSUB", channel)[1]) for s in self.servers)
+
+    wait_subscribers = RedisServer.wait_subscribers
 
 
 def health(server):
@@ -267,8 +333,8 @@ def wait_forwarding(nodes, timeout=READY_TIMEOUT):
 
 class Hub:
     """What a test parameterised over `hub_mode` calls "the server": one `courier serve`
-    ("single") or three nodes on a Redis of the test's own ("cluster"), every node started with
-    the test's config.
+    ("single") or three nodes on a Redis of the test's own ("cluster") or on a Redis Cluster of
+    three ("redis-cluster"), every node started with the test's config.
 
     Each read of `.url` (and each `node()`) gives the next node, round robin over one counter, so
     consecutive clients and API calls land on different nodes: a subscriber on one node, a

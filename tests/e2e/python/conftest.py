@@ -214,14 +214,20 @@ def start_courier(registry, tmp_path):
 
 @pytest.fixture
 def start_cluster(registry, start_courier, tmp_path):
-    """start_cluster(nodes=3, config="", appendfsync=None) -> cluster.Cluster: a redis-server of
-    the test's own (with an AOF if `appendfsync` is given, see cluster.RedisServer) and `nodes`
-    Courier nodes started with --redis, all ready. Everything is stopped at teardown."""
-    from cluster import Cluster, start_redis
+    """start_cluster(nodes=3, config="", appendfsync=None, redis_cluster=False) -> cluster.Cluster:
+    a redis-server of the test's own (with an AOF if `appendfsync` is given, see
+    cluster.RedisServer), or with `redis_cluster` a Redis Cluster of three (cluster.RedisCluster),
+    and `nodes` Courier nodes started with --redis, all ready. Everything is stopped at teardown."""
+    from cluster import Cluster, RedisCluster, start_redis
 
-    def start(nodes=3, config="", appendfsync=None):
-        redis = start_redis(tmp_path, appendfsync=appendfsync)
-        registry.processes.append(redis)
+    def start(nodes=3, config="", appendfsync=None, redis_cluster=False):
+        if redis_cluster:
+            redis = RedisCluster(tmp_path, appendfsync=appendfsync)
+            registry.processes.extend(redis.servers)
+            redis.create()
+        else:
+            redis = start_redis(tmp_path, appendfsync=appendfsync)
+            registry.processes.append(redis)
         cluster = Cluster(start_courier, redis, tmp_path, config=config)
         for _ in range(nodes):
             cluster.add_node()
@@ -230,14 +236,15 @@ def start_cluster(registry, start_courier, tmp_path):
     yield start
 
 
-HUB_MODES = ["single", "cluster"]
+HUB_MODES = ["single", "cluster", "redis-cluster"]
 CLUSTER_NODES = 3
 
 
 @pytest.fixture(params=HUB_MODES)
 def hub_mode(request):
-    """"single" or "cluster": a test that uses `start_hub` or `hub` runs once in each mode, and
-    its id says which."""
+    """"single", "cluster" (three nodes on one redis-server) or "redis-cluster" (three nodes on
+    a Redis Cluster of three masters): a test that uses `start_hub` or `hub` runs once in each
+    mode, and its id says which."""
     return request.param
 
 
@@ -261,7 +268,8 @@ def start_hub(hub_mode, start_courier, start_cluster):
 
             hub = Hub(hub_mode, [server], relaunch)
         else:
-            cluster = start_cluster(nodes=CLUSTER_NODES, config=config)
+            cluster = start_cluster(nodes=CLUSTER_NODES, config=config,
+                                    redis_cluster=hub_mode == "redis-cluster")
             hub = Hub(hub_mode, cluster.nodes,
                       lambda i, kill: cluster.restart_node(i, kill=kill))
         hubs.append(hub)

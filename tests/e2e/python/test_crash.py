@@ -822,14 +822,18 @@ def stream_last_seq(urls):
 
 
 @pytest.mark.timeout(120)
-def test_cluster_sigkill_loses_nothing_confirmed(start_cluster, tmp_path):
-    """The same load and checks on three nodes sharing one redis-server (AOF, fsync always):
-    publishers and consumers spread over the nodes, nodes killed with SIGKILL several times,
-    and redis-server killed with SIGKILL once and restarted on its AOF."""
+@pytest.mark.parametrize("redis", ["redis-server", "redis-cluster"])
+def test_cluster_sigkill_loses_nothing_confirmed(start_cluster, tmp_path, redis):
+    """The same load and checks on three nodes sharing one redis-server (AOF, fsync always), or
+    a Redis Cluster of three masters (each with its AOF): publishers and consumers spread over
+    the nodes, nodes killed with SIGKILL several times, and Redis (every server of the Redis
+    Cluster) killed with SIGKILL once and restarted on its AOF."""
     seed = int(os.environ.get("CRASH_SEED", time.time_ns() % 1_000_000))
     rng = random.Random(seed)
     started = time.monotonic()
-    hub = ClusterHub(start_cluster(nodes=NODES, config=CLUSTER_CONFIG, appendfsync=None if REDIS_AOF == "off" else REDIS_AOF))
+    hub = ClusterHub(start_cluster(nodes=NODES, config=CLUSTER_CONFIG,
+                                   appendfsync=None if REDIS_AOF == "off" else REDIS_AOF,
+                                   redis_cluster=redis == "redis-cluster"))
     urls = hub.urls
 
     consumers = [RoamingConsumer(name, urls, start=i % NODES) for i, name in enumerate(CONSUMERS)]

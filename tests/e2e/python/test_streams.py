@@ -7,8 +7,9 @@ redelivery, dead letters, back-pressure, a work queue of Python clients, restart
 ack, permissions, duplicate and unknown acks from a raw client, and python-socketio (which does
 not implement recovery) against a hub with recovery on.
 
-Every test runs twice (conftest's `hub_mode`): against one `courier serve` ("single") and against
-three nodes on one Redis ("cluster"), the same code. The hub hands out its nodes round robin, so
+Every test runs three times (conftest's `hub_mode`): against one `courier serve` ("single"),
+three nodes on one Redis ("cluster") and three nodes on a Redis Cluster of three masters
+("redis-cluster"), the same code. The hub hands out its nodes round robin, so
 in cluster mode consecutive clients and API calls land on different nodes: publishers, subscribers
 and the API answering about them are spread over the cluster.
 """
