@@ -631,8 +631,8 @@ impl Cluster {
     }
 
     /// Listens on this node's channel and for announcements, writes this node's address and
-    /// announces it, so that the other nodes forward to this one from now on, not from their
-    /// next heartbeat.
+    /// announces it, so that the other nodes count it and forward to it from now on, not from
+    /// their next heartbeat.
     async fn join_nodes(&self) {
         let mut sub = self.0.subscriber.get().expect("connected").clone();
         let mut publisher = self.0.publisher.get().expect("connected").clone();
@@ -648,14 +648,20 @@ impl Cluster {
             tracing::warn!(error = %e, "cluster: subscribe failed; retried when Redis is back");
         }
         self.renew_nodes(&mut publisher).await;
-        if let Some(url) = &self.0.advertise {
-            let _: redis::RedisResult<()> = self
-                .publish_cmd()
-                .arg(&all)
-                .arg(format!("{} {url}", self.0.uid))
-                .query_async(&mut publisher)
-                .await;
-        }
+        let _: redis::RedisResult<()> = self
+            .publish_cmd()
+            .arg(&all)
+            .arg(format!("{} {}", self.0.uid, self.advertised()))
+            .query_async(&mut publisher)
+            .await;
+    }
+
+    /// This node's address as the table of nodes and announcements carry it (`-` for none).
+    fn advertised(&self) -> String {
+        self.0
+            .advertise
+            .as_ref()
+            .map_or("-".into(), |u| u.to_string())
     }
 
     fn on_announce(&self, message: &[u8]) {
@@ -668,6 +674,10 @@ impl Cluster {
         if let Ok(uri) = url.parse::<http::Uri>() {
             self.0.peers.lock().insert(node.to_owned(), uri);
         }
+        let mut alive = self.0.alive.lock();
+        if !alive.iter().any(|n| n == node) {
+            alive.push(node.to_owned());
+        }
     }
 
     /// Writes this node's address with the time, and reads every node's: the table of where
@@ -677,13 +687,8 @@ impl Cluster {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let url = self
-            .0
-            .advertise
-            .as_ref()
-            .map_or("-".into(), |u| u.to_string());
         let mut pipe = redis::pipe();
-        pipe.hset(&table, &self.0.uid, format!("{now} {url}"))
+        pipe.hset(&table, &self.0.uid, format!("{now} {}", self.advertised()))
             .ignore();
         pipe.hgetall(&table);
         let Ok((all,)) = pipe.query_async::<(HashMap<String, String>,)>(conn).await else {

@@ -44,10 +44,12 @@ impl Target {
             Some((auth, seeds)) => (format!("{auth}@"), seeds),
             None => (String::new(), rest),
         };
+        // What follows the list (`/db`, `?...`, `#insecure`) is every seed's.
+        let (seeds, tail) = seeds.split_at(seeds.find(['/', '?', '#']).unwrap_or(seeds.len()));
         let urls: Vec<String> = seeds
             .split(',')
             .filter(|s| !s.is_empty())
-            .map(|seed| format!("{scheme}://{auth}{seed}"))
+            .map(|seed| format!("{scheme}://{auth}{seed}{tail}"))
             .collect();
         // Each must be a valid URL on its own; the first error says which part is wrong.
         for u in &urls {
@@ -273,6 +275,11 @@ mod tests {
             urls,
             ["redis://u:p@127.0.0.1:7000", "redis://u:p@127.0.0.1:7001"]
         );
+        let Target::Sharded(urls) = Target::parse("rediss-cluster://a:1,b:2#insecure").unwrap()
+        else {
+            panic!("not sharded");
+        };
+        assert_eq!(urls, ["rediss://a:1#insecure", "rediss://b:2#insecure"]);
         assert!(!Target::parse("redis://127.0.0.1:6379").unwrap().sharded());
         assert!(Target::parse("redis-cluster://").is_err());
     }
