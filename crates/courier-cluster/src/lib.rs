@@ -681,7 +681,8 @@ impl Cluster {
     }
 
     /// Writes this node's address with the time, and reads every node's: the table of where
-    /// sessions live, and of the nodes alive. An entry not renewed within `NODE_EXPIRY_MS` is dropped.
+    /// sessions live, and of the nodes alive. An entry not renewed within `NODE_EXPIRY_MS` is
+    /// dropped.
     async fn renew_nodes(&self, conn: &mut Link) {
         let table = format!("{}-courier-nodes", self.0.key);
         let now = std::time::SystemTime::now()

@@ -13,8 +13,10 @@
 //!   by whichever node has a subscriber once it has been idle for its `ack_wait` (doubled per
 //!   delivery), or at once if the node holding it is gone; after `max_deliver` deliveries it
 //!   goes to the dead-letter stream.
-//! - Every key of a stream carries the stream's name as its hash tag, so the scripts touch one
-//!   slot (the quota counters and the list of streams are the exceptions, see docs/cluster.md).
+//! - Every key of a stream carries the stream's name as its hash tag, so on a Redis Cluster
+//!   its scripts run on its shard. What counts every stream (bytes, names, consumers) is in
+//!   other slots: there the scripts check what the node last read and answer what they changed,
+//!   which the node applies (see ENSURE_STREAM); on one Redis they count in place.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -282,10 +284,10 @@ return finish({0})
 
 /// Removes entries older than the stream's `max_age_ms` (at most 1000 a call), and for a
 /// `discard = old` stream those over its count or bytes. KEYS: 1 entries, 2 hash, 3 bytes of
-/// every stream; ARGV[1] as in ENSURE_STREAM. With ARGV[2] (which nodes are gone, as
-/// GONE's `gone_test` reads it), also forgets the consumer groups' members that hold nothing, were
-/// idle ARGV[3] ms and whose node is gone: every node that ever read for a group is one, and a
-/// node's id is new at each start.
+/// every stream; ARGV[1] as in ENSURE_STREAM. With ARGV[2] (which nodes are gone, as GONE's
+/// `gone_test` reads it), also forgets the consumer groups' members that hold nothing, were
+/// idle ARGV[3] ms and whose node is gone: every node that ever read for a group is one, and
+/// a node's id is new at each start.
 static RETAIN: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         "{ENSURE_STREAM}{GONE}{}",
