@@ -1284,7 +1284,12 @@ impl RedisStreams {
         let mut pipes: Vec<redis::Pipeline> = Vec::new();
         for (stream, _, list, _) in &groups {
             if sharded || pipes.is_empty() {
-                pipes.push(redis::pipe());
+                // In MULTI/EXEC: Redis reads a connection 16 KiB at a time and, with `appendfsync
+                // always`, fsyncs after each read that ran commands; queued, a group is run, and
+                // fsynced, once.
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                pipes.push(pipe);
             }
             let pipe = pipes.last_mut().expect("one at least");
             let k = self.keys(stream);
