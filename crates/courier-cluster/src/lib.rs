@@ -446,11 +446,13 @@ impl Cluster {
     /// by name, which `PUBSUB NUMSUB` counts, and Node servers by pattern, which it does not.
     /// On a Redis Cluster, `SPUBLISH` counts them itself (sharded channels have no patterns).
     fn publish_counted(&self, channel: &str, message: Vec<u8>, tx: oneshot::Sender<usize>) {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(COUNTED_PUBLISH).arg(1);
-        if self.0.sharded {
-            cmd = self.publish_cmd();
-        }
+        let mut cmd = if self.0.sharded {
+            self.publish_cmd()
+        } else {
+            let mut eval = redis::cmd("EVAL");
+            eval.arg(COUNTED_PUBLISH).arg(1);
+            eval
+        };
         cmd.arg(channel).arg(message);
         let own = usize::from(self.0.routes.lock().contains_key(channel));
         self.enqueue(cmd, Some((tx, own)));

@@ -566,6 +566,28 @@ pub(crate) struct Publish {
     _queued: OwnedSemaphorePermit,
 }
 
+/// The replies of each group of publishes, from `results`: one per group (a pipeline each), or
+/// one for all (one pipeline of every group's commands), `sizes` replies each.
+fn per_group(
+    results: Vec<redis::RedisResult<Vec<Rv>>>,
+    sizes: Vec<usize>,
+) -> Vec<redis::RedisResult<Vec<Rv>>> {
+    if results.len() == sizes.len() {
+        return results;
+    }
+    match results.into_iter().next() {
+        Some(Ok(all)) => {
+            let mut all = all.into_iter();
+            sizes
+                .into_iter()
+                .map(|n| Ok(all.by_ref().take(n).collect()))
+                .collect()
+        }
+        Some(Err(e)) => sizes.iter().map(|_| Err(e.clone())).collect(),
+        None => Vec::new(),
+    }
+}
+
 /// Answers every publish of `groups` with `e`.
 fn fail_groups(groups: Vec<(String, bool, Vec<Publish>)>, e: &StoreError) {
     for (_, _, list) in groups {
@@ -1316,23 +1338,12 @@ impl RedisStreams {
                     .ignore();
             }
         }
-        let mut results = self.query_each(&conn, &pipes).await.into_iter();
         // Each group's replies: its ids, its bytes, then (on one Redis) every stream's bytes.
-        let mut per_group = Vec::with_capacity(groups.len());
-        let mut shared = None;
-        for (_, _, list, _) in &groups {
-            let n = list.len() + if sharded { 1 } else { 2 };
-            let replies = if sharded {
-                results.next().expect("one per group")
-            } else {
-                let all = shared.get_or_insert_with(|| results.next().expect("one pipeline"));
-                match all {
-                    Ok(v) => Ok(v.drain(..n.min(v.len())).collect()),
-                    Err(e) => Err(e.clone()),
-                }
-            };
-            per_group.push(replies);
-        }
+        let sizes = groups
+            .iter()
+            .map(|(_, _, list, _)| list.len() + if sharded { 1 } else { 2 })
+            .collect();
+        let per_group = per_group(self.query_each(&conn, &pipes).await, sizes);
         let replicated = match self.0.options.wait_replicas {
             0 => Ok(()),
             n => self.wait_replicas(&mut conn.clone(), n).await,
@@ -1447,26 +1458,13 @@ impl RedisStreams {
                 }
             }
         }
-        let mut results = results.into_iter();
-        let mut shared: Option<redis::RedisResult<Vec<Rv>>> = None;
+        let replies = per_group(results, vec![1; groups.len()]);
         let replicated = match self.0.options.wait_replicas {
             0 => Ok(()),
             n => self.wait_replicas(&mut conn, n).await,
         };
-        for (stream, dead_letter, list, _) in groups {
-            let reply = if sharded {
-                results
-                    .next()
-                    .expect("one per group")
-                    .map(|mut r| r.pop().unwrap_or(Rv::Nil))
-            } else {
-                let all = shared.get_or_insert_with(|| results.next().expect("one pipeline"));
-                match all {
-                    Ok(v) if !v.is_empty() => Ok(v.remove(0)),
-                    Ok(_) => Ok(Rv::Nil),
-                    Err(e) => Err(e.clone()),
-                }
-            };
+        for ((stream, dead_letter, list, _), reply) in groups.into_iter().zip(replies) {
+            let reply = reply.map(|mut r| r.pop().unwrap_or(Rv::Nil));
             let reply = match reply {
                 Ok(r) => self.settle(r, &stream),
                 Err(e) => {
