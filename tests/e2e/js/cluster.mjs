@@ -325,15 +325,6 @@ export class RedisCluster {
   waitSubscribers(count, options) {
     return RedisServer.prototype.waitSubscribers.call(this, count, options);
   }
-
-  /** Sends a command about `key` to the server that holds its slot. */
-  async command(...args) {
-    const slot = Number(await this.servers[0].command("CLUSTER", "KEYSLOT", args[1]));
-    const slots = await this.servers[0].command("CLUSTER", "SLOTS");
-    const range = slots.find(([lo, hi]) => slot >= lo && slot <= hi);
-    const port = Number(range[2][1]);
-    return redisCommand(port, args);
-  }
 }
 
 // --- Courier nodes and Node servers -----------------------------------------------------------

@@ -207,9 +207,6 @@ class RedisCluster:
                 return False
         eventually(ok, timeout=20, message="the Redis Cluster ready (cluster_state:ok everywhere)")
 
-    def alive(self):
-        return any(s.alive() for s in self.servers)
-
     def start(self):
         for s in self.servers:
             s.start()
