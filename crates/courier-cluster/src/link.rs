@@ -7,10 +7,12 @@
 //! and its pub/sub goes through sharded channels (`SPUBLISH`, `SSUBSCRIBE`), which live on the
 //! shard of their slot instead of being copied to every shard.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClientBuilder;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::mpsc;
@@ -32,6 +34,59 @@ pub(crate) enum Target {
 pub(crate) enum Link {
     One(ConnectionManager),
     Sharded(ClusterConnection),
+    /// A Redis Cluster link without pub/sub, which is made again when it has lost every
+    /// connection (see [`Remade`]).
+    Remade(Arc<Remade>),
+}
+
+/// A Redis Cluster connection that a new one replaces, for every clone of its link, when it
+/// answers "No connections found". After every server of a Redis Cluster was killed and
+/// started again, the redis crate's connection was seen to stay without any connection for
+/// good, while the node's other connections, made the same way, came back.
+pub(crate) struct Remade {
+    client: ClusterClient,
+    conn: Mutex<ClusterConnection>,
+    /// When a new one was last tried: at most one try per `REMAKE_EVERY` (more than the time
+    /// a try may take to connect).
+    tried: Mutex<Instant>,
+}
+
+const REMAKE_EVERY: Duration = Duration::from_secs(3);
+
+impl Remade {
+    fn current(&self) -> ClusterConnection {
+        self.conn.lock().clone()
+    }
+
+    /// After an error: makes a new connection in the background when this one has none left.
+    fn on_error(self: &Arc<Self>, e: &redis::RedisError) {
+        if e.kind() != redis::ErrorKind::ClusterConnectionNotFound
+            || !e.to_string().contains("No connections found")
+        {
+            return;
+        }
+        {
+            let mut tried = self.tried.lock();
+            if tried.elapsed() < REMAKE_EVERY {
+                return;
+            }
+            *tried = Instant::now();
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            match this.client.get_async_connection().await {
+                Ok(conn) => {
+                    *this.conn.lock() = conn;
+                    tracing::info!(
+                        "cluster: made a new connection to the Redis Cluster, the last one had lost all of its own"
+                    );
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cluster: a new connection to the Redis Cluster failed");
+                }
+            }
+        });
+    }
 }
 
 impl Target {
@@ -98,16 +153,25 @@ impl Target {
                 Ok(Link::One(conn))
             }
             Target::Sharded(urls) => {
-                let mut builder = ClusterClientBuilder::new(urls.clone())
+                let builder = ClusterClientBuilder::new(urls.clone())
                     .connection_timeout(Duration::from_secs(2))
                     .response_timeout(Duration::from_secs(2))
                     .retries(1)
                     .max_retry_wait(2000);
-                if let Some(tx) = push {
-                    builder = builder
-                        .use_protocol(redis::ProtocolVersion::RESP3)
-                        .push_sender(tx);
-                }
+                // A link that subscribes keeps its connection: a new one would not have its
+                // subscriptions (the heartbeat subscribes again when Redis comes back).
+                let Some(tx) = push else {
+                    let client = builder.build()?;
+                    let conn = client.get_async_connection().await?;
+                    return Ok(Link::Remade(Arc::new(Remade {
+                        client,
+                        conn: Mutex::new(conn),
+                        tried: Mutex::new(Instant::now()),
+                    })));
+                };
+                let builder = builder
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(tx);
                 let conn = builder.build()?.get_async_connection().await?;
                 Ok(Link::Sharded(conn))
             }
@@ -126,6 +190,7 @@ impl Link {
                 }
                 Ok(())
             }
+            Link::Remade(_) => Err(no_push()),
         }
     }
 
@@ -138,8 +203,17 @@ impl Link {
                 }
                 Ok(())
             }
+            Link::Remade(_) => Err(no_push()),
         }
     }
+}
+
+fn no_push() -> redis::RedisError {
+    (
+        redis::ErrorKind::Client,
+        "this link to Redis was made without pub/sub",
+    )
+        .into()
 }
 
 /// `channels` in groups of one slot each.
@@ -156,6 +230,16 @@ impl ConnectionLike for Link {
         match self {
             Link::One(c) => c.req_packed_command(cmd),
             Link::Sharded(c) => c.req_packed_command(cmd),
+            Link::Remade(r) => {
+                let mut c = r.current();
+                Box::pin(async move {
+                    let answer = c.req_packed_command(cmd).await;
+                    if let Err(e) = &answer {
+                        r.on_error(e);
+                    }
+                    answer
+                })
+            }
         }
     }
 
@@ -168,6 +252,16 @@ impl ConnectionLike for Link {
         match self {
             Link::One(c) => c.req_packed_commands(pipeline, offset, count),
             Link::Sharded(c) => c.req_packed_commands(pipeline, offset, count),
+            Link::Remade(r) => {
+                let mut c = r.current();
+                Box::pin(async move {
+                    let answer = c.req_packed_commands(pipeline, offset, count).await;
+                    if let Err(e) = &answer {
+                        r.on_error(e);
+                    }
+                    answer
+                })
+            }
         }
     }
 
@@ -175,6 +269,7 @@ impl ConnectionLike for Link {
         match self {
             Link::One(c) => c.get_db(),
             Link::Sharded(c) => c.get_db(),
+            Link::Remade(r) => r.current().get_db(),
         }
     }
 }
