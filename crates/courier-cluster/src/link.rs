@@ -58,6 +58,20 @@ impl Remade {
         self.conn.lock().clone()
     }
 
+    /// `answer`, seeing its error first (see `on_error`).
+    fn watch<'a, T: Send + 'a>(
+        self: &'a Arc<Self>,
+        answer: impl Future<Output = RedisResult<T>> + Send + 'a,
+    ) -> RedisFuture<'a, T> {
+        Box::pin(async move {
+            let answer = answer.await;
+            if let Err(e) = &answer {
+                self.on_error(e);
+            }
+            answer
+        })
+    }
+
     /// After an error: makes a new connection in the background when this one has none left.
     fn on_error(self: &Arc<Self>, e: &redis::RedisError) {
         if e.kind() != redis::ErrorKind::ClusterConnectionNotFound
@@ -232,13 +246,7 @@ impl ConnectionLike for Link {
             Link::Sharded(c) => c.req_packed_command(cmd),
             Link::Remade(r) => {
                 let mut c = r.current();
-                Box::pin(async move {
-                    let answer = c.req_packed_command(cmd).await;
-                    if let Err(e) = &answer {
-                        r.on_error(e);
-                    }
-                    answer
-                })
+                r.watch(async move { c.req_packed_command(cmd).await })
             }
         }
     }
@@ -254,13 +262,7 @@ impl ConnectionLike for Link {
             Link::Sharded(c) => c.req_packed_commands(pipeline, offset, count),
             Link::Remade(r) => {
                 let mut c = r.current();
-                Box::pin(async move {
-                    let answer = c.req_packed_commands(pipeline, offset, count).await;
-                    if let Err(e) = &answer {
-                        r.on_error(e);
-                    }
-                    answer
-                })
+                r.watch(async move { c.req_packed_commands(pipeline, offset, count).await })
             }
         }
     }
